@@ -1,0 +1,79 @@
+"""Matplotlib figures from result tables (headless, deterministic file output)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+# Fixed order and colours so every figure of every experiment reads the same way.
+_COLOURS = {"lopt": "C3", "sgd": "C0", "momentum": "C2", "adam": "C1", "rmsprop": "C4"}
+
+
+def _band(values: pd.core.groupby.DataFrameGroupBy, kind: str) -> tuple[pd.Series, pd.Series, pd.Series]:
+    mean = values.mean()
+    if kind == "minmax":
+        return mean, values.min(), values.max()
+    spread = values.std().fillna(0.0)
+    if kind == "sem":
+        spread = spread / np.sqrt(values.count())
+    return mean, mean - spread, mean + spread
+
+
+def _save(fig: plt.Figure, path: Path, dpi: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Fixed metadata keeps PNG bytes stable across runs.
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_meta_training(metrics: pd.DataFrame, path: Path, *, title: str = "", dpi: int = 120, smooth: int = 10) -> None:
+    """Meta-loss and meta-gradient norm against outer step (raw and moving average)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, col in zip(axes, ("meta_loss", "grad_norm")):
+        ax.plot(metrics["step"], metrics[col], color="0.75", lw=0.8, label="per step")
+        window = max(1, min(smooth, len(metrics)))
+        ax.plot(metrics["step"], metrics[col].rolling(window, min_periods=1).mean(), color="C3", label=f"mean of {window}")
+        ax.set_xlabel("outer step")
+        ax.set_ylabel(col.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0].legend(frameon=False)
+    fig.suptitle(title or "meta-training")
+    _save(fig, path, dpi)
+
+
+def plot_eval_curves(curves: pd.DataFrame, path: Path, *, band: str = "sem", dpi: int = 120) -> None:
+    """One row per task: train-minibatch loss, test loss and test accuracy vs step.
+
+    Lines are seed means; shaded bands are ``band`` (sem, std or minmax) over seeds.
+    """
+    tasks = list(dict.fromkeys(curves["task"]))
+    panels = (("train_batch", "loss", "train loss (minibatch)"), ("test", "loss", "test loss"), ("test", "accuracy", "test accuracy"))
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(12, 3.2 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        sub = curves[curves["task"] == task]
+        for col, (split, metric, label) in enumerate(panels):
+            ax = axes[row, col]
+            for opt in list(dict.fromkeys(sub["optimizer"])):
+                d = sub[(sub["optimizer"] == opt) & (sub["split"] == split)]
+                if d.empty or d[metric].isna().all():
+                    continue
+                mean, lo, hi = _band(d.groupby("step")[metric], band)
+                lr = d["learning_rate"].iloc[0]
+                name = opt if np.isnan(lr) else f"{opt} (lr={lr:.2g})"
+                colour = _COLOURS.get(opt)
+                ax.plot(mean.index, mean.values, color=colour, label=name)
+                ax.fill_between(mean.index, lo.values, hi.values, color=colour, alpha=0.2, lw=0)
+            ax.set_title(f"{task}: {label}", fontsize=9)
+            ax.set_xlabel("inner step")
+            if metric == "loss":
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+        axes[row, 0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, dpi)

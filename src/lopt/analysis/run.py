@@ -1,0 +1,41 @@
+"""The analysis stage: read result files, write figures and tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lopt.analysis.figures import plot_eval_curves, plot_meta_training
+from lopt.analysis.tables import final_loss_table
+
+
+def analyze(
+    meta_metrics: Path, eval_dirs: list[Path], out_dir: Path, *, title: str = "", dpi: int = 120, band: str = "sem"
+) -> dict[str, Path]:
+    """Write ``figures/{meta_training,eval_curves}.png`` and ``tables/final_losses.md``.
+
+    Args:
+        meta_metrics: ``metrics.csv`` of the meta-training stage.
+        eval_dirs: evaluation output directories (each with curves.csv, summary.csv).
+        out_dir: experiment results directory.
+
+    Returns:
+        Paths of the written files by name.
+    """
+    out_dir = Path(out_dir)
+    paths = {
+        "meta_training": out_dir / "figures" / "meta_training.png",
+        "eval_curves": out_dir / "figures" / "eval_curves.png",
+        "final_losses": out_dir / "tables" / "final_losses.md",
+        "summary": out_dir / "tables" / "summary.csv",
+    }
+    metrics = pd.read_csv(meta_metrics)
+    plot_meta_training(metrics, paths["meta_training"], title=title, dpi=dpi)
+    curves = pd.concat([pd.read_csv(Path(d) / "curves.csv") for d in eval_dirs], ignore_index=True)
+    summary = pd.concat([pd.read_csv(Path(d) / "summary.csv") for d in eval_dirs], ignore_index=True)
+    plot_eval_curves(curves, paths["eval_curves"], band=band, dpi=dpi)
+    paths["final_losses"].parent.mkdir(parents=True, exist_ok=True)
+    paths["final_losses"].write_text(final_loss_table(summary))
+    summary.to_csv(paths["summary"], index=False)
+    return paths

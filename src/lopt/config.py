@@ -1,0 +1,353 @@
+"""Typed experiment configuration: the only module that reads experiment YAML.
+
+An experiment is one YAML file (``configs/*.yaml``). :func:`load_config` parses and
+validates it against the pydantic models below *before* any JAX work starts, and
+turns every problem into a :class:`ConfigError` that names the file, the key path
+(``meta_train.num_particles``) and the allowed values. ``lopt schema`` prints the
+JSON schema derived from these models (``configs/schema.json`` is that output).
+
+Conventions fixed here (and stated again in the README):
+
+- ``num_particles`` counts *all* perturbed copies (the PES / evosax convention); they
+  form ``num_particles // 2`` antithetic pairs, so it must be even.
+- The meta-loss of a window is the *mean* per-step loss over the window (the NRES
+  code's convention), so learning rates do not scale with ``trunc_length``.
+- Every key has at least two characters (Snakemake's ``--config`` cannot carry
+  one-letter keys).
+
+This module imports neither JAX nor anything heavy, so a bad config fails in
+well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ExperimentConfig",
+    "LOptConfig",
+    "MetaTrainConfig",
+    "TaskConfig",
+    "load_config",
+    "validate_config",
+]
+
+DATASET_NAMES = (
+    "digits",
+    "mnist1d",
+    "mnist_8x8",
+    "mnist_16x16",
+    "fashion_mnist_8x8",
+    "fashion_mnist_16x16",
+    "cifar10_8x8",
+    "cifar10_16x16",
+)
+DatasetName = Literal[
+    "digits",
+    "mnist1d",
+    "mnist_8x8",
+    "mnist_16x16",
+    "fashion_mnist_8x8",
+    "fashion_mnist_16x16",
+    "cifar10_8x8",
+    "cifar10_16x16",
+]
+PosInt = Annotated[int, Field(ge=1)]
+PosFloat = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(ValueError):
+    """A config file failed validation; the message names file, key path and allowed values."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo must never silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Strict):
+    """Where prepared datasets live and how they are split."""
+
+    root: str = Field("data", description="Directory holding data/<name>/ (DVC-tracked).")
+    valid_fraction: Annotated[float, Field(gt=0, lt=0.5)] = Field(
+        0.1, description="Fraction of the train split carved into each of inner-/outer-valid."
+    )
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="Seed of the split permutation.")
+
+
+class ImageMLPTaskConfig(_Strict):
+    """An MLP classifier on a prepared image dataset (inputs flattened)."""
+
+    kind: Literal["image_mlp"] = "image_mlp"
+    dataset: DatasetName = "digits"
+    hidden_sizes: list[PosInt] = Field(default_factory=lambda: [32])
+    activation: Literal["relu", "tanh", "gelu", "elu"] = "relu"
+    batch_size: PosInt = 64
+    init_scale: PosFloat = Field(1.0, description="Multiplier on the LeCun-normal init.")
+
+
+class QuadraticTaskConfig(_Strict):
+    """Noisy quadratic: 0.5 * sum h_i (x_i - c_i)^2 with Gaussian gradient noise."""
+
+    kind: Literal["quadratic"] = "quadratic"
+    dim: PosInt = 10
+    condition_number: Annotated[float, Field(ge=1)] = 10.0
+    noise_std: Annotated[float, Field(ge=0)] = 0.1
+
+
+TaskConfig = Annotated[ImageMLPTaskConfig | QuadraticTaskConfig, Field(discriminator="kind")]
+
+
+class LOptConfig(_Strict):
+    """The learned optimizer (per-parameter MLP, "small_fc" / MLPLOpt)."""
+
+    kind: Literal["mlp_lopt"] = "mlp_lopt"
+    hidden_size: PosInt = 32
+    num_layers: PosInt = Field(2, description="Number of hidden layers.")
+    momentum_decays: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default_factory=lambda: [0.5, 0.9, 0.99, 0.999]
+    )
+    rms_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    num_time_features: PosInt = Field(11, description="tanh embeddings of the training fraction.")
+    step_mult: PosFloat = Field(1e-3, description="beta in d * exp(alpha * m) * beta.")
+    exp_mult: PosFloat = Field(1e-3, description="alpha in d * exp(alpha * m) * beta.")
+    zero_init_output: bool = Field(
+        True, description="Zero the output layer so the untrained optimizer is a no-op."
+    )
+
+
+class MetaTrainConfig(_Strict):
+    """Meta-training: estimator, unroll geometry and the optax outer optimizer."""
+
+    task: TaskConfig = Field(default_factory=ImageMLPTaskConfig)
+    estimator: Literal["pes", "nres"] = "nres"
+    num_particles: Annotated[int, Field(ge=2)] = Field(
+        16, description="All perturbed copies (antithetic pairs x 2); must be even."
+    )
+    trunc_length: PosInt = Field(10, description="K: inner steps per truncation window.")
+    horizon: PosInt = Field(100, description="T: inner steps per episode.")
+    sigma: PosFloat = Field(0.01, description="Std of the Gaussian perturbation.")
+    step_unlock: bool = Field(True, description="Stagger particle starts over the horizon.")
+    meta_loss_split: Literal["train", "outer_valid"] = "train"
+    outer_steps: PosInt = 200
+    outer_optimizer: Literal["adam", "sgd"] = "adam"
+    outer_lr: PosFloat = 3e-3
+    grad_clip: PosFloat = Field(1.0, description="Global-norm clip on the meta-gradient.")
+    checkpoint_every: PosInt = 50
+    max_to_keep: PosInt = 3
+    log_every: PosInt = 10
+
+    @model_validator(mode="after")
+    def _check_geometry(self) -> MetaTrainConfig:
+        if self.num_particles % 2:
+            raise ValueError(
+                f"num_particles must be even (antithetic pairs), got {self.num_particles}"
+            )
+        if self.trunc_length > self.horizon:
+            raise ValueError(
+                f"trunc_length ({self.trunc_length}) must be <= horizon ({self.horizon})"
+            )
+        return self
+
+
+class LRGridConfig(_Strict):
+    """Log-spaced learning-rate grid for tuning baselines."""
+
+    low: PosFloat = 1e-4
+    high: PosFloat = 1.0
+    num: Annotated[int, Field(ge=2)] = 9
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LRGridConfig:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        return self
+
+
+class EvalTaskConfig(_Strict):
+    """A held-out evaluation task: a task plus a name used in tables and figures."""
+
+    name: Annotated[str, Field(min_length=2, pattern=r"^[A-Za-z0-9_\-]+$")]
+    task: TaskConfig
+
+
+class EvaluationConfig(_Strict):
+    """Held-out evaluation against learning-rate-tuned optax baselines."""
+
+    tasks: list[EvalTaskConfig] = Field(default_factory=list, min_length=1)
+    num_steps: PosInt = 100
+    num_seeds: PosInt = 3
+    seed_offset: Annotated[int, Field(ge=0)] = Field(
+        1000, description="Evaluation seeds start here, disjoint from meta-training seeds."
+    )
+    baselines: list[Literal["sgd", "momentum", "adam", "rmsprop"]] = Field(
+        default_factory=lambda: ["sgd", "adam"], min_length=1
+    )
+    lr_grid: LRGridConfig = Field(default_factory=LRGridConfig)
+    eval_every: PosInt = Field(10, description="Steps between valid/test evaluations.")
+    eval_batch_size: PosInt = 512
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> EvaluationConfig:
+        if self.num_steps % self.eval_every:
+            raise ValueError(
+                f"num_steps ({self.num_steps}) must be a multiple of eval_every ({self.eval_every})"
+            )
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"evaluation task names must be unique, got {names}")
+        return self
+
+
+class AnalysisConfig(_Strict):
+    """Figures and tables."""
+
+    dpi: Annotated[int, Field(ge=50, le=600)] = 120
+    band: Literal["std", "sem", "minmax"] = "sem"
+
+
+class TrackingConfig(_Strict):
+    """Weights & Biases tracking (offline unless an API key is present)."""
+
+    project: Annotated[str, Field(min_length=2)] = "lopt"
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="Overrides WANDB_MODE; default offline without an API key."
+    )
+    log_artifacts: bool = True
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: everything a pipeline run needs."""
+
+    name: Annotated[str, Field(min_length=2, pattern=r"^[A-Za-z0-9_\-]+$")]
+    seed: Annotated[int, Field(ge=0)] = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    lopt: LOptConfig = Field(default_factory=LOptConfig)
+    meta_train: MetaTrainConfig = Field(default_factory=MetaTrainConfig)
+    evaluation: EvaluationConfig
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def datasets(self) -> list[str]:
+        """Every dataset the experiment touches, in first-use order."""
+        names = [self.meta_train.task] + [t.task for t in self.evaluation.tasks]
+        out: list[str] = []
+        for task in names:
+            ds = getattr(task, "dataset", None)
+            if ds is not None and ds not in out:
+                out.append(ds)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config (all defaults filled in) as plain JSON-able data."""
+        return json.loads(self.model_dump_json())
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("image_mlp", "quadratic") and parts:
+            continue  # pydantic inserts the union tag; the user never wrote it
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "<root>"
+
+
+def _allowed(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    ctx = err.get("ctx") or {}
+    if err["type"] == "extra_forbidden":
+        fields = _fields_at(model, loc[:-1])
+        return f" (allowed keys: {', '.join(fields)})" if fields else ""
+    if "expected" in ctx:
+        return "" if str(ctx["expected"]) in err["msg"] else f" (allowed values: {ctx['expected']})"
+    if "pattern" in ctx:
+        return f" (allowed: strings matching {ctx['pattern']})"
+    return ""
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the sub-model reached by ``loc`` (best effort, for messages)."""
+    current: Any = model
+    for item in loc:
+        if isinstance(item, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            # a tagged union: pydantic puts the tag ('image_mlp') in the path
+            tagged = [m for m in _union_members(current) if m.model_fields["kind"].default == item]
+            current = tagged[0] if tagged else None
+            continue
+        if item not in current.model_fields:
+            return []
+        current = _unwrap(current.model_fields[item].annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _union_members(tp: Any) -> list[type[BaseModel]]:
+    args = getattr(tp, "__args__", ()) or ()
+    out: list[type[BaseModel]] = []
+    for a in args:
+        out.extend(_union_members(a) if getattr(a, "__args__", None) else [a])
+    return [a for a in out if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def _unwrap(ann: Any) -> Any:
+    args = getattr(ann, "__args__", None)
+    if args is None:
+        return ann
+    members = _union_members(ann)
+    if len(members) == 1:
+        return members[0]
+    if members:
+        return ann  # a tagged union: resolved by the next loc item
+    return _unwrap(args[0])
+
+
+def validate_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
+    """Validate an already-parsed mapping; ``source`` names it in error messages."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            # pydantic reports union-member names in loc; drop them from the key path
+            key = _format_loc(loc)
+            lines.append(f"  {key}: {err['msg']}{_allowed(err, ExperimentConfig, loc)}")
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment YAML file.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or violates the schema. The
+            message names the file, each offending key path and the allowed values.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return validate_config(raw, source=str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of an experiment config (``configs/schema.json``)."""
+    return ExperimentConfig.model_json_schema()

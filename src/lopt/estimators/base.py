@@ -1,0 +1,93 @@
+"""The estimator interface and the antithetic-ES arithmetic every ES estimator shares.
+
+An estimator is a NamedTuple of two pure functions (optax style):
+
+    init(theta, key, data) -> state
+    estimate(theta, state, key, data) -> (grad, state, metrics)
+
+``grad`` has the structure of ``theta`` and estimates the gradient of the
+Gaussian-smoothed meta-objective: the mean per-step loss over an episode. ``state``
+is a NamedTuple holding the engine's :class:`~lopt.unroll.ParticleState` plus the
+estimator's own accumulators. ``metrics`` is a dict of scalars. Everything is
+jittable; ``key`` is fresh every call.
+
+Conventions (see also :mod:`lopt.config`):
+
+- ``num_particles`` = P counts every perturbed copy: ``M = P / 2`` antithetic pairs.
+- The loss of a window is the *mean* over its ``K`` steps, so for a perturbation
+  weight ``w`` per step the estimate is
+
+      g = 1 / (2 M sigma^2) * sum_m sum_j w_{m,j} (L+_{m,j} - L-_{m,j}) / K,
+
+  i.e. ``1/(P sigma^2) sum_i eps_i L_i`` with ``eps_{i+M} = -eps_i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lopt.unroll import Window
+
+Theta = Any
+
+
+class Estimator(NamedTuple):
+    """A meta-gradient estimator: ``init`` and ``estimate`` (see the module docstring)."""
+
+    init: Callable[..., Any]
+    estimate: Callable[..., tuple[Theta, Any, dict[str, jax.Array]]]
+
+
+def sample_noise(key: jax.Array, theta: Theta, num: int, sigma: float) -> Theta:
+    """``num`` draws of ``N(0, sigma^2 I)`` shaped like ``theta`` (leading axis ``num``)."""
+    leaves, treedef = jax.tree.flatten(theta)
+    keys = jax.random.split(key, len(leaves))
+    noise = [sigma * jax.random.normal(k, (num, *x.shape), x.dtype) for k, x in zip(keys, leaves)]
+    return jax.tree.unflatten(treedef, noise)
+
+
+def antithetic(theta: Theta, eps: Theta) -> Theta:
+    """Per-particle parameters ``[theta + eps; theta - eps]`` (leading axis ``2M``)."""
+    return jax.tree.map(lambda t, e: jnp.concatenate([t + e, t - e]), theta, eps)
+
+
+def pair_differences(window: Window) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-pair loss differences and masks of a window of antithetic particles.
+
+    Returns ``(delta [M, K], fresh [M, K], done [M])`` where ``delta = L+ - L-``. The
+    masks of the two copies are identical by construction (shared key and offset).
+    """
+    half = window.losses.shape[0] // 2
+    delta = window.losses[:half] - window.losses[half:]
+    return delta, window.fresh[:half], window.done[:half]
+
+
+def weighted_sum(weights: Theta, coef: jax.Array) -> Theta:
+    """``sum_m coef_m * weights_m`` over the leading (pair) axis."""
+    return jax.tree.map(lambda w: jnp.tensordot(coef, w, axes=1), weights)
+
+
+def es_scale(num_pairs: int, sigma: float, num_steps: int) -> float:
+    """``1 / (2 M sigma^2 K)``: the normaliser of the antithetic window estimate."""
+    return 1.0 / (2.0 * num_pairs * sigma**2 * num_steps)
+
+
+def window_metrics(window: Window) -> dict[str, jax.Array]:
+    """Scalars every estimator reports: mean window loss and episodes finished."""
+    return {
+        "meta_loss": jnp.mean(window.losses),
+        "episodes_done": jnp.sum(window.done).astype(jnp.float32),
+    }
+
+
+def tree_where(pred: jax.Array, on_true: Theta, on_false: Theta) -> Theta:
+    """Select per pair (leading axis) between two pytrees of per-pair values."""
+
+    def sel(a, b):
+        return jnp.where(pred.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(sel, on_true, on_false)

@@ -1,0 +1,76 @@
+"""Persistent Evolution Strategies (PES; Vicol, Metz & Sohl-Dickstein, ICML 2021).
+
+Each particle keeps its own perturbed inner state. Every window draws fresh antithetic
+noise ``eps_tau``, accumulates ``xi <- xi + eps_tau`` and unrolls ``K`` steps under
+``theta + eps_tau``. The estimate weights each step's loss by the sum of all noise
+that shaped the state it was computed from:
+
+    g_tau = 1 / (P sigma^2) * sum_i sum_j xi_{i,j} L_{i,j} / K
+
+with ``xi_{i,j} = xi_i + eps_i`` for steps of the ongoing episode and ``eps_i`` for
+steps after a reset inside the window (the new episode saw only ``eps_i``). ``xi`` is
+reset to ``eps`` when an episode ends. Unbiased for the gradient of the smoothed
+objective; its variance grows with the number of windows per episode.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+
+from lopt.estimators.base import (
+    Estimator,
+    antithetic,
+    es_scale,
+    pair_differences,
+    sample_noise,
+    tree_where,
+    weighted_sum,
+    window_metrics,
+)
+from lopt.unroll import ParticleState, UnrolledSystem, init_particles, unroll
+
+
+class PESState(NamedTuple):
+    particles: ParticleState
+    accumulator: Any  # xi of the + copy of each pair, leading axis M
+
+
+def pes(
+    system: UnrolledSystem,
+    num_particles: int,
+    trunc_length: int,
+    sigma: float,
+    *,
+    step_unlock: bool = True,
+) -> Estimator:
+    """PES with ``num_particles`` perturbed copies (``num_particles / 2`` pairs)."""
+    num_pairs = num_particles // 2
+    scale = es_scale(num_pairs, sigma, trunc_length)
+
+    def init(theta, key, data=None) -> PESState:
+        particles = init_particles(
+            system, theta, key, num_particles, data, step_unlock=step_unlock
+        )
+        zeros = jax.tree.map(lambda x: jax.numpy.zeros((num_pairs, *x.shape), x.dtype), theta)
+        return PESState(particles, zeros)
+
+    def estimate(theta, state: PESState, key, data=None):
+        eps = sample_noise(key, theta, num_pairs, sigma)
+        thetas = antithetic(theta, eps)
+        particles, window = unroll(system, thetas, thetas, state.particles, trunc_length, data)
+        delta, fresh, done = pair_differences(window)
+        # sum_j xi_j delta_j = xi_prev * sum_{j not fresh} delta_j + eps * sum_j delta_j
+        old_coef = (delta * ~fresh).sum(axis=1) * scale
+        new_coef = delta.sum(axis=1) * scale
+        grad = jax.tree.map(
+            lambda a, b: a + b,
+            weighted_sum(state.accumulator, old_coef),
+            weighted_sum(eps, new_coef),
+        )
+        accumulated = jax.tree.map(lambda a, e: a + e, state.accumulator, eps)
+        accumulator = tree_where(done, eps, accumulated)
+        return grad, PESState(particles, accumulator), window_metrics(window)
+
+    return Estimator(init, estimate)

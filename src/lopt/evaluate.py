@@ -1,0 +1,242 @@
+"""Evaluation: train held-out tasks with the learned optimizer and tuned optax baselines.
+
+Protocol (one held-out task at a time):
+
+1. **Tune** each baseline's learning rate on a log grid: every (rate, tuning seed)
+   trains for the same step budget as the learned optimizer, all in one ``vmap``; the
+   rate with the lowest mean final ``inner_valid`` loss wins (non-finite counts as
+   +inf). Tuning seeds are disjoint from reporting seeds.
+2. **Report**: the learned optimizer and each tuned baseline train ``num_seeds``
+   fresh seeds (one vmapped program per optimizer); every ``eval_every`` steps the
+   loss and accuracy on the ``train``, ``inner_valid`` and ``test`` splits are
+   recorded, and every step's minibatch loss as split ``train_batch``.
+
+Outputs are tidy tables (one observation per row) so analysis never re-runs training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+
+from lopt.optimizers import lr_grid, make_baseline
+from lopt.tasks.base import Task
+
+EVAL_SPLITS = ("train", "inner_valid", "test")
+TUNE_SEED_SHIFT = 100_000
+
+
+def train_curves(
+    task: Task,
+    make_opt: Callable[[Any], optax.GradientTransformation],
+    hparams: Any,
+    seeds: np.ndarray,
+    data: Any,
+    num_steps: int,
+    eval_every: int,
+) -> dict[str, np.ndarray]:
+    """Train ``task`` for every (hparam, seed) in one compiled, vmapped program.
+
+    Args:
+        make_opt: hparam -> optax optimizer (hparam may be traced).
+        hparams: pytree with leading axis H (e.g. learning rates ``[H]``).
+        seeds: int array ``[S]``; seed ``s`` fixes init and batch order.
+        num_steps: inner steps; must be a multiple of ``eval_every``.
+
+    Returns:
+        ``train_batch``: ``[H, S, num_steps]`` minibatch losses; for each split in
+        :data:`EVAL_SPLITS` ``<split>_loss`` / ``<split>_accuracy``: ``[H, S, E]`` at steps
+        ``0, eval_every, ..., num_steps`` (E = num_steps / eval_every + 1).
+    """
+    if num_steps % eval_every:
+        raise ValueError(f"num_steps ({num_steps}) must be a multiple of eval_every ({eval_every})")
+    num_chunks = num_steps // eval_every
+
+    def run(hparam, seed):
+        key = jax.random.PRNGKey(seed)
+        key_init, key_steps, key_eval = jax.random.split(key, 3)
+        params = task.init(key_init)
+        opt = make_opt(hparam)
+        opt_state = opt.init(params)
+
+        def evaluate(params, chunk):
+            out = {}
+            for i, split in enumerate(EVAL_SPLITS):
+                k = jax.random.fold_in(jax.random.fold_in(key_eval, chunk), i)
+                metrics = task.evaluate(params, data, k, split)
+                out[f"{split}_loss"] = metrics["loss"]
+                out[f"{split}_accuracy"] = metrics.get("accuracy", jnp.nan)
+            return out
+
+        def train_step(carry, t):
+            params, opt_state = carry
+            batch = task.batch(data, jax.random.fold_in(key_steps, t), "train")
+            loss, grads = jax.value_and_grad(task.loss)(params, batch)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        def chunk_step(carry, chunk):
+            ts = chunk * eval_every + jnp.arange(eval_every)
+            carry, losses = jax.lax.scan(train_step, carry, ts)
+            return carry, (losses, evaluate(carry[0], chunk + 1))
+
+        first = evaluate(params, 0)
+        _, (losses, evals) = jax.lax.scan(chunk_step, (params, opt_state), jnp.arange(num_chunks))
+        out = {k: jnp.concatenate([first[k][None], v]) for k, v in evals.items()}
+        out["train_batch"] = losses.reshape(-1)
+        return out
+
+    over_seeds = jax.vmap(run, in_axes=(None, 0))
+    over_all = jax.jit(jax.vmap(over_seeds, in_axes=(0, None)))
+    return jax.device_get(over_all(hparams, jnp.asarray(seeds)))
+
+
+def _tidy(
+    curves: dict[str, np.ndarray], task_name: str, optimizer: str, lr: float, seeds: np.ndarray, eval_every: int
+) -> pd.DataFrame:
+    """Tidy rows (task, optimizer, learning_rate, seed, step, split, loss, accuracy)."""
+    frames = []
+    num_steps = curves["train_batch"].shape[-1]
+    for i, seed in enumerate(seeds):
+        frames.append(
+            pd.DataFrame(
+                {
+                    "step": np.arange(num_steps),
+                    "split": "train_batch",
+                    "loss": curves["train_batch"][i],
+                    "accuracy": np.nan,
+                    "seed": int(seed),
+                }
+            )
+        )
+        steps = np.arange(curves["test_loss"].shape[-1]) * eval_every
+        for split in EVAL_SPLITS:
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "step": steps,
+                        "split": split,
+                        "loss": curves[f"{split}_loss"][i],
+                        "accuracy": curves[f"{split}_accuracy"][i],
+                        "seed": int(seed),
+                    }
+                )
+            )
+    df = pd.concat(frames, ignore_index=True)
+    df.insert(0, "learning_rate", lr)
+    df.insert(0, "optimizer", optimizer)
+    df.insert(0, "task", task_name)
+    return df
+
+
+def tune_baseline(
+    task: Task, name: str, data: Any, grid: np.ndarray, seeds: np.ndarray, num_steps: int, eval_every: int
+) -> tuple[float, pd.DataFrame]:
+    """Pick ``name``'s learning rate from ``grid`` by mean final inner-valid loss."""
+    curves = train_curves(task, lambda lr: make_baseline(name, lr), jnp.asarray(grid), seeds, data, num_steps, eval_every)
+    final = curves["inner_valid_loss"][:, :, -1]
+    final = np.where(np.isfinite(final), final, np.inf)
+    score = final.mean(axis=1)
+    best = int(np.argmin(score))
+    sweep = pd.DataFrame(
+        {"optimizer": name, "learning_rate": grid, "inner_valid_loss": score, "selected": np.arange(len(grid)) == best}
+    )
+    return float(grid[best]), sweep
+
+
+def evaluate_task(
+    task: Task,
+    task_name: str,
+    data: Any,
+    learned: dict[str, optax.GradientTransformation],
+    baselines: list[str],
+    grid_cfg: Any,
+    num_steps: int,
+    num_seeds: int,
+    seed_offset: int,
+    eval_every: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Evaluate learned optimizers and tuned baselines on one task.
+
+    Args:
+        learned: name -> optax optimizer (already built from meta-parameters).
+        baselines: names from :data:`lopt.optimizers.BASELINES`.
+        grid_cfg: :class:`lopt.config.LRGridConfig`.
+
+    Returns:
+        ``(curves, sweep)`` tidy DataFrames.
+    """
+    seeds = seed_offset + np.arange(num_seeds)
+    tune_seeds = seeds + TUNE_SEED_SHIFT
+    frames, sweeps = [], []
+    for name, opt in learned.items():
+        curves = train_curves(task, lambda _: opt, jnp.zeros((1,)), seeds, data, num_steps, eval_every)
+        frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, np.nan, seeds, eval_every))
+    grid = lr_grid(grid_cfg.low, grid_cfg.high, grid_cfg.num)
+    for name in baselines:
+        lr, sweep = tune_baseline(task, name, data, grid, tune_seeds, num_steps, eval_every)
+        sweeps.append(sweep)
+        curves = train_curves(task, lambda lr_: make_baseline(name, lr_), jnp.asarray([lr]), seeds, data, num_steps, eval_every)
+        frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, lr, seeds, eval_every))
+    sweep_df = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame()
+    if not sweep_df.empty:
+        sweep_df.insert(0, "task", task_name)
+    return pd.concat(frames, ignore_index=True), sweep_df
+
+
+def summarise(curves: pd.DataFrame) -> pd.DataFrame:
+    """Final-step loss/accuracy per (task, optimizer, split): mean, std, sem over seeds."""
+    evals = curves[curves["split"] != "train_batch"]
+    last = evals[evals["step"] == evals.groupby(["task", "optimizer"])["step"].transform("max")]
+    g = last.groupby(["task", "optimizer", "learning_rate", "split"], dropna=False)
+    out = g.agg(
+        loss_mean=("loss", "mean"),
+        loss_std=("loss", "std"),
+        accuracy_mean=("accuracy", "mean"),
+        num_seeds=("seed", "nunique"),
+    ).reset_index()
+    out["loss_sem"] = out["loss_std"] / np.sqrt(out["num_seeds"])
+    return out
+
+
+def run_evaluation(cfg: Any, task_name: str, meta_params_path: str | Path, out_dir: str | Path, tracker: Any = None) -> pd.DataFrame:
+    """CLI entry: evaluate the trained optimizer and baselines on eval task ``task_name``.
+
+    Writes ``curves.csv``, ``sweep.csv`` and ``summary.csv`` into ``out_dir``; returns
+    the summary.
+    """
+    from lopt.checkpoint import load_meta_params
+    from lopt.optimizers.mlp_lopt import from_config
+    from lopt.tasks import build_task
+
+    ev = cfg.evaluation
+    spec = {t.name: t for t in ev.tasks}
+    if task_name not in spec:
+        raise ValueError(f"unknown evaluation task {task_name!r}; configured: {', '.join(spec)}")
+    task, data = build_task(spec[task_name].task, cfg.data.root, ev.eval_batch_size)
+    lopt = from_config(cfg.lopt)
+    theta = load_meta_params(meta_params_path, lopt.init(jax.random.PRNGKey(0)))
+    learned = {"lopt": lopt.to_optax(theta, ev.num_steps)}
+    curves, sweep = evaluate_task(
+        task, task_name, data, learned, list(ev.baselines), ev.lr_grid, ev.num_steps, ev.num_seeds, ev.seed_offset, ev.eval_every
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarise(curves)
+    for name, df in (("curves", curves), ("sweep", sweep), ("summary", summary)):
+        tmp = out_dir / f".{name}.csv.tmp"
+        df.to_csv(tmp, index=False)
+        tmp.replace(out_dir / f"{name}.csv")
+    if tracker is not None:
+        tracker.log_table(f"eval/{task_name}/summary", summary)
+        tracker.log_table(f"eval/{task_name}/sweep", sweep)
+        for row in summary.itertuples():
+            tracker.summary({f"eval/{task_name}/{row.optimizer}/{row.split}_loss": row.loss_mean})
+    return summary

@@ -1,0 +1,210 @@
+"""Meta-training: estimator + optax outer optimizer, checkpointed, resumable, tracked.
+
+One outer step is a single jitted pure function
+
+    meta_step(MetaState, data) -> (MetaState, metrics)
+
+that draws its PRNG key as ``fold_in(PRNGKey(seed), step)``, asks the estimator for a
+meta-gradient over one truncation window of every particle, clips it by global norm
+and applies the outer optimizer (Adam by default). Because the key is a function of
+the step and the state holds everything else, a run resumed from a checkpoint
+computes bit-identical meta-parameters on the same machine.
+
+Outputs (``out_dir``):
+    checkpoints/        orbax steps of the whole MetaState, every ``checkpoint_every``
+    metrics.csv         one row per outer step (step, meta_loss, grad_norm, ...)
+    meta_params.npz     final meta-parameters (+ .json with sha256 and config)
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.config import ExperimentConfig
+from lopt.estimators import Estimator, make_estimator
+from lopt.optimizers.mlp_lopt import MLPLOpt, from_config
+from lopt.tasks import build_task
+from lopt.tasks.training import InnerTraining
+
+METRIC_FIELDS = ("step", "meta_loss", "grad_norm", "episodes_done", "wall_time")
+
+
+class MetaState(NamedTuple):
+    """Everything the outer loop carries; exactly what a checkpoint stores."""
+
+    theta: Any
+    opt_state: Any
+    estimator_state: Any
+    step: jax.Array  # int32 scalar: outer steps completed
+
+
+class MetaTrainer(NamedTuple):
+    """The pieces of one meta-training configuration, built once."""
+
+    lopt: MLPLOpt
+    estimator: Estimator
+    outer_opt: optax.GradientTransformation
+    data: Any
+    key: jax.Array
+
+    def init(self) -> MetaState:
+        key_theta, key_est = jax.random.split(self.key)
+        theta = self.lopt.init(key_theta)
+        est_state = self.estimator.init(theta, key_est, self.data)
+        return MetaState(theta, self.outer_opt.init(theta), est_state, jnp.zeros([], jnp.int32))
+
+
+def build_trainer(cfg: ExperimentConfig) -> MetaTrainer:
+    """Build the learned optimizer, inner system, estimator and outer optimizer."""
+    mt = cfg.meta_train
+    lopt = from_config(cfg.lopt)
+    task, data = build_task(mt.task, cfg.data.root)
+    system = InnerTraining(task, lopt.to_optax, mt.horizon, mt.meta_loss_split)
+    estimator = make_estimator(
+        mt.estimator,
+        system,
+        num_particles=mt.num_particles,
+        trunc_length=mt.trunc_length,
+        sigma=mt.sigma,
+        step_unlock=mt.step_unlock,
+    )
+    outer = {"adam": optax.adam, "sgd": optax.sgd}[mt.outer_optimizer](mt.outer_lr)
+    outer_opt = optax.chain(optax.clip_by_global_norm(mt.grad_clip), outer)
+    return MetaTrainer(lopt, estimator, outer_opt, data, jax.random.PRNGKey(cfg.seed))
+
+
+def make_meta_step(trainer: MetaTrainer):
+    """The jitted outer step ``(MetaState, data) -> (MetaState, metrics)``."""
+
+    @jax.jit
+    def meta_step(state: MetaState, data: Any) -> tuple[MetaState, dict[str, jax.Array]]:
+        key = jax.random.fold_in(jax.random.fold_in(trainer.key, 1), state.step)
+        grad, est_state, metrics = trainer.estimator.estimate(
+            state.theta, state.estimator_state, key, data
+        )
+        updates, opt_state = trainer.outer_opt.update(grad, state.opt_state, state.theta)
+        theta = optax.apply_updates(state.theta, updates)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grad))
+        return MetaState(theta, opt_state, est_state, state.step + 1), metrics
+
+    return meta_step
+
+
+class _MetricsLog:
+    """Append-only CSV of per-step metrics that survives kills and resumes cleanly."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        rows: list[dict[str, str]] = []
+        if resume_step > 0 and path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        # Rewrite (dropping rows past the checkpoint a killed run may have logged).
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(path)
+        self._file = open(path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=METRIC_FIELDS)
+
+    def write(self, rows: list[dict[str, float]]) -> None:
+        self._writer.writerows(rows)
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def meta_train(
+    cfg: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    tracker: Any = None,
+    progress: bool = True,
+) -> MetaState:
+    """Run (or resume) meta-training; returns the final :class:`MetaState`.
+
+    Args:
+        cfg: validated experiment config.
+        out_dir: directory for checkpoints, metrics and the final meta-parameters.
+        resume: continue from the latest checkpoint in ``out_dir/checkpoints`` if any;
+            without it an existing checkpoint directory is an error (never overwrite).
+        tracker: optional :class:`lopt.tracking.Tracker` receiving scalars.
+        progress: show a tqdm progress bar (steps, meta-loss, ETA).
+    """
+    from tqdm.auto import tqdm
+
+    from lopt.checkpoint import Checkpointer, save_meta_params
+
+    mt = cfg.meta_train
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    if ckpt_dir.exists() and any(ckpt_dir.iterdir()) and not resume:
+        raise FileExistsError(
+            f"{ckpt_dir} already holds checkpoints; pass --resume to continue or delete it"
+        )
+    trainer = build_trainer(cfg)
+    meta_step = make_meta_step(trainer)
+    state = trainer.init()
+    checkpointer = Checkpointer(ckpt_dir, max_to_keep=mt.max_to_keep)
+    start = 0
+    latest = checkpointer.latest_step() if resume else None
+    if latest is not None:
+        state = checkpointer.restore(latest, state)
+        start = int(state.step)
+    log = _MetricsLog(out_dir / "metrics.csv", start)
+    pending: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=mt.outer_steps, initial=start, desc=f"meta-train {cfg.name}", disable=not progress)
+    try:
+        for step in range(start, mt.outer_steps):
+            state, metrics = meta_step(state, trainer.data)
+            pending.append(dict(metrics, step=step + 1))
+            done = step + 1
+            if done % mt.log_every == 0 or done == mt.outer_steps:
+                rows = _flush(pending, time.perf_counter() - t0)
+                pending = []
+                log.write(rows)
+                if tracker is not None:
+                    for row in rows:
+                        tracker.log({f"meta/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+                bar.set_postfix(meta_loss=f"{rows[-1]['meta_loss']:.4f}")
+            bar.update(1)
+            if done % mt.checkpoint_every == 0 or done == mt.outer_steps:
+                checkpointer.save(done, state)
+    finally:
+        bar.close()
+        log.close()
+        checkpointer.close()
+    theta_path = out_dir / "meta_params.npz"
+    save_meta_params(
+        theta_path,
+        state.theta,
+        {
+            "experiment": cfg.name,
+            "optimizer": cfg.lopt.model_dump(),
+            "estimator": mt.estimator,
+            "outer_steps": int(state.step),
+            "num_meta_params": sum(int(x.size) for x in jax.tree.leaves(state.theta)),
+        },
+    )
+    return state
+
+
+def _flush(pending: list[dict[str, Any]], wall: float) -> list[dict[str, float]]:
+    rows = []
+    for item in jax.device_get(pending):
+        row = {k: float(item[k]) for k in ("meta_loss", "grad_norm", "episodes_done")}
+        rows.append({"step": int(item["step"]), **row, "wall_time": round(wall, 3)})
+    return rows

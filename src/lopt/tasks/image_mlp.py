@@ -1,0 +1,118 @@
+"""MLP image classifiers over prepared datasets, and the family they are drawn from."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopt.tasks.base import SPLITS, Batch, Params, TaskData
+
+_ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "elu": jax.nn.elu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageMLP:
+    """Softmax cross-entropy MLP on flattened images.
+
+    Attributes:
+        input_dim: flattened input size (64 for 8x8 digits).
+        num_classes: output size.
+        hidden_sizes: widths of the hidden layers.
+        activation: one of ``relu``, ``tanh``, ``gelu``, ``elu``.
+        batch_size: training batch size B; batches are drawn with replacement.
+        init_scale: multiplier on LeCun-normal weights (biases start at zero).
+        eval_batch_size: examples drawn for ``evaluate`` (capped by the split size).
+    """
+
+    input_dim: int
+    num_classes: int
+    hidden_sizes: tuple[int, ...] = (32,)
+    activation: str = "relu"
+    batch_size: int = 64
+    init_scale: float = 1.0
+    eval_batch_size: int = 512
+    name: str = "image_mlp"
+
+    def init(self, key: jax.Array) -> Params:
+        sizes = (self.input_dim, *self.hidden_sizes, self.num_classes)
+        keys = jax.random.split(key, len(sizes) - 1)
+        params = {}
+        for i, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+            w = jax.random.normal(k, (fan_in, fan_out)) * (self.init_scale / np.sqrt(fan_in))
+            params[f"layer_{i}"] = {"w": w, "b": jnp.zeros((fan_out,))}
+        return params
+
+    def logits(self, params: Params, x: jax.Array) -> jax.Array:
+        h = x.reshape((x.shape[0], -1))
+        act = _ACTIVATIONS[self.activation]
+        num = len(params)
+        for i in range(num):
+            layer = params[f"layer_{i}"]
+            h = h @ layer["w"] + layer["b"]
+            if i < num - 1:
+                h = act(h)
+        return h
+
+    def loss(self, params: Params, batch: Batch) -> jax.Array:
+        x, y = batch
+        logp = jax.nn.log_softmax(self.logits(params, x))
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    def _draw(self, data: TaskData, key: jax.Array, split: str, size: int) -> Batch:
+        x, y = data[split]
+        idx = jax.random.randint(key, (size,), 0, x.shape[0])
+        return x[idx], y[idx]
+
+    def batch(self, data: TaskData, key: jax.Array, split: str) -> Batch:
+        return self._draw(data, key, split, self.batch_size)
+
+    def evaluate(self, params: Params, data: TaskData, key: jax.Array, split: str) -> dict[str, jax.Array]:
+        x, y = data[split]
+        if x.shape[0] <= self.eval_batch_size:
+            bx, by = x, y  # small splits are evaluated exactly
+        else:
+            bx, by = self._draw(data, key, split, self.eval_batch_size)
+        logits = self.logits(params, bx)
+        logp = jax.nn.log_softmax(logits)
+        loss = -jnp.mean(jnp.take_along_axis(logp, by[:, None], axis=1))
+        acc = jnp.mean(jnp.argmax(logits, -1) == by)
+        return {"loss": loss, "accuracy": acc}
+
+
+def device_data(dataset) -> TaskData:
+    """Move a :class:`lopt.data.Dataset` to device as the ``data`` pytree tasks expect."""
+    return {s: (jnp.asarray(getattr(dataset, s).x), jnp.asarray(getattr(dataset, s).y)) for s in SPLITS}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageMLPFamily:
+    """A distribution over :class:`ImageMLP` tasks on one dataset.
+
+    Structural choices (widths, activation, batch size) change the compiled program,
+    so the family samples them on the host; each sampled task is then vectorised over
+    particles and seeds.
+    """
+
+    input_dim: int
+    num_classes: int
+    hidden_sizes: Sequence[tuple[int, ...]] = ((32,), (64,), (32, 32))
+    activations: Sequence[str] = ("relu", "tanh")
+    batch_sizes: Sequence[int] = (32, 64, 128)
+
+    def sample(self, rng: np.random.Generator) -> ImageMLP:
+        return ImageMLP(
+            input_dim=self.input_dim,
+            num_classes=self.num_classes,
+            hidden_sizes=tuple(self.hidden_sizes[rng.integers(len(self.hidden_sizes))]),
+            activation=str(self.activations[rng.integers(len(self.activations))]),
+            batch_size=int(self.batch_sizes[rng.integers(len(self.batch_sizes))]),
+        )

@@ -1,0 +1,45 @@
+"""The noisy quadratic model (NQM): a data-free task for stability analysis."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from lopt.tasks.base import Batch, Params, TaskData
+
+
+@dataclasses.dataclass(frozen=True)
+class NoisyQuadratic:
+    """``loss(x) = 0.5 * sum_i h_i x_i^2 + <noise, x>``.
+
+    Curvatures ``h`` are log-spaced in ``[1, condition_number]``; the minimiser is 0 and
+    the minimum 0. The batch is Gaussian noise of std ``noise_std`` whose inner product
+    with ``x`` gives the stochastic gradient ``h * x + noise`` (unbiased). The initial
+    point is ``N(0, I)``.
+    """
+
+    dim: int = 10
+    condition_number: float = 10.0
+    noise_std: float = 0.1
+    name: str = "quadratic"
+
+    @property
+    def curvature(self) -> jax.Array:
+        return jnp.logspace(0.0, jnp.log10(self.condition_number), self.dim)
+
+    def init(self, key: jax.Array) -> Params:
+        return {"x": jax.random.normal(key, (self.dim,))}
+
+    def loss(self, params: Params, batch: Batch) -> jax.Array:
+        x = params["x"]
+        return 0.5 * jnp.sum(self.curvature * x**2) + jnp.dot(batch, x)
+
+    def batch(self, data: TaskData, key: jax.Array, split: str) -> Batch:
+        del data, split
+        return self.noise_std * jax.random.normal(key, (self.dim,))
+
+    def evaluate(self, params: Params, data: TaskData, key: jax.Array, split: str) -> dict[str, jax.Array]:
+        del data, key, split
+        return {"loss": self.loss(params, jnp.zeros((self.dim,)))}

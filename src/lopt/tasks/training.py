@@ -1,0 +1,66 @@
+"""Inner training as an unrolled system: a task trained by an optimizer built from theta.
+
+This is the bridge between tasks and the unroll engine: the state is ``(params,
+opt_state)``, one step draws a training batch, applies the optimizer built from
+``theta`` and reports the meta-loss at the current parameters (on the training batch,
+or on an ``outer_valid`` batch). The optimizer factory is injected, so tasks never
+import the optimizers package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.tasks.base import Task
+
+# Meta-losses above this (or non-finite) are clipped: one diverging particle must not
+# dominate an ES estimate with an unbounded loss difference.
+MAX_META_LOSS = 1e3
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerTraining:
+    """Train ``task`` for ``horizon`` steps with ``make_optimizer(theta, horizon)``.
+
+    Attributes:
+        task: the inner problem.
+        make_optimizer: ``(theta, num_steps) -> optax.GradientTransformation``.
+        horizon: T, inner steps per episode.
+        meta_loss_split: ``train`` (the loss the step already computed) or
+            ``outer_valid`` (an extra forward pass on an outer-valid batch).
+    """
+
+    task: Task
+    make_optimizer: Callable[[Any, int], optax.GradientTransformation]
+    horizon: int
+    meta_loss_split: str = "train"
+
+    def init(self, theta: Any, key: jax.Array, data: Any) -> TrainState:
+        params = self.task.init(key)
+        return TrainState(params, self.make_optimizer(theta, self.horizon).init(params))
+
+    def step(self, theta, inner: TrainState, t, key, data) -> tuple[TrainState, jax.Array]:
+        del t  # the optimizer state carries its own step count
+        key_train, key_meta = jax.random.split(key)
+        batch = self.task.batch(data, key_train, "train")
+        loss, grads = jax.value_and_grad(self.task.loss)(inner.params, batch)
+        if self.meta_loss_split == "train":
+            meta_loss = loss
+        else:
+            meta_loss = self.task.loss(inner.params, self.task.batch(data, key_meta, self.meta_loss_split))
+        opt = self.make_optimizer(theta, self.horizon)
+        updates, opt_state = opt.update(grads, inner.opt_state, inner.params)
+        params = optax.apply_updates(inner.params, updates)
+        meta_loss = jnp.where(jnp.isfinite(meta_loss), jnp.minimum(meta_loss, MAX_META_LOSS), MAX_META_LOSS)
+        return TrainState(params, opt_state), meta_loss

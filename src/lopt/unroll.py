@@ -1,0 +1,180 @@
+"""The vectorised truncated-unroll engine shared by every estimator.
+
+An *unrolled system* is anything with a state advanced step by step under
+meta-parameters ``theta`` and a per-step loss: inner training of a network by a
+learned optimizer, a Lorenz simulation, influence balancing. It provides
+
+    horizon: int                                    episode length T
+    init(theta, key, data) -> inner                 a fresh episode's state
+    step(theta, inner, t, key, data) -> (inner, loss)   one step at inner step t
+
+The engine keeps ``P`` particles, each with its own inner state, inner step ``t``,
+episode counter and PRNG key (:class:`ParticleState`, every leaf with leading axis
+``P``), and advances all of them ``K`` steps with ``lax.scan`` over a ``vmap``ed
+step, inside whatever ``jit`` the caller uses. When a particle reaches ``t = T`` its
+episode ends and it is re-initialised in the same scan iteration (a *reset*).
+
+Antithetic layout: with ``antithetic=True`` particle ``i`` and ``i + P/2`` form a
+pair. They share the PRNG key and the start offset, so the + and - copies see the
+same data and the same initialisations and reset on the same step; only ``theta``
+differs. Estimators rely on this when they difference the pair's losses.
+
+Randomness is a pure function of (particle key, episode, step): the key of inner step
+``t`` of episode ``e`` is ``fold_in(split(fold_in(k, e))[1], t)`` and the init key is
+``split(fold_in(k, e))[0]``. Nothing PRNG-related is carried, so a resumed run draws
+exactly the same numbers.
+
+Step-unlocking: with ``step_unlock=True`` each pair starts its first episode at a
+random inner step in ``[0, T)`` (from fresh parameters, as learned_optimization does),
+so windows are staggered over the horizon and the meta-gradient averages over all
+phases of training instead of all particles sitting at the same phase.
+
+Resets inside a window: a window of ``K <= T`` steps contains at most one reset per
+particle (the shortened first episode has at least one step). :func:`unroll` takes
+two meta-parameter sets, ``theta_a`` for the steps of the episode current at the
+window start and ``theta_b`` for steps after a reset, and reports per step whether it
+was "fresh" (after a reset). PES passes the same perturbed theta twice; NRES passes
+the old and a newly drawn perturbation; everything else follows from that mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+Theta = Any
+Inner = Any
+
+
+class UnrolledSystem(Protocol):
+    """A state-transition system with a per-step loss (see the module docstring)."""
+
+    horizon: int
+
+    def init(self, theta: Theta, key: jax.Array, data: Any) -> Inner: ...
+
+    def step(
+        self, theta: Theta, inner: Inner, t: jax.Array, key: jax.Array, data: Any
+    ) -> tuple[Inner, jax.Array]: ...
+
+
+class ParticleState(NamedTuple):
+    """State of ``P`` particles; every leaf has leading axis ``P``."""
+
+    inner: Inner
+    step: jax.Array  # int32[P], inner step within the current episode
+    episode: jax.Array  # int32[P], episodes started so far (0-based)
+    key: jax.Array  # uint32[P, 2], raw per-particle key (shared within a pair)
+
+
+class Window(NamedTuple):
+    """What one window of ``K`` steps produced, per particle and step."""
+
+    losses: jax.Array  # float32[P, K]
+    fresh: jax.Array  # bool[P, K], step ran in an episode begun inside this window
+    done: jax.Array  # bool[P], an episode ended (and a reset happened) in this window
+
+
+def tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    """``jnp.where`` over pytrees with a scalar (per-particle) predicate."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def broadcast_theta(theta: Theta, num: int) -> Theta:
+    """Stack ``num`` copies of ``theta`` along a new leading axis."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *x.shape)), theta)
+
+
+def _episode_keys(key: jax.Array, episode: jax.Array) -> tuple[jax.Array, jax.Array]:
+    init_key, step_key = jax.random.split(jax.random.fold_in(key, episode))
+    return init_key, step_key
+
+
+def init_particles(
+    system: UnrolledSystem,
+    theta: Theta,
+    key: jax.Array,
+    num_particles: int,
+    data: Any = None,
+    *,
+    step_unlock: bool = False,
+    antithetic: bool = True,
+) -> ParticleState:
+    """Fresh particles at episode 0.
+
+    Args:
+        system: the unrolled system.
+        theta: unperturbed meta-parameters (used only by ``system.init``).
+        key: PRNG key; particle keys and start offsets derive from it.
+        num_particles: ``P``; even when ``antithetic``.
+        data: passed through to the system.
+        step_unlock: start each pair at a random inner step in ``[0, T)``.
+        antithetic: pair particle ``i`` with ``i + P/2`` (shared key and offset).
+    """
+    if antithetic and num_particles % 2:
+        raise ValueError(f"antithetic particles need an even count, got {num_particles}")
+    num_groups = num_particles // 2 if antithetic else num_particles
+    key_particles, key_offsets = jax.random.split(key)
+    keys = jax.random.split(key_particles, num_groups)
+    if step_unlock:
+        offsets = jax.random.randint(key_offsets, (num_groups,), 0, system.horizon)
+    else:
+        offsets = jnp.zeros((num_groups,), jnp.int32)
+    if antithetic:
+        keys = jnp.concatenate([keys, keys])
+        offsets = jnp.concatenate([offsets, offsets])
+    episode = jnp.zeros((num_particles,), jnp.int32)
+    init_keys = jax.vmap(lambda k, e: _episode_keys(k, e)[0])(keys, episode)
+    inner = jax.vmap(system.init, in_axes=(None, 0, None))(theta, init_keys, data)
+    return ParticleState(inner, offsets.astype(jnp.int32), episode, keys)
+
+
+def unroll(
+    system: UnrolledSystem,
+    theta_a: Theta,
+    theta_b: Theta,
+    state: ParticleState,
+    num_steps: int,
+    data: Any = None,
+) -> tuple[ParticleState, Window]:
+    """Advance every particle ``num_steps`` (K) steps, resetting at the horizon.
+
+    Args:
+        theta_a: per-particle meta-parameters (leading axis ``P``) for steps of the
+            episode that is current at the window start.
+        theta_b: per-particle meta-parameters for steps after a reset in this window,
+            also used to initialise the new episode.
+        state: the particles.
+        num_steps: K, static.
+
+    Returns:
+        The new state and the :class:`Window` (losses and masks, shape ``[P, K]``).
+    """
+    horizon = system.horizon
+
+    def particle_step(ta, tb, inner, t, episode, key, fresh):
+        theta = tree_select(fresh, tb, ta)
+        _, step_key = _episode_keys(key, episode)
+        inner, loss = system.step(theta, inner, t, jax.random.fold_in(step_key, t), data)
+        t = t + 1
+        done = t >= horizon
+        episode = episode + done.astype(jnp.int32)
+        init_key, _ = _episode_keys(key, episode)
+        inner = tree_select(done, system.init(tb, init_key, data), inner)
+        return inner, jnp.where(done, 0, t), episode, loss, done
+
+    vstep = jax.vmap(particle_step)
+
+    def body(carry, _):
+        st, fresh = carry
+        inner, t, episode, loss, done = vstep(
+            theta_a, theta_b, st.inner, st.step, st.episode, st.key, fresh
+        )
+        new = ParticleState(inner, t, episode, st.key)
+        return (new, fresh | done), (loss, fresh)
+
+    fresh0 = jnp.zeros(state.step.shape, bool)
+    (state, fresh_end), (losses, fresh) = jax.lax.scan(body, (state, fresh0), None, length=num_steps)
+    return state, Window(losses.T, fresh.T, fresh_end)
