@@ -1,0 +1,40 @@
+# Load and validate the experiment config before any job runs.
+#
+# The experiment is one YAML file: the last --configfile, else configs/default.yaml.
+# lopt.config validates it (unknown keys, wrong types, out-of-range values fail here,
+# naming the file, key path and allowed values). Each rule's `params.spec` holds the
+# config sections it depends on, so with the params rerun trigger an edit reruns exactly
+# the stages it affects.
+import json
+from lopt.config import load_config
+
+CONFIGFILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "configs/default.yaml"
+CFG = load_config(CONFIGFILE)
+EXP = CFG.name
+RESULTS = f"results/{EXP}"
+DATA = CFG.data.root
+DATA_FILES = ("manifest.json", "train.npz", "inner_valid.npz", "outer_valid.npz", "test.npz")
+EVAL_TASKS = [t.name for t in CFG.evaluation.tasks]
+
+
+def spec(*sections):
+    """The config sections a stage depends on, as a stable string for the params trigger."""
+    resolved = CFG.to_dict()
+    return json.dumps({s: resolved[s] for s in sections}, sort_keys=True)
+
+
+def dataset_files(name):
+    return [f"{DATA}/{name}/{f}" for f in DATA_FILES] if name else []
+
+
+def eval_task_dataset(task_name):
+    task = next(t.task for t in CFG.evaluation.tasks if t.name == task_name)
+    return getattr(task, "dataset", None)
+
+
+ANALYSIS_OUTPUTS = [
+    f"{RESULTS}/figures/meta_training.png",
+    f"{RESULTS}/figures/eval_curves.png",
+    f"{RESULTS}/tables/final_losses.md",
+    f"{RESULTS}/tables/summary.csv",
+]

@@ -1,0 +1,10 @@
+# Stage 1: prepare a dataset into data/<name>/ (npz splits + manifest with sha256).
+rule prepare_data:
+    output:
+        [f"{DATA}/{{dataset}}/{f}" for f in DATA_FILES],
+    params:
+        spec=spec("data"),
+    resources:
+        mem_mb=2000,
+    shell:
+        "lopt prepare-data --config {CONFIGFILE} --dataset {wildcards.dataset}"

@@ -1,0 +1,16 @@
+# Stage 3: evaluate the learned optimizer and LR-tuned baselines on one held-out task.
+rule evaluate:
+    input:
+        params=f"{RESULTS}/meta/meta_params.npz",
+        data=lambda w: dataset_files(eval_task_dataset(w.task)),
+    output:
+        curves=f"{RESULTS}/eval/{{task}}/curves.csv",
+        summary=f"{RESULTS}/eval/{{task}}/summary.csv",
+        sweep=f"{RESULTS}/eval/{{task}}/sweep.csv",
+    params:
+        spec=spec("data", "lopt", "evaluation"),
+    wildcard_constraints:
+        task="|".join(EVAL_TASKS),
+    shell:
+        "lopt evaluate --config {CONFIGFILE} --task {wildcards.task} "
+        "--meta-params {input.params} --out {RESULTS}/eval/{wildcards.task} --quiet"

@@ -1,0 +1,14 @@
+# Stage 2: meta-train the learned optimizer. Orbax checkpoints in meta/checkpoints are
+# run state, not declared outputs, so a killed job re-run by Snakemake resumes from them.
+rule meta_train:
+    input:
+        dataset_files(getattr(CFG.meta_train.task, "dataset", None)),
+    output:
+        params=f"{RESULTS}/meta/meta_params.npz",
+        metrics=f"{RESULTS}/meta/metrics.csv",
+    params:
+        spec=spec("seed", "data", "lopt", "meta_train"),
+        out=f"{RESULTS}/meta",
+    threads: 64  # Snakemake caps this at --cores: meta-training gets the whole machine
+    shell:
+        "lopt meta-train --config {CONFIGFILE} --out {params.out} --resume"
