@@ -1,9 +1,9 @@
 # Stage 4: figures and tables from result files only (no training code runs here).
 rule analyze:
     input:
-        metrics=f"{RESULTS}/meta/metrics.csv",
-        curves=expand(f"{RESULTS}/eval/{{task}}/curves.csv", task=EVAL_TASKS),
-        summaries=expand(f"{RESULTS}/eval/{{task}}/summary.csv", task=EVAL_TASKS),
+        metrics=ancient(f"{RESULTS}/meta/metrics.csv"),
+        curves=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/curves.csv", task=EVAL_TASKS)],
+        summaries=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/summary.csv", task=EVAL_TASKS)],
     output:
         meta=report(f"{RESULTS}/figures/meta_training.png", caption="../report/meta_training.rst", category="Meta-training"),
         curves=report(f"{RESULTS}/figures/eval_curves.png", caption="../report/eval_curves.rst", category="Evaluation"),

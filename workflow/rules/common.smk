@@ -5,6 +5,10 @@
 # naming the file, key path and allowed values). Each rule's `params.spec` holds the
 # config sections it depends on, so with the params rerun trigger an edit reruns exactly
 # the stages it affects.
+#
+# Every rule input is wrapped in ancient(): freshness is defined by config (params) and
+# code, never by file times, which `dvc pull` sets in arbitrary order. A job still
+# reruns when its output is missing or an upstream job reruns.
 import json
 from lopt.config import load_config
 
@@ -24,7 +28,7 @@ def spec(*sections):
 
 
 def dataset_files(name):
-    return [f"{DATA}/{name}/{f}" for f in DATA_FILES] if name else []
+    return [ancient(f"{DATA}/{name}/{f}") for f in DATA_FILES] if name else []
 
 
 def eval_task_dataset(task_name):

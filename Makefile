@@ -1,0 +1,37 @@
+# Two commands, each doing its own (idempotent) set-up from the lock file:
+#   make run    the default pipeline (configs/default.yaml) with Snakemake
+#   make test   the test suite (slow paper-scale checks are opt-in: make test-slow)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CORES  ?= all
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: run test test-slow setup lock report clean-results
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; assert sys.version_info >= (3, 11), "lopt needs Python >= 3.11"'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$$(grep -E '^uv==' requirements.lock)"
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $(STAMP)
+
+run: $(STAMP)
+	snakemake --cores $(CORES) --configfile configs/default.yaml
+
+test: $(STAMP)
+	pytest -m "not slow" -n 2 --timeout 900
+
+test-slow: $(STAMP)
+	pytest -m slow
+
+report: $(STAMP)
+	snakemake --configfile configs/default.yaml --report results/default/report.html
+
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
