@@ -1,0 +1,129 @@
+"""Malformed configs fail at once, naming the file, the key path and the allowed values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from lopt.config import ConfigError, load_config
+
+from conftest import REPO, sandbox_env
+
+BASE = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+
+
+def _set(tree, path, value):
+    keys = path.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node.setdefault(k, {})
+    if value is _DELETE:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+
+
+_DELETE = object()
+CROSS_FIELD = {"even", "trunc_length (50) must be <= horizon", "multiple of eval_every", "low (2.0) must be < high"}
+
+# (key path to corrupt, new value, text the message must contain besides file and key)
+MALFORMED = [
+    ("meta_train.estimator", "sgd-es", "'pes' or 'nres'"),
+    ("meta_train.num_particles", 7, "even"),
+    ("meta_train.num_particles", "many", "valid integer"),
+    ("meta_train.sigma", -0.1, "greater than 0"),
+    ("meta_train.trunc_length", 50, "trunc_length (50) must be <= horizon"),
+    ("meta_train.task.dataset", "imagenet", "'digits'"),
+    ("meta_train.task.activation", "swish", "'relu'"),
+    ("meta_train.task.hidden_size", [3], "allowed keys: activation, batch_size"),
+    ("meta_train.outer_stepz", 10, "allowed keys:"),
+    ("lopt.momentum_decays", [0.9, 1.5], "less than 1"),
+    ("evaluation.baselines", ["sgd", "lamb"], "'sgd', 'momentum', 'adam' or 'rmsprop'"),
+    ("evaluation.eval_every", 7, "multiple of eval_every"),
+    ("evaluation.tasks", [], "at least 1 item"),
+    ("evaluation.lr_grid.low", 2.0, "low (2.0) must be < high"),
+    ("tracking.mode", "cloud", "'online', 'offline' or 'disabled'"),
+    ("name", "x", "at least 2 characters"),
+    ("name", _DELETE, "Field required"),
+    ("data.valid_fraction", 0.7, "less than 0.5"),
+]
+
+
+@pytest.mark.parametrize("path,value,expected", MALFORMED, ids=[f"{p}={v!r}"[:40] for p, v, _ in MALFORMED])
+def test_malformed_config_names_file_key_and_allowed(tmp_path, path, value, expected):
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    _set(raw, path, value)
+    cfg_path = tmp_path / "bad.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg_path)
+    msg = str(info.value)
+    assert str(cfg_path) in msg
+    # cross-field checks are reported on the enclosing section
+    key = path.rsplit(".", 1)[0] if expected in CROSS_FIELD else path
+    assert f"  {key}" in msg, msg
+    assert expected in msg, msg
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="nope.yaml: cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+    top = tmp_path / "list.yaml"
+    top.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(top)
+
+
+def test_shipped_configs_are_valid():
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.name == path.stem
+
+
+def test_schema_file_is_current():
+    import json
+
+    from lopt.config import json_schema
+
+    shipped = json.loads((REPO / "configs" / "schema.json").read_text())
+    assert shipped == json_schema(), "regenerate with: lopt schema > configs/schema.json"
+
+
+def test_cli_rejects_before_any_jax_work(tmp_path):
+    """The CLI validates first: a bad config exits 2 without importing JAX."""
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw["meta_train"]["sigma"] = 0
+    cfg_path = tmp_path / "bad.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    code = (
+        "import sys; from lopt.cli import main; rc = main(['meta-train', '--config', sys.argv[1]]);"
+        "assert 'jax' not in sys.modules, 'jax imported before validation'; sys.exit(rc)"
+    )
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, str(cfg_path)], capture_output=True, text=True,
+                          env=sandbox_env(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert f"{cfg_path}" in proc.stderr and "meta_train.sigma" in proc.stderr
+    assert time.perf_counter() - start < 20
+
+
+def test_snakemake_rejects_bad_config_at_parse_time(tmp_path):
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw["meta_train"]["estimator"] = "bogus"
+    cfg_path = tmp_path / "bad.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run(
+        ["snakemake", "-n", "--cores", "1", "--configfile", str(cfg_path)],
+        cwd=REPO, capture_output=True, text=True, env=sandbox_env(tmp_path),
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert str(cfg_path) in out and "meta_train.estimator" in out
