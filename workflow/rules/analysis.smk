@@ -9,6 +9,8 @@ rule analyze:
         curves=report(f"{RESULTS}/figures/eval_curves.png", caption="../report/eval_curves.rst", category="Evaluation"),
         table=report(f"{RESULTS}/tables/final_losses.md", caption="../report/final_losses.rst", category="Evaluation"),
         summary=f"{RESULTS}/tables/summary.csv",
+    benchmark:
+        f"{RESULTS}/benchmarks/analyze.tsv"
     params:
         spec=spec("analysis", "evaluation"),
     shell:

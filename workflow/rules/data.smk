@@ -2,6 +2,8 @@
 rule prepare_data:
     output:
         [f"{DATA}/{{dataset}}/{f}" for f in DATA_FILES],
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_data_{{dataset}}.tsv"
     params:
         spec=spec("data"),
     resources:

@@ -7,6 +7,8 @@ rule evaluate:
         curves=f"{RESULTS}/eval/{{task}}/curves.csv",
         summary=f"{RESULTS}/eval/{{task}}/summary.csv",
         sweep=f"{RESULTS}/eval/{{task}}/sweep.csv",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_{{task}}.tsv"
     params:
         spec=spec("data", "lopt", "evaluation"),
     wildcard_constraints:

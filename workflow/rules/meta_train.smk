@@ -6,6 +6,8 @@ rule meta_train:
     output:
         params=f"{RESULTS}/meta/meta_params.npz",
         metrics=f"{RESULTS}/meta/metrics.csv",
+    benchmark:
+        f"{RESULTS}/benchmarks/meta_train.tsv"
     params:
         spec=spec("seed", "data", "lopt", "meta_train"),
         out=f"{RESULTS}/meta",

@@ -1,0 +1,45 @@
+"""Run the Snakemake pipeline in a throwaway copy of the repository."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import REPO, sandbox_env
+
+_TOP_LEVEL = {".venv", ".git", "data", "results", ".snakemake", "wandb", ".pytest_cache", ".ruff_cache"}
+_ANYWHERE = shutil.ignore_patterns("__pycache__", "*.egg-info")
+
+
+def _ignore(directory: str, names: list[str]) -> set[str]:
+    """Skip outputs and caches: top-level run state, and caches at any depth."""
+    skipped = set(_ANYWHERE(directory, names))
+    if Path(directory) == REPO:
+        skipped |= _TOP_LEVEL & set(names)
+    if Path(directory) == REPO / ".dvc":
+        skipped |= {"cache", "tmp"} & set(names)
+    return skipped
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the working tree (no venv, outputs or caches) to ``dest`` and git-init it."""
+    shutil.copytree(REPO, dest, ignore=_ignore)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc, time.perf_counter() - start
+
+
+def run_pipeline(tmp_path: Path, config: str, cores: int = 2):
+    """Copy the repo into ``tmp_path/repo`` and run ``snakemake`` for ``config``."""
+    repo = copy_repo(tmp_path / "repo")
+    env = sandbox_env(tmp_path)
+    proc, seconds = run(["snakemake", "--cores", str(cores), "--configfile", config], repo, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return repo, env, seconds, proc

@@ -1,0 +1,94 @@
+"""End to end: the smoke experiment through every stage, W&B read-back, DVC round trip."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline_utils import run, run_pipeline
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke")
+    repo, env, seconds, proc = run_pipeline(tmp, "configs/smoke.yaml")
+    return repo, env, seconds, tmp
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_stage_ran_quickly_and_wrote_its_outputs(smoke):
+    repo, _, seconds, _ = smoke
+    assert seconds < 180, f"smoke pipeline took {seconds:.0f} s (limit 3 min)"
+    res = repo / "results" / "smoke"
+    for png in ("meta_training.png", "eval_curves.png"):
+        data = (res / "figures" / png).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 10_000
+    table = (res / "tables" / "final_losses.md").read_text()
+    for name in ("lopt", "sgd", "adam", "digits_mlp16"):
+        assert name in table
+    assert (repo / "data" / "digits" / "manifest.json").exists()
+    steps = sorted(int(p.name) for p in (res / "meta" / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 20
+    metrics = pd.read_csv(res / "meta" / "metrics.csv")
+    assert list(metrics["step"]) == list(range(1, 21))
+    summary = pd.read_csv(res / "tables" / "summary.csv")
+    assert set(summary["optimizer"]) == {"lopt", "sgd", "adam"}
+    assert np.isfinite(summary["loss_mean"]).all()
+    # baselines were tuned: the chosen rate is the best mean inner-valid loss of the sweep
+    sweep = pd.read_csv(res / "eval" / "digits_mlp16" / "sweep.csv")
+    for name, grp in sweep.groupby("optimizer"):
+        assert grp.loc[grp["inner_valid_loss"].idxmin(), "selected"]
+
+
+def test_wandb_offline_runs_hold_the_logged_metrics(smoke):
+    from lopt.tracking import find_offline_runs, read_offline_run
+
+    repo, env, _, _ = smoke
+    runs = [read_offline_run(p) for p in find_offline_runs(Path(env["WANDB_DIR"]) / "wandb")]
+    by_job = {r.job_type: r for r in runs}
+    assert set(by_job) == {"meta-train", "evaluate"}
+    meta = by_job["meta-train"]
+    assert meta.group == "smoke" and meta.config["name"] == "smoke"
+    assert meta.config["meta_train"]["estimator"] == "nres"
+    logged = dict(meta.series("meta/meta_loss"))
+    metrics = pd.read_csv(repo / "results" / "smoke" / "meta" / "metrics.csv")
+    assert sorted(logged) == list(metrics["step"])
+    np.testing.assert_allclose([logged[s] for s in metrics["step"]], metrics["meta_loss"], rtol=1e-6)
+    assert any(a["type"] == "learned-optimizer" for a in meta.artifacts)
+    evaluate = by_job["evaluate"]
+    summary = pd.read_csv(repo / "results" / "smoke" / "eval" / "digits_mlp16" / "summary.csv")
+    row = summary[(summary.optimizer == "lopt") & (summary.split == "test")].iloc[0]
+    assert evaluate.summary["eval/digits_mlp16/lopt/test_loss"] == pytest.approx(row.loss_mean)
+
+
+def test_dvc_push_pull_then_nothing_to_do(smoke):
+    repo, env, _, tmp = smoke
+    remote = tmp / "remote"
+    before = {p: _sha(repo / p) for p in ("results/smoke/meta/meta_params.npz", "results/smoke/tables/summary.csv",
+                                          "data/digits/train.npz")}
+    for cmd in (
+        ["dvc", "remote", "add", "-f", "-d", "testremote", str(remote)],
+        ["dvc", "commit", "-f", "data", "experiment@smoke"],
+        ["dvc", "push"],
+    ):
+        proc, _ = run(cmd, repo, env, timeout=300)
+        assert proc.returncode == 0, (cmd, proc.stdout, proc.stderr)
+    for path in ("data", "results", ".dvc/cache"):
+        shutil.rmtree(repo / path)
+    proc, _ = run(["dvc", "pull", "data", "experiment@smoke"], repo, env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for path, digest in before.items():
+        assert _sha(repo / path) == digest, path
+    proc, _ = run(["snakemake", "-n", "--configfile", "configs/smoke.yaml"], repo, env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
