@@ -72,7 +72,7 @@ def train_curves(
                 k = jax.random.fold_in(jax.random.fold_in(key_eval, chunk), i)
                 metrics = task.evaluate(params, data, k, split)
                 out[f"{split}_loss"] = metrics["loss"]
-                out[f"{split}_accuracy"] = metrics.get("accuracy", jnp.nan)
+                out[f"{split}_accuracy"] = jnp.asarray(metrics.get("accuracy", jnp.nan), jnp.float32)
             return out
 
         def train_step(carry, t):

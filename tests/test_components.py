@@ -1,0 +1,124 @@
+"""Unit tests of the learned optimizer, the evaluation protocol, checkpoints and tables."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+import pytest
+
+from lopt.analysis.tables import final_loss_table
+from lopt.checkpoint import Checkpointer, load_meta_params, save_meta_params
+from lopt.evaluate import summarise, train_curves, tune_baseline
+from lopt.optimizers import MLPLOpt, make_baseline
+from lopt.tasks import NoisyQuadratic
+
+
+def test_untrained_mlp_lopt_is_a_noop_and_optax_compatible():
+    lopt = MLPLOpt(hidden_size=8)
+    theta = lopt.init(jax.random.PRNGKey(0))
+    opt = lopt.to_optax(theta, num_steps=10)
+    params = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    state = opt.init(params)
+    updates, state = opt.update(grads, state, params)
+    assert all(float(jnp.abs(u).max()) == 0.0 for u in jax.tree.leaves(updates))
+    assert int(state.count) == 1
+    # momenta were updated with the gradient
+    np.testing.assert_allclose(state.momenta["w"][0], 0.5 * (1 - 0.5))
+    with pytest.raises(ValueError, match="needs params"):
+        opt.update(grads, state)
+
+
+def test_mlp_lopt_descends_when_output_is_minus_normalised_gradient():
+    """A hand-set output layer that reads -g*rsqrt(v) makes the optimizer sign-descent-like."""
+    lopt = MLPLOpt(hidden_size=4, num_layers=0, step_mult=0.1, zero_init_output=True)
+    theta = lopt.init(jax.random.PRNGKey(0))
+    k = len(lopt.momentum_decays)
+    w = np.zeros((lopt.num_features, 2), np.float32)
+    w[3 + 2 * k, 0] = 1.0  # the g * rsqrt(v) feature -> direction
+    theta = {"layer_0": {"w": jnp.asarray(w), "b": jnp.zeros(2)}}
+    task = NoisyQuadratic(dim=5, condition_number=5.0, noise_std=0.0)
+    params = task.init(jax.random.PRNGKey(1))
+    opt = lopt.to_optax(theta, 50)
+    state = opt.init(params)
+    start = float(task.loss(params, jnp.zeros(5)))
+    for _ in range(50):
+        g = jax.grad(task.loss)(params, jnp.zeros(5))
+        u, state = opt.update(g, state, params)
+        params = optax.apply_updates(params, u)
+    assert float(task.loss(params, jnp.zeros(5))) < 0.1 * start
+
+
+def test_train_curves_vectorises_hparams_and_seeds():
+    task = NoisyQuadratic(dim=4, noise_std=0.0)
+    lrs = jnp.asarray([0.0, 0.1, 0.5])
+    curves = train_curves(task, lambda lr: optax.sgd(lr), lrs, np.arange(2), None, num_steps=20, eval_every=5)
+    assert curves["train_batch"].shape == (3, 2, 20)
+    assert curves["test_loss"].shape == (3, 2, 5)
+    # lr = 0 never moves; the init loss is recorded at step 0 for every lr
+    np.testing.assert_allclose(curves["test_loss"][0, :, -1], curves["test_loss"][0, :, 0])
+    np.testing.assert_allclose(curves["test_loss"][1, :, 0], curves["test_loss"][0, :, 0])
+    # gradient descent with lr 0.1 on curvatures in [1, 10] converges monotonically
+    assert np.all(np.diff(curves["test_loss"][1], axis=-1) <= 1e-6)
+    # same seed -> same init regardless of the hyperparameter
+    np.testing.assert_allclose(curves["train_batch"][1, :, 0], curves["train_batch"][2, :, 0])
+
+
+def test_tuning_selects_the_best_rate_and_avoids_divergence():
+    task = NoisyQuadratic(dim=4, condition_number=10.0, noise_std=0.0)
+    # with curvature up to 10, sgd diverges for lr > 0.2; 0.1 is the best stable rate
+    grid = np.asarray([0.001, 0.01, 0.1, 1.0], np.float32)
+    lr, sweep = tune_baseline(task, "sgd", None, grid, np.arange(2), 40, 10)
+    assert lr == pytest.approx(0.1)
+    assert sweep["selected"].sum() == 1
+    assert sweep.loc[sweep["learning_rate"] == grid[-1], "inner_valid_loss"].iloc[0] > 1e3
+    with pytest.raises(ValueError, match="allowed: sgd, momentum, adam, rmsprop"):
+        make_baseline("lamb", 0.1)
+
+
+def test_meta_params_file_roundtrip_and_corruption(tmp_path):
+    lopt = MLPLOpt(hidden_size=4, zero_init_output=False)
+    theta = lopt.init(jax.random.PRNGKey(3))
+    path = tmp_path / "meta_params.npz"
+    digest = save_meta_params(path, theta, {"experiment": "t"})
+    loaded = load_meta_params(path, lopt.init(jax.random.PRNGKey(0)))
+    jax.tree.map(np.testing.assert_array_equal, theta, loaded)
+    assert len(digest) == 64
+    with pytest.raises(ValueError, match="shape"):
+        load_meta_params(path, MLPLOpt(hidden_size=5).init(jax.random.PRNGKey(0)))
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        load_meta_params(path, theta)
+
+
+def test_checkpointer_restores_namedtuple_state_exactly(tmp_path):
+    opt = optax.adam(1e-3)
+    params = {"w": jnp.arange(6.0).reshape(2, 3)}
+    state = {"params": params, "opt": opt.init(params), "step": jnp.asarray(7, jnp.int32),
+             "key": jax.random.PRNGKey(5)}
+    with Checkpointer(tmp_path / "ck", max_to_keep=2) as ck:
+        for step in (1, 2, 3):
+            ck.save(step, state)
+        assert ck.all_steps() == [2, 3]
+        restored = ck.restore(3, jax.tree.map(jnp.zeros_like, state))
+    jax.tree.map(np.testing.assert_array_equal, state, restored)
+    assert type(restored["opt"][0]) is type(state["opt"][0])
+
+
+def test_final_loss_table_marks_the_best():
+    curves = pd.DataFrame(
+        {
+            "task": "t", "optimizer": ["a"] * 4 + ["b"] * 4, "learning_rate": [np.nan] * 4 + [0.1] * 4,
+            "seed": [0, 1, 0, 1] * 2, "step": [10, 10, 0, 0] * 2, "split": "train",
+            "loss": [1.0, 3.0, 5.0, 5.0, 0.5, 0.7, 5.0, 5.0], "accuracy": 0.5,
+        }
+    )
+    summary = summarise(curves)
+    assert summary.set_index("optimizer").loc["a", "loss_mean"] == pytest.approx(2.0)
+    table = final_loss_table(summary, splits=("train",))
+    assert "**0.6000 ± 0.1000**" in table and "2.0000 ± 1.0000" in table
