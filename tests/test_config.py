@@ -27,7 +27,12 @@ def _set(tree, path, value):
         node[keys[-1]] = value
 
 
-_DELETE = object()
+class _Delete:
+    def __repr__(self) -> str:  # stable test ids across xdist workers
+        return "<deleted>"
+
+
+_DELETE = _Delete()
 CROSS_FIELD = {"even", "trunc_length (50) must be <= horizon", "multiple of eval_every", "low (2.0) must be < high"}
 
 # (key path to corrupt, new value, text the message must contain besides file and key)
