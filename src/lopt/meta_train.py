@@ -11,15 +11,26 @@ the step and the state holds everything else, a run resumed from a checkpoint
 computes bit-identical meta-parameters on the same machine.
 
 Outputs (``out_dir``):
-    checkpoints/        orbax steps of the whole MetaState, every ``checkpoint_every``
-    metrics.csv         one row per outer step (step, meta_loss, grad_norm, ...)
-    meta_params.npz     final meta-parameters (+ .json with sha256 and config)
+    checkpoints/        run state: orbax steps of the whole MetaState every
+                        ``checkpoint_every``, plus ``fingerprint.json``
+    metrics.live.csv    run state: the per-step log, appended as training goes
+    metrics.csv         final: one row per outer step (step, meta_loss, grad_norm, ...)
+    meta_params.npz     final: meta-parameters (+ .json with sha256 and config)
+
+The final files are written only when training completes, so a pipeline that sees them
+sees a finished run. A resume continues only from checkpoints whose fingerprint (every
+config field that changes the computation; ``outer_steps`` and logging cadence excluded,
+so a run can be extended) matches; stale checkpoints are moved aside, never deleted.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -97,6 +108,38 @@ def make_meta_step(trainer: MetaTrainer):
     return meta_step
 
 
+# Fields that do not change what a step computes: a checkpoint stays valid across them.
+_NON_FINGERPRINT = {"outer_steps", "checkpoint_every", "max_to_keep", "log_every"}
+
+
+def fingerprint(cfg: ExperimentConfig) -> str:
+    """Hash of every config field that affects the meta-training computation."""
+    resolved = cfg.to_dict()
+    meta = {k: v for k, v in resolved["meta_train"].items() if k not in _NON_FINGERPRINT}
+    spec = {"seed": resolved["seed"], "data": resolved["data"], "lopt": resolved["lopt"], "meta_train": meta}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
+    """Refuse to overwrite, or move aside checkpoints of a different configuration."""
+    stamp = ckpt_dir / "fingerprint.json"
+    current = fingerprint(cfg)
+    if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        if not resume:
+            raise FileExistsError(
+                f"{ckpt_dir} already holds checkpoints; pass --resume to continue or delete it"
+            )
+        previous = json.loads(stamp.read_text())["fingerprint"] if stamp.exists() else "unknown"
+        if previous != current:
+            stale = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{previous}")
+            if stale.exists():
+                shutil.rmtree(stale)
+            ckpt_dir.rename(stale)
+            warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and starting afresh")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"fingerprint": current, "experiment": cfg.name}))
+
+
 class _MetricsLog:
     """Append-only CSV of per-step metrics that survives kills and resumes cleanly."""
 
@@ -150,10 +193,7 @@ def meta_train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
-    if ckpt_dir.exists() and any(ckpt_dir.iterdir()) and not resume:
-        raise FileExistsError(
-            f"{ckpt_dir} already holds checkpoints; pass --resume to continue or delete it"
-        )
+    _prepare_checkpoint_dir(ckpt_dir, cfg, resume)
     trainer = build_trainer(cfg)
     meta_step = make_meta_step(trainer)
     state = trainer.init()
@@ -163,7 +203,7 @@ def meta_train(
     if latest is not None:
         state = checkpointer.restore(latest, state)
         start = int(state.step)
-    log = _MetricsLog(out_dir / "metrics.csv", start)
+    log = _MetricsLog(out_dir / "metrics.live.csv", start)
     pending: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     bar = tqdm(total=mt.outer_steps, initial=start, desc=f"meta-train {cfg.name}", disable=not progress)
@@ -187,6 +227,10 @@ def meta_train(
         bar.close()
         log.close()
         checkpointer.close()
+    # Publish the finished run: the complete log first, the meta-parameters last.
+    tmp = out_dir / ".metrics.csv.tmp"
+    shutil.copyfile(out_dir / "metrics.live.csv", tmp)
+    tmp.replace(out_dir / "metrics.csv")
     theta_path = out_dir / "meta_params.npz"
     save_meta_params(
         theta_path,
