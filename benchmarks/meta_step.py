@@ -11,6 +11,7 @@ fraction of the matmul roofline.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import jax
@@ -47,7 +48,7 @@ def count_flops(cfg, num_params: int, layer_sizes: list[tuple[int, int]]) -> dic
     lo = cfg.lopt
     k = len(lo.momentum_decays)
     sizes = [4 + 2 * k + lo.num_time_features] + [lo.hidden_size] * lo.num_layers + [2]
-    lopt = num_params * 2 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
+    lopt = num_params * 2 * sum(i * o for i, o in itertools.pairwise(sizes))
     return {"task": task, "lopt": lopt, "total": task + lopt}
 
 
@@ -65,12 +66,12 @@ def main() -> None:
     step = make_meta_step(trainer)
     state = trainer.init()
     t = time.perf_counter()
-    state, m = step(state, trainer.data)
+    state, _ = step(state, trainer.data)
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - t
     t = time.perf_counter()
     for _ in range(args.steps):
-        state, m = step(state, trainer.data)
+        state, _m = step(state, trainer.data)
     jax.block_until_ready(state)
     per_step = (time.perf_counter() - t) / args.steps
 

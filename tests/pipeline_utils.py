@@ -32,7 +32,7 @@ def copy_repo(dest: Path) -> Path:
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> tuple[subprocess.CompletedProcess, float]:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     return proc, time.perf_counter() - start
 
 

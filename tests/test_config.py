@@ -8,10 +8,9 @@ import time
 
 import pytest
 import yaml
+from conftest import REPO, sandbox_env
 
 from lopt.config import ConfigError, load_config
-
-from conftest import REPO, sandbox_env
 
 BASE = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
 
@@ -114,7 +113,7 @@ def test_cli_rejects_before_any_jax_work(tmp_path):
     )
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, str(cfg_path)], capture_output=True, text=True,
-                          env=sandbox_env(tmp_path))
+                          env=sandbox_env(tmp_path), check=False)
     assert proc.returncode == 2, proc.stderr
     assert f"{cfg_path}" in proc.stderr and "meta_train.sigma" in proc.stderr
     assert time.perf_counter() - start < 20
@@ -127,7 +126,7 @@ def test_snakemake_rejects_bad_config_at_parse_time(tmp_path):
     cfg_path.write_text(yaml.safe_dump(raw))
     proc = subprocess.run(
         ["snakemake", "-n", "--cores", "1", "--configfile", str(cfg_path)],
-        cwd=REPO, capture_output=True, text=True, env=sandbox_env(tmp_path),
+        cwd=REPO, capture_output=True, text=True, env=sandbox_env(tmp_path), check=False,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0

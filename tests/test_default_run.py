@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from pipeline_utils import run_pipeline
 
 pytestmark = pytest.mark.e2e

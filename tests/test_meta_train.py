@@ -8,14 +8,14 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO, sandbox_env
 
 from lopt.config import validate_config
-
-from conftest import REPO, sandbox_env
 
 
 def _config(tmp_path, **meta):
@@ -114,3 +114,28 @@ def test_nres_meta_training_lowers_meta_loss(tmp_path, digits_root):
     last = metrics["meta_loss"].iloc[-20:].mean()
     assert first > 2.0
     assert last < 0.75 * first, (first, last)
+
+
+def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, digits_root):
+    """outer_steps can grow across a resume; a changed sigma starts afresh (old run kept aside)."""
+    from lopt.meta_train import meta_train
+
+    _, cfg = _config(tmp_path, outer_steps=6, checkpoint_every=3, log_every=3)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(digits_root)})})
+    out = tmp_path / "out"
+    meta_train(cfg, out, progress=False)
+    longer = cfg.model_copy(update={"meta_train": cfg.meta_train.model_copy(update={"outer_steps": 9})})
+    state = meta_train(longer, out, resume=True, progress=False)
+    assert int(state.step) == 9
+    assert list(pd.read_csv(out / "metrics.csv")["step"]) == list(range(1, 10))
+    # the extended run equals a run of 9 steps from scratch
+    fresh = meta_train(longer, tmp_path / "fresh", progress=False)
+    for a, b in zip(jax.tree.leaves(state.theta), jax.tree.leaves(fresh.theta)):
+        np.testing.assert_array_equal(a, b)
+
+    changed = longer.model_copy(update={"meta_train": longer.meta_train.model_copy(update={"sigma": 0.05})})
+    with pytest.warns(UserWarning, match="config changed"):
+        state = meta_train(changed, out, resume=True, progress=False)
+    assert int(state.step) == 9
+    stale = list(tmp_path.joinpath("out").glob("checkpoints.stale-*"))
+    assert len(stale) == 1 and any(p.name == "9" for p in stale[0].iterdir())

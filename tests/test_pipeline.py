@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from pipeline_utils import run, run_pipeline
 
 pytestmark = pytest.mark.e2e
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
-    repo, env, seconds, proc = run_pipeline(tmp, "configs/smoke.yaml")
+    repo, env, seconds, _proc = run_pipeline(tmp, "configs/smoke.yaml")
     return repo, env, seconds, tmp
 
 

@@ -177,13 +177,13 @@ def evaluate_task(
     tune_seeds = seeds + TUNE_SEED_SHIFT
     frames, sweeps = [], []
     for name, opt in learned.items():
-        curves = train_curves(task, lambda _: opt, jnp.zeros((1,)), seeds, data, num_steps, eval_every)
+        curves = train_curves(task, lambda _, opt=opt: opt, jnp.zeros((1,)), seeds, data, num_steps, eval_every)
         frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, np.nan, seeds, eval_every))
     grid = lr_grid(grid_cfg.low, grid_cfg.high, grid_cfg.num)
     for name in baselines:
         lr, sweep = tune_baseline(task, name, data, grid, tune_seeds, num_steps, eval_every)
         sweeps.append(sweep)
-        curves = train_curves(task, lambda lr_: make_baseline(name, lr_), jnp.asarray([lr]), seeds, data, num_steps, eval_every)
+        curves = train_curves(task, lambda lr_, name=name: make_baseline(name, lr_), jnp.asarray([lr]), seeds, data, num_steps, eval_every)
         frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, lr, seeds, eval_every))
     sweep_df = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame()
     if not sweep_df.empty:

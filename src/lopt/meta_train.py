@@ -156,7 +156,7 @@ class _MetricsLog:
             writer.writeheader()
             writer.writerows(rows)
         tmp.replace(path)
-        self._file = open(path, "a", newline="")
+        self._file = open(path, "a", newline="")  # noqa: SIM115 -- held open for the run, closed in close()
         self._writer = csv.DictWriter(self._file, fieldnames=METRIC_FIELDS)
 
     def write(self, rows: list[dict[str, float]]) -> None:

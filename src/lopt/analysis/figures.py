@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
 # Fixed order and colours so every figure of every experiment reads the same way.
 _COLOURS = {"lopt": "C3", "sgd": "C0", "momentum": "C2", "adam": "C1", "rmsprop": "C4"}

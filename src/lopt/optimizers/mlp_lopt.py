@@ -143,7 +143,7 @@ class MLPLOpt:
                 return -step.astype(p.dtype), m, v
 
             flat = jax.tree.map(per_tensor, grads, params, state.momenta, state.second_moment)
-            is_triple = lambda x: isinstance(x, tuple) and len(x) == 3  # noqa: E731
+            is_triple = lambda x: isinstance(x, tuple) and len(x) == 3
             updates = jax.tree.map(lambda t: t[0], flat, is_leaf=is_triple)
             momenta = jax.tree.map(lambda t: t[1], flat, is_leaf=is_triple)
             second = jax.tree.map(lambda t: t[2], flat, is_leaf=is_triple)
