@@ -32,11 +32,12 @@ class _Delete:
 
 
 _DELETE = _Delete()
-CROSS_FIELD = {"even", "trunc_length (50) must be <= horizon", "multiple of eval_every", "low (2.0) must be < high"}
+CROSS_FIELD = {"applies to estimator 'gpes' only", "even", "trunc_length (50) must be <= horizon", "multiple of eval_every", "low (2.0) must be < high"}
 
 # (key path to corrupt, new value, text the message must contain besides file and key)
 MALFORMED = [
-    ("meta_train.estimator", "sgd-es", "'pes' or 'nres'"),
+    ("meta_train.estimator", "sgd-es", "'tbptt', 'full_es', 'tes', 'pes', 'gpes' or 'nres'"),
+    ("meta_train.noise_reuse_steps", 10, "applies to estimator 'gpes' only"),
     ("meta_train.num_particles", 7, "even"),
     ("meta_train.num_particles", "many", "valid integer"),
     ("meta_train.sigma", -0.1, "greater than 0"),

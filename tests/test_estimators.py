@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lopt.estimators import nres, pes
+import functools
+
+from lopt.estimators import full_es, gpes, nres, pes, tbptt, tes
 from lopt.unroll import init_particles, unroll
 
 jax.config.update("jax_enable_x64", False)
@@ -90,9 +92,19 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,factory", [("pes", pes), ("nres", nres)])
+UNBIASED = [
+    ("pes", pes),
+    ("nres", nres),
+    ("gpes_nres", gpes),
+    ("gpes_2k", None),  # K' = 2K, built per case
+]
+
+
+@pytest.mark.parametrize("name,factory", UNBIASED, ids=[n for n, _ in UNBIASED])
 @pytest.mark.parametrize("horizon,trunc,episodes", CASES)
 def test_unbiased(name, factory, horizon, trunc, episodes):
+    if factory is None:
+        factory = functools.partial(gpes, noise_reuse_steps=2 * trunc)
     samples = sample_estimates(factory, horizon, trunc, episodes, num_seeds=4000)
     mean = samples.mean(0)
     sem = samples.std(0, ddof=1) / np.sqrt(len(samples))
@@ -101,6 +113,22 @@ def test_unbiased(name, factory, horizon, trunc, episodes):
     assert np.all(np.abs(z) < 3.0), f"{name} T={horizon} K={trunc}: mean {mean}, exact {exact}, z {z}"
     # The check has power: the standard error is small relative to the gradient.
     assert np.all(sem < 0.1 * np.abs(exact) + 1e-3)
+
+
+@pytest.mark.parametrize("horizon", [9, 20])
+def test_full_es_unbiased(horizon):
+    samples = sample_estimates(full_es, horizon, horizon, 1, num_seeds=4000)
+    mean = samples.mean(0)
+    sem = samples.std(0, ddof=1) / np.sqrt(len(samples))
+    z = (mean - exact_grad(horizon)) / sem
+    assert np.all(np.abs(z) < 3.0), z
+
+
+def test_gpes_with_k_prime_equal_k_is_pes_in_distribution():
+    """K' = K redraws every window like PES: same mean and (within 10%) same variance."""
+    a = sample_estimates(pes, 20, 5, 1, num_seeds=4000)
+    b = sample_estimates(functools.partial(gpes, noise_reuse_steps=5), 20, 5, 1, num_seeds=4000)
+    np.testing.assert_allclose(a.var(0), b.var(0), rtol=0.1)
 
 
 def test_biased_control_is_rejected():

@@ -127,7 +127,10 @@ class MetaTrainConfig(_Strict):
     """Meta-training: estimator, unroll geometry and the optax outer optimizer."""
 
     task: TaskConfig = Field(default_factory=ImageMLPTaskConfig)
-    estimator: Literal["pes", "nres"] = "nres"
+    estimator: Literal["tbptt", "full_es", "tes", "pes", "gpes", "nres"] = "nres"
+    noise_reuse_steps: PosInt | None = Field(
+        None, description="GPES only: K', inner steps between fresh perturbations (multiple of K)."
+    )
     num_particles: Annotated[int, Field(ge=2)] = Field(
         16, description="All perturbed copies (antithetic pairs x 2); must be even."
     )
@@ -154,6 +157,15 @@ class MetaTrainConfig(_Strict):
             raise ValueError(
                 f"trunc_length ({self.trunc_length}) must be <= horizon ({self.horizon})"
             )
+        if self.estimator == "full_es" and self.trunc_length != self.horizon:
+            raise ValueError(f"full_es unrolls whole episodes: trunc_length must equal horizon ({self.horizon})")
+        if self.noise_reuse_steps is not None:
+            if self.estimator != "gpes":
+                raise ValueError("noise_reuse_steps applies to estimator 'gpes' only")
+            if self.noise_reuse_steps % self.trunc_length:
+                raise ValueError(
+                    f"noise_reuse_steps ({self.noise_reuse_steps}) must be a multiple of trunc_length ({self.trunc_length})"
+                )
         return self
 
 

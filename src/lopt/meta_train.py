@@ -44,7 +44,7 @@ from lopt.optimizers.mlp_lopt import MLPLOpt, from_config
 from lopt.tasks import build_task
 from lopt.tasks.training import InnerTraining
 
-METRIC_FIELDS = ("step", "meta_loss", "grad_norm", "episodes_done", "wall_time")
+METRIC_FIELDS = ("step", "meta_loss", "grad_norm", "episodes_done", "skipped_updates", "wall_time")
 
 
 class MetaState(NamedTuple):
@@ -78,6 +78,7 @@ def build_trainer(cfg: ExperimentConfig) -> MetaTrainer:
     lopt = from_config(cfg.lopt)
     task, data = build_task(mt.task, cfg.data.root)
     system = InnerTraining(task, lopt.to_optax, mt.horizon, mt.meta_loss_split)
+    extra = {"noise_reuse_steps": mt.noise_reuse_steps} if mt.estimator == "gpes" else {}
     estimator = make_estimator(
         mt.estimator,
         system,
@@ -85,9 +86,12 @@ def build_trainer(cfg: ExperimentConfig) -> MetaTrainer:
         trunc_length=mt.trunc_length,
         sigma=mt.sigma,
         step_unlock=mt.step_unlock,
+        **extra,
     )
     outer = {"adam": optax.adam, "sgd": optax.sgd}[mt.outer_optimizer](mt.outer_lr)
-    outer_opt = optax.chain(optax.clip_by_global_norm(mt.grad_clip), outer)
+    # A non-finite meta-gradient (a diverged unroll) skips the update instead of
+    # poisoning theta; optax counts the skips in its state.
+    outer_opt = optax.apply_if_finite(optax.chain(optax.clip_by_global_norm(mt.grad_clip), outer), max_consecutive_errors=1_000_000)
     return MetaTrainer(lopt, estimator, outer_opt, data, jax.random.PRNGKey(cfg.seed))
 
 
@@ -102,7 +106,7 @@ def make_meta_step(trainer: MetaTrainer):
         )
         updates, opt_state = trainer.outer_opt.update(grad, state.opt_state, state.theta)
         theta = optax.apply_updates(state.theta, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grad))
+        metrics = dict(metrics, grad_norm=optax.global_norm(grad), skipped_updates=opt_state.total_notfinite)
         return MetaState(theta, opt_state, est_state, state.step + 1), metrics
 
     return meta_step
@@ -249,6 +253,6 @@ def meta_train(
 def _flush(pending: list[dict[str, Any]], wall: float) -> list[dict[str, float]]:
     rows = []
     for item in jax.device_get(pending):
-        row = {k: float(item[k]) for k in ("meta_loss", "grad_norm", "episodes_done")}
+        row = {k: float(item[k]) for k in ("meta_loss", "grad_norm", "episodes_done", "skipped_updates")}
         rows.append({"step": int(item["step"]), **row, "wall_time": round(wall, 3)})
     return rows

@@ -1,10 +1,24 @@
-"""Meta-gradient estimators over the truncated-unroll engine (one file each)."""
+"""Meta-gradient estimators over the truncated-unroll engine (one file each).
+
+| name    | module      | unbiased | notes                                              |
+|---------|-------------|----------|----------------------------------------------------|
+| tbptt   | tbptt.py    | no       | autodiff through the last K steps                  |
+| full_es | full_es.py  | yes      | whole episodes from fresh states (K = T)           |
+| tes     | tes.py      | no       | ES over one window from a shared unperturbed state |
+| pes     | pes.py      | yes      | persistent states, accumulated noise               |
+| gpes    | gpes.py     | yes      | fresh noise every K' steps (PES: K'=K, NRES: K'>=T)|
+| nres    | nres.py     | yes      | one noise per particle per episode                 |
+"""
 
 from lopt.estimators.base import Estimator
+from lopt.estimators.full_es import FullESState, full_es
+from lopt.estimators.gpes import GPESState, gpes
 from lopt.estimators.nres import NRESState, nres
 from lopt.estimators.pes import PESState, pes
+from lopt.estimators.tbptt import TBPTTState, tbptt
+from lopt.estimators.tes import TESState, tes
 
-ESTIMATORS = {"pes": pes, "nres": nres}
+ESTIMATORS = {"tbptt": tbptt, "full_es": full_es, "tes": tes, "pes": pes, "gpes": gpes, "nres": nres}
 
 
 def make_estimator(name: str, system, **kwargs) -> Estimator:
@@ -16,4 +30,20 @@ def make_estimator(name: str, system, **kwargs) -> Estimator:
     return factory(system, **kwargs)
 
 
-__all__ = ["ESTIMATORS", "Estimator", "NRESState", "PESState", "make_estimator", "nres", "pes"]
+__all__ = [
+    "ESTIMATORS",
+    "Estimator",
+    "FullESState",
+    "GPESState",
+    "NRESState",
+    "PESState",
+    "TBPTTState",
+    "TESState",
+    "full_es",
+    "gpes",
+    "make_estimator",
+    "nres",
+    "pes",
+    "tbptt",
+    "tes",
+]

@@ -127,7 +127,7 @@ class MLPLOpt:
                         p[..., None],
                         g[..., None],
                         jnp.moveaxis(m, 0, -1),
-                        jnp.sqrt(v)[..., None],
+                        jnp.sqrt(v + _EPS)[..., None],  # +eps: finite derivative at v = 0 (TBPTT)
                         jnp.moveaxis(m * rsqrt_v[None], 0, -1),
                         (g * rsqrt_v)[..., None],
                     ],

@@ -1,0 +1,92 @@
+"""GPES-K': the NRES paper's general class of online ES estimators.
+
+A particle draws a new perturbation every ``noise_reuse_steps`` (K') inner steps and at
+every episode start, and keeps ``xi``, the sum of the distinct perturbations drawn so far
+in its episode. The loss of a step is weighted by the ``xi`` of the state it came from:
+
+    g_tau = 1 / (P sigma^2) sum_i sum_j xi_{i,j} L_{i,j} / K
+
+K' = K gives PES (a new draw every window); K' >= T gives NRES (one draw per episode).
+K' must be a multiple of K so draws happen at window starts; a reset inside a window
+starts the new episode with its own fresh draw (weights switch to it via the engine's
+fresh mask).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lopt.estimators.base import (
+    Estimator,
+    antithetic,
+    es_scale,
+    pair_differences,
+    sample_noise,
+    tree_where,
+    weighted_sum,
+    window_metrics,
+)
+from lopt.unroll import ParticleState, UnrolledSystem, init_particles, unroll
+
+
+class GPESState(NamedTuple):
+    particles: ParticleState
+    noise: Any  # current perturbation of the + copy of each pair, leading axis M
+    accumulator: Any  # xi: sum of this episode's distinct perturbations (incl. current)
+    since_draw: jax.Array  # int32[M]: inner steps run under the current perturbation
+
+
+def gpes(
+    system: UnrolledSystem,
+    num_particles: int,
+    trunc_length: int,
+    sigma: float,
+    noise_reuse_steps: int | None = None,
+    *,
+    step_unlock: bool = True,
+) -> Estimator:
+    """GPES with a fresh perturbation every ``noise_reuse_steps`` (default: never, i.e. NRES)."""
+    if noise_reuse_steps is None:
+        reuse = jnp.iinfo(jnp.int32).max  # never within an episode: NRES
+    elif noise_reuse_steps % trunc_length:
+        raise ValueError(
+            f"noise_reuse_steps ({noise_reuse_steps}) must be a multiple of trunc_length ({trunc_length})"
+        )
+    else:
+        reuse = noise_reuse_steps
+    num_pairs = num_particles // 2
+    scale = es_scale(num_pairs, sigma, trunc_length)
+
+    def init(theta, key, data=None) -> GPESState:
+        key_particles, key_noise = jax.random.split(key)
+        particles = init_particles(system, theta, key_particles, num_particles, data, step_unlock=step_unlock)
+        eps = sample_noise(key_noise, theta, num_pairs, sigma)
+        return GPESState(particles, eps, eps, jnp.zeros((num_pairs,), jnp.int32))
+
+    def estimate(theta, state: GPESState, key, data=None):
+        key_draw, key_reset = jax.random.split(key)
+        drawn = sample_noise(key_draw, theta, num_pairs, sigma)
+        reset_eps = sample_noise(key_reset, theta, num_pairs, sigma)
+        redraw = state.since_draw >= reuse
+        noise = tree_where(redraw, drawn, state.noise)
+        xi = tree_where(redraw, jax.tree.map(jnp.add, state.accumulator, drawn), state.accumulator)
+        particles, window = unroll(
+            system, antithetic(theta, noise), antithetic(theta, reset_eps), state.particles, trunc_length, data
+        )
+        delta, fresh, done = pair_differences(window)
+        old_coef = (delta * ~fresh).sum(axis=1) * scale
+        new_coef = (delta * fresh).sum(axis=1) * scale
+        grad = jax.tree.map(jnp.add, weighted_sum(xi, old_coef), weighted_sum(reset_eps, new_coef))
+        since = jnp.minimum(jnp.where(redraw, 0, state.since_draw), reuse - trunc_length) + trunc_length
+        new_state = GPESState(
+            particles,
+            tree_where(done, reset_eps, noise),
+            tree_where(done, reset_eps, xi),
+            jnp.where(done, fresh.sum(axis=1).astype(jnp.int32), since),
+        )
+        return grad, new_state, window_metrics(window)
+
+    return Estimator(init, estimate)
