@@ -18,15 +18,15 @@ truncated ES with persistent states) must fail the same check.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import functools
-
 from lopt.estimators import full_es, gpes, nres, pes, tbptt, tes
+from lopt.tasks.systems import InfluenceBalancing
 from lopt.unroll import init_particles, unroll
 
 jax.config.update("jax_enable_x64", False)
@@ -155,3 +155,50 @@ def test_antithetic_pairs_share_keys_and_resets():
     # fresh marks exactly the steps after the reset
     expected_fresh = np.arange(7)[None, :] >= (7 - np.asarray(state.step))[:, None]
     np.testing.assert_array_equal(window.fresh, expected_fresh)
+
+
+def _influence_estimates(factory, trunc, windows, seeds, num_particles=2):
+    """Window estimates on influence balancing at theta = 0.5, starting at the fixed point."""
+    system = InfluenceBalancing(horizon=10**9)  # the paper never resets
+    theta = jnp.array([0.5])
+    fixed = system.fixed_point(theta)
+    est = factory(system, num_particles=num_particles, trunc_length=trunc, sigma=0.1, step_unlock=False)
+
+    def one(key):
+        state = est.init(theta, key)
+        field = "base" if hasattr(state, "base") else "particles"
+        particles = getattr(state, field)
+        particles = particles._replace(inner=jnp.broadcast_to(fixed, particles.inner.shape))
+        state = state._replace(**{field: particles})
+
+        def body(state, i):
+            g, state, _ = est.estimate(theta, state, jax.random.fold_in(key, i))
+            return state, g
+
+        return jax.lax.scan(body, state, jnp.arange(windows))[1]
+
+    keys = jax.random.split(jax.random.PRNGKey(7), seeds)
+    return np.asarray(jax.jit(jax.vmap(one))(keys))[..., 0]
+
+
+def test_truncation_bias_points_the_wrong_way_on_influence_balancing():
+    """PES paper, influence balancing: at theta = 0.5 the long-run gradient is +24
+    (loss 0.5 (s0 - 1)^2 at the fixed point s0 = -6 theta: (s0 - 1) * -6), so descent
+    lowers theta towards theta* = -1/6. TBPTT and TES with K = 1 and 10 see only the
+    positive short-horizon sensitivity (+1, +10) and estimate a negative gradient;
+    PES and NRES, averaged over a long run of windows, recover the positive sign.
+    """
+    exact = (-6 * 0.5 - 1) * -6
+    assert exact == 24
+    for trunc in (1, 10):
+        g_tbptt = _influence_estimates(tbptt, trunc, 1, 1, num_particles=1)
+        assert g_tbptt.mean() < 0, (trunc, g_tbptt.mean())
+        g_tes = _influence_estimates(tes, trunc, 1, 2000)
+        sem = g_tes.std() / np.sqrt(g_tes.size)
+        assert g_tes.mean() + 5 * sem < 0, (trunc, g_tes.mean(), sem)
+    for factory in (pes, nres):
+        # windows 200..400 after the start: PES's accumulator has long forgotten its zero init
+        g = _influence_estimates(factory, 1, 400, 500)[:, 200:].mean(axis=1)
+        sem = g.std() / np.sqrt(g.size)
+        assert g.mean() - 5 * sem > 0
+        assert abs(g.mean() - exact) < 4 * sem + 0.15 * exact, (factory, g.mean(), sem)

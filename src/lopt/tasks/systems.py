@@ -172,7 +172,7 @@ class ToySchedule:
     at ``theta_0`` the mean is about 24.88 against ``f(x_0) = 24.97``).
 
     The inner state is ``x`` (shape ``(2,)``); ``key`` and ``data`` are unused. Values
-    stay finite while ``exp(theta)`` is moderate (``theta`` below about 40).
+    stay finite while ``exp(theta)`` is moderate (both ``theta`` entries below about 30).
     """
 
     horizon: int = 100
