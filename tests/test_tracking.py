@@ -155,7 +155,13 @@ def test_offline_round_trip(wandb_env):
     log_file = run_dir / f"run-{run_id}.wandb"
     assert log_file.stat().st_size > 2 * 32 * 1024  # several blocks exercised
 
+    # wandb's service process may append the exit record just after finish() returns
+    # on a loaded machine; wait for it (bounded) rather than race it.
+    deadline = time.monotonic() + 30
     run = read_offline_run(run_dir)
+    while run.exit_code is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        run = read_offline_run(run_dir)
     assert run.path == log_file
     assert (run.run_id, run.project, run.name) == (run_id, "lopt-test", "run-a")
     assert (run.group, run.job_type) == ("exp-1", "meta_train")

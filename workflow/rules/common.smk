@@ -10,7 +10,7 @@
 # code, never by file times, which `dvc pull` sets in arbitrary order. A job still
 # reruns when its output is missing or an upstream job reruns.
 import json
-from lopt.config import load_config
+from lopt.config import DATASET_NAMES, load_config
 
 CONFIGFILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "configs/default.yaml"
 CFG = load_config(CONFIGFILE)

@@ -6,6 +6,8 @@ rule prepare_data:
         f"{RESULTS}/benchmarks/prepare_data_{{dataset}}.tsv"
     params:
         spec=spec("data"),
+    wildcard_constraints:
+        dataset="|".join(DATASET_NAMES),
     resources:
         mem_mb=2000,
     shell:
