@@ -71,6 +71,23 @@ def weighted_sum(weights: Theta, coef: jax.Array) -> Theta:
     return jax.tree.map(lambda w: jnp.tensordot(coef, w, axes=1), weights)
 
 
+def window_gradient(
+    before_reset: Theta, after_reset: Theta, window: Window, scale: float
+) -> Theta:
+    """The antithetic ES estimate of one window, given each pair's perturbation weights.
+
+    ``before_reset`` weighs steps of the episode current at the window start (PES: the
+    accumulated ``xi``; NRES: the episode's noise), ``after_reset`` the steps after a
+    reset inside the window (the new episode's noise); both have leading axis ``M``:
+
+        g = scale * sum_m [before_m sum_{j not fresh} delta_mj + after_m sum_{j fresh} delta_mj]
+    """
+    delta, fresh, _ = pair_differences(window)
+    before = weighted_sum(before_reset, (delta * ~fresh).sum(axis=1) * scale)
+    after = weighted_sum(after_reset, (delta * fresh).sum(axis=1) * scale)
+    return jax.tree.map(jnp.add, before, after)
+
+
 def es_scale(num_pairs: int, sigma: float, num_steps: int) -> float:
     """``1 / (2 M sigma^2 K)``: the normaliser of the antithetic window estimate."""
     return 1.0 / (2.0 * num_pairs * sigma**2 * num_steps)

@@ -20,9 +20,8 @@ from lopt.estimators.base import (
     Estimator,
     antithetic,
     es_scale,
-    pair_differences,
     sample_noise,
-    weighted_sum,
+    window_gradient,
     window_metrics,
 )
 from lopt.unroll import UnrolledSystem, init_particles, unroll
@@ -57,8 +56,7 @@ def full_es(
         eps = sample_noise(key_noise, theta, num_pairs, sigma)
         thetas = antithetic(theta, eps)
         _, window = unroll(system, thetas, thetas, particles, horizon, data)
-        delta, _, _ = pair_differences(window)
-        grad = weighted_sum(eps, delta.sum(axis=1) * scale)
+        grad = window_gradient(eps, eps, window, scale)
         return grad, FullESState(state.episodes + 1), window_metrics(window)
 
     return Estimator(init, estimate)

@@ -26,7 +26,7 @@ from lopt.estimators.base import (
     pair_differences,
     sample_noise,
     tree_where,
-    weighted_sum,
+    window_gradient,
     window_metrics,
 )
 from lopt.unroll import ParticleState, UnrolledSystem, init_particles, unroll
@@ -76,10 +76,8 @@ def gpes(
         particles, window = unroll(
             system, antithetic(theta, noise), antithetic(theta, reset_eps), state.particles, trunc_length, data
         )
-        delta, fresh, done = pair_differences(window)
-        old_coef = (delta * ~fresh).sum(axis=1) * scale
-        new_coef = (delta * fresh).sum(axis=1) * scale
-        grad = jax.tree.map(jnp.add, weighted_sum(xi, old_coef), weighted_sum(reset_eps, new_coef))
+        grad = window_gradient(xi, reset_eps, window, scale)
+        _, fresh, done = pair_differences(window)
         since = jnp.minimum(jnp.where(redraw, 0, state.since_draw), reuse - trunc_length) + trunc_length
         new_state = GPESState(
             particles,

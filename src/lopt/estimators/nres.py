@@ -21,10 +21,9 @@ from lopt.estimators.base import (
     Estimator,
     antithetic,
     es_scale,
-    pair_differences,
     sample_noise,
     tree_where,
-    weighted_sum,
+    window_gradient,
     window_metrics,
 )
 from lopt.unroll import ParticleState, UnrolledSystem, init_particles, unroll
@@ -65,15 +64,8 @@ def nres(
             trunc_length,
             data,
         )
-        delta, fresh, done = pair_differences(window)
-        old_coef = (delta * ~fresh).sum(axis=1) * scale
-        new_coef = (delta * fresh).sum(axis=1) * scale
-        grad = jax.tree.map(
-            lambda a, b: a + b,
-            weighted_sum(state.noise, old_coef),
-            weighted_sum(new_eps, new_coef),
-        )
-        noise = tree_where(done, new_eps, state.noise)
+        grad = window_gradient(state.noise, new_eps, window, scale)
+        noise = tree_where(window.done[:num_pairs], new_eps, state.noise)
         return grad, NRESState(particles, noise), window_metrics(window)
 
     return Estimator(init, estimate)

@@ -18,15 +18,15 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from lopt.estimators.base import (
     Estimator,
     antithetic,
     es_scale,
-    pair_differences,
     sample_noise,
     tree_where,
-    weighted_sum,
+    window_gradient,
     window_metrics,
 )
 from lopt.unroll import ParticleState, UnrolledSystem, init_particles, unroll
@@ -53,24 +53,16 @@ def pes(
         particles = init_particles(
             system, theta, key, num_particles, data, step_unlock=step_unlock
         )
-        zeros = jax.tree.map(lambda x: jax.numpy.zeros((num_pairs, *x.shape), x.dtype), theta)
+        zeros = jax.tree.map(lambda x: jnp.zeros((num_pairs, *x.shape), x.dtype), theta)
         return PESState(particles, zeros)
 
     def estimate(theta, state: PESState, key, data=None):
         eps = sample_noise(key, theta, num_pairs, sigma)
         thetas = antithetic(theta, eps)
         particles, window = unroll(system, thetas, thetas, state.particles, trunc_length, data)
-        delta, fresh, done = pair_differences(window)
-        # sum_j xi_j delta_j = xi_prev * sum_{j not fresh} delta_j + eps * sum_j delta_j
-        old_coef = (delta * ~fresh).sum(axis=1) * scale
-        new_coef = delta.sum(axis=1) * scale
-        grad = jax.tree.map(
-            lambda a, b: a + b,
-            weighted_sum(state.accumulator, old_coef),
-            weighted_sum(eps, new_coef),
-        )
-        accumulated = jax.tree.map(lambda a, e: a + e, state.accumulator, eps)
-        accumulator = tree_where(done, eps, accumulated)
+        accumulated = jax.tree.map(jnp.add, state.accumulator, eps)
+        grad = window_gradient(accumulated, eps, window, scale)
+        accumulator = tree_where(window.done[:num_pairs], eps, accumulated)
         return grad, PESState(particles, accumulator), window_metrics(window)
 
     return Estimator(init, estimate)

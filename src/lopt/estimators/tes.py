@@ -21,9 +21,8 @@ from lopt.estimators.base import (
     Estimator,
     antithetic,
     es_scale,
-    pair_differences,
     sample_noise,
-    weighted_sum,
+    window_gradient,
     window_metrics,
 )
 from lopt.unroll import ParticleState, UnrolledSystem, broadcast_theta, init_particles, unroll
@@ -56,8 +55,7 @@ def tes(
         # + and - copies of pair m start from base particle m (same key, same data)
         pairs = jax.tree.map(lambda x: jnp.concatenate([x, x]), state.base)
         _, window = unroll(system, thetas, thetas, pairs, trunc_length, data)
-        delta, _, _ = pair_differences(window)
-        grad = weighted_sum(eps, delta.sum(axis=1) * scale)
+        grad = window_gradient(eps, eps, window, scale)
         plain = broadcast_theta(theta, num_pairs)
         base, _ = unroll(system, plain, plain, state.base, trunc_length, data)
         return grad, TESState(base), window_metrics(window)
