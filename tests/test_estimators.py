@@ -202,3 +202,19 @@ def test_truncation_bias_points_the_wrong_way_on_influence_balancing():
         sem = g.std() / np.sqrt(g.size)
         assert g.mean() - 5 * sem > 0
         assert abs(g.mean() - exact) < 4 * sem + 0.15 * exact, (factory, g.mean(), sem)
+
+
+def test_loss_difference_clipping_bounds_the_estimate_and_is_off_by_default():
+    """With clip c every |delta| <= c, so |g| <= c * sum_m |w_m| / (2 M sigma^2); a clip
+    far above every difference reproduces the unclipped estimate exactly."""
+    system = LinearQuadratic(10)
+    key = jax.random.PRNGKey(3)
+    grads = {}
+    for clip in (None, 1e9, 1e-4):
+        est = nres(system, num_particles=4, trunc_length=5, sigma=0.1, step_unlock=False, loss_diff_clip=clip)
+        state = est.init(THETA, key)
+        grads[clip], _, _ = est.estimate(THETA, state, jax.random.PRNGKey(4))
+    np.testing.assert_array_equal(grads[None], grads[1e9])
+    bound = 1e-4 * np.abs(np.asarray(state.noise)).sum(0) / (2 * 2 * 0.1**2)
+    assert np.all(np.abs(np.asarray(grads[1e-4])) <= bound + 1e-9)
+    assert np.all(np.abs(np.asarray(grads[None])) > bound)

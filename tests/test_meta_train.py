@@ -139,3 +139,20 @@ def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, digits_
     assert int(state.step) == 9
     stale = list(tmp_path.joinpath("out").glob("checkpoints.stale-*"))
     assert len(stale) == 1 and any(p.name == "9" for p in stale[0].iterdir())
+
+
+def test_normalized_meta_gradient_makes_sgd_steps_of_length_lr(tmp_path, digits_root):
+    import optax
+
+    from lopt.meta_train import build_trainer, make_meta_step
+
+    _, cfg = _config(tmp_path, outer_optimizer="sgd", outer_lr=0.01, grad_clip=1e6, normalize_grad=True,
+                     loss_diff_clip=10.0)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(digits_root)})})
+    trainer = build_trainer(cfg)
+    step = make_meta_step(trainer)
+    state = trainer.init()
+    new, metrics = step(state, trainer.data)
+    moved = optax.global_norm(jax.tree.map(lambda a, b: a - b, new.theta, state.theta))
+    assert float(metrics["grad_norm"]) > 0
+    np.testing.assert_allclose(float(moved), 0.01, rtol=1e-4)

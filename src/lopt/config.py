@@ -139,6 +139,10 @@ class MetaTrainConfig(_Strict):
     sigma: PosFloat = Field(0.01, description="Std of the Gaussian perturbation.")
     step_unlock: bool = Field(True, description="Stagger particle starts over the horizon.")
     meta_loss_split: Literal["train", "outer_valid"] = "train"
+    loss_diff_clip: PosFloat | None = Field(
+        None, description="ES only: clip each per-step antithetic loss difference to [-c, c]."
+    )
+    normalize_grad: bool = Field(False, description="Divide the meta-gradient by its global norm.")
     outer_steps: PosInt = 200
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     outer_lr: PosFloat = 3e-3
@@ -159,6 +163,8 @@ class MetaTrainConfig(_Strict):
             )
         if self.estimator == "full_es" and self.trunc_length != self.horizon:
             raise ValueError(f"full_es unrolls whole episodes: trunc_length must equal horizon ({self.horizon})")
+        if self.loss_diff_clip is not None and self.estimator == "tbptt":
+            raise ValueError("loss_diff_clip applies to the ES estimators, not 'tbptt'")
         if self.noise_reuse_steps is not None:
             if self.estimator != "gpes":
                 raise ValueError("noise_reuse_steps applies to estimator 'gpes' only")

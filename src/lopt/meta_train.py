@@ -64,6 +64,7 @@ class MetaTrainer(NamedTuple):
     outer_opt: optax.GradientTransformation
     data: Any
     key: jax.Array
+    normalize_grad: bool = False
 
     def init(self) -> MetaState:
         key_theta, key_est = jax.random.split(self.key)
@@ -79,6 +80,8 @@ def build_trainer(cfg: ExperimentConfig) -> MetaTrainer:
     task, data = build_task(mt.task, cfg.data.root)
     system = InnerTraining(task, lopt.to_optax, mt.horizon, mt.meta_loss_split)
     extra = {"noise_reuse_steps": mt.noise_reuse_steps} if mt.estimator == "gpes" else {}
+    if mt.estimator != "tbptt":
+        extra["loss_diff_clip"] = mt.loss_diff_clip
     estimator = make_estimator(
         mt.estimator,
         system,
@@ -92,7 +95,7 @@ def build_trainer(cfg: ExperimentConfig) -> MetaTrainer:
     # A non-finite meta-gradient (a diverged unroll) skips the update instead of
     # poisoning theta; optax counts the skips in its state.
     outer_opt = optax.apply_if_finite(optax.chain(optax.clip_by_global_norm(mt.grad_clip), outer), max_consecutive_errors=1_000_000)
-    return MetaTrainer(lopt, estimator, outer_opt, data, jax.random.PRNGKey(cfg.seed))
+    return MetaTrainer(lopt, estimator, outer_opt, data, jax.random.PRNGKey(cfg.seed), mt.normalize_grad)
 
 
 def make_meta_step(trainer: MetaTrainer):
@@ -104,9 +107,13 @@ def make_meta_step(trainer: MetaTrainer):
         grad, est_state, metrics = trainer.estimator.estimate(
             state.theta, state.estimator_state, key, data
         )
+        grad_norm = optax.global_norm(grad)
+        if trainer.normalize_grad:
+            # direction only: the outer learning rate sets the step length
+            grad = jax.tree.map(lambda g: g / (grad_norm + 1e-12), grad)
         updates, opt_state = trainer.outer_opt.update(grad, state.opt_state, state.theta)
         theta = optax.apply_updates(state.theta, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grad), skipped_updates=opt_state.total_notfinite)
+        metrics = dict(metrics, grad_norm=grad_norm, skipped_updates=opt_state.total_notfinite)
         return MetaState(theta, opt_state, est_state, state.step + 1), metrics
 
     return meta_step

@@ -72,7 +72,11 @@ def weighted_sum(weights: Theta, coef: jax.Array) -> Theta:
 
 
 def window_gradient(
-    before_reset: Theta, after_reset: Theta, window: Window, scale: float
+    before_reset: Theta,
+    after_reset: Theta,
+    window: Window,
+    scale: float,
+    loss_diff_clip: float | None = None,
 ) -> Theta:
     """The antithetic ES estimate of one window, given each pair's perturbation weights.
 
@@ -81,8 +85,14 @@ def window_gradient(
     reset inside the window (the new episode's noise); both have leading axis ``M``:
 
         g = scale * sum_m [before_m sum_{j not fresh} delta_mj + after_m sum_{j fresh} delta_mj]
+
+    ``loss_diff_clip`` (optional, off by default) clips each per-step difference
+    ``delta = L+ - L-`` to ``[-c, c]`` so one diverging pair cannot dominate; this biases
+    the estimate whenever it binds.
     """
     delta, fresh, _ = pair_differences(window)
+    if loss_diff_clip is not None:
+        delta = jnp.clip(delta, -loss_diff_clip, loss_diff_clip)
     before = weighted_sum(before_reset, (delta * ~fresh).sum(axis=1) * scale)
     after = weighted_sum(after_reset, (delta * fresh).sum(axis=1) * scale)
     return jax.tree.map(jnp.add, before, after)

@@ -38,6 +38,7 @@ def full_es(
     trunc_length: int | None = None,
     *,
     step_unlock: bool = False,
+    loss_diff_clip: float | None = None,
 ) -> Estimator:
     """FullES; ``trunc_length`` must be ``None`` or the horizon (whole episodes)."""
     horizon = system.horizon
@@ -56,7 +57,7 @@ def full_es(
         eps = sample_noise(key_noise, theta, num_pairs, sigma)
         thetas = antithetic(theta, eps)
         _, window = unroll(system, thetas, thetas, particles, horizon, data)
-        grad = window_gradient(eps, eps, window, scale)
+        grad = window_gradient(eps, eps, window, scale, loss_diff_clip)
         return grad, FullESState(state.episodes + 1), window_metrics(window)
 
     return Estimator(init, estimate)

@@ -47,6 +47,7 @@ def gpes(
     noise_reuse_steps: int | None = None,
     *,
     step_unlock: bool = True,
+    loss_diff_clip: float | None = None,
 ) -> Estimator:
     """GPES with a fresh perturbation every ``noise_reuse_steps`` (default: never, i.e. NRES)."""
     if noise_reuse_steps is None:
@@ -76,7 +77,7 @@ def gpes(
         particles, window = unroll(
             system, antithetic(theta, noise), antithetic(theta, reset_eps), state.particles, trunc_length, data
         )
-        grad = window_gradient(xi, reset_eps, window, scale)
+        grad = window_gradient(xi, reset_eps, window, scale, loss_diff_clip)
         _, fresh, done = pair_differences(window)
         since = jnp.minimum(jnp.where(redraw, 0, state.since_draw), reuse - trunc_length) + trunc_length
         new_state = GPESState(

@@ -41,6 +41,7 @@ def nres(
     sigma: float,
     *,
     step_unlock: bool = True,
+    loss_diff_clip: float | None = None,
 ) -> Estimator:
     """NRES with ``num_particles`` perturbed copies (``num_particles / 2`` pairs)."""
     num_pairs = num_particles // 2
@@ -64,7 +65,7 @@ def nres(
             trunc_length,
             data,
         )
-        grad = window_gradient(state.noise, new_eps, window, scale)
+        grad = window_gradient(state.noise, new_eps, window, scale, loss_diff_clip)
         noise = tree_where(window.done[:num_pairs], new_eps, state.noise)
         return grad, NRESState(particles, noise), window_metrics(window)
 

@@ -44,6 +44,7 @@ def pes(
     sigma: float,
     *,
     step_unlock: bool = True,
+    loss_diff_clip: float | None = None,
 ) -> Estimator:
     """PES with ``num_particles`` perturbed copies (``num_particles / 2`` pairs)."""
     num_pairs = num_particles // 2
@@ -61,7 +62,7 @@ def pes(
         thetas = antithetic(theta, eps)
         particles, window = unroll(system, thetas, thetas, state.particles, trunc_length, data)
         accumulated = jax.tree.map(jnp.add, state.accumulator, eps)
-        grad = window_gradient(accumulated, eps, window, scale)
+        grad = window_gradient(accumulated, eps, window, scale, loss_diff_clip)
         accumulator = tree_where(window.done[:num_pairs], eps, accumulated)
         return grad, PESState(particles, accumulator), window_metrics(window)
 

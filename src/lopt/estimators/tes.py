@@ -39,6 +39,7 @@ def tes(
     sigma: float,
     *,
     step_unlock: bool = True,
+    loss_diff_clip: float | None = None,
 ) -> Estimator:
     """TES with ``num_particles`` perturbed copies (``num_particles / 2`` pairs)."""
     num_pairs = num_particles // 2
@@ -55,7 +56,7 @@ def tes(
         # + and - copies of pair m start from base particle m (same key, same data)
         pairs = jax.tree.map(lambda x: jnp.concatenate([x, x]), state.base)
         _, window = unroll(system, thetas, thetas, pairs, trunc_length, data)
-        grad = window_gradient(eps, eps, window, scale)
+        grad = window_gradient(eps, eps, window, scale, loss_diff_clip)
         plain = broadcast_theta(theta, num_pairs)
         base, _ = unroll(system, plain, plain, state.base, trunc_length, data)
         return grad, TESState(base), window_metrics(window)
