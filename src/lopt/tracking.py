@@ -496,6 +496,29 @@ class Tracker:
             run.finish(exit_code=exit_code)
         except Exception as exc:  # noqa: BLE001
             self._swallow("finish", exc)
+        self._wait_for_offline_log()
+
+    def _wait_for_offline_log(self, timeout: float = 30.0) -> None:
+        """Block until wandb's service has written the exit record of an offline run.
+
+        ``run.finish()`` can return before the separate service process has flushed the
+        last records on a loaded machine; waiting here (bounded) means a finished job's
+        ``.wandb`` file is complete when readers (``wandb sync``, tests) see it.
+        """
+        run_dir = self.run_dir
+        if self.mode != "offline" or run_dir is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a half-written tail is expected here
+                try:
+                    done = read_offline_run(run_dir).exit_code is not None
+                except Exception:  # noqa: BLE001 -- a half-written file: try again
+                    done = False
+            if done:
+                return
+            time.sleep(0.1)
 
     def __enter__(self) -> Self:
         return self
