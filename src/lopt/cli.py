@@ -9,6 +9,14 @@ JAX, and writes under the experiment's directories by default:
     lopt meta-train   --config C [--out DIR] [--resume]
     lopt evaluate     --config C --task NAME [--meta-params P] [--out DIR]
     lopt analyze      --config C [--results DIR]
+
+Estimator studies (``configs/paper/*.yaml``, ``kind: study``; ``--quick`` selects the
+study's CI-sized variant, results in ``results/<name>_quick``):
+
+    lopt study-run     --config S --method M --seed N [--quick] [--out DIR]
+    lopt study-analyze --config S [--quick] [--results DIR]
+    lopt variance      --config S [--quick] [--out DIR]   PES/NRES variance vs T/K
+    lopt schema --study                               print the study config JSON schema
 """
 
 from __future__ import annotations
@@ -77,6 +85,47 @@ def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
     print(summary.to_string(index=False))
 
 
+def cmd_study_run(study, args: argparse.Namespace) -> None:
+    from lopt.studies.run import run_method
+
+    study.method(args.method)  # unknown names fail before JAX starts
+    out = Path(args.out or _results(study) / "runs" / args.method / f"seed{args.seed}")
+    with _tracker(study, "study-run", f"{args.method}-seed{args.seed}") as tracker:
+        path = run_method(study, args.method, args.seed, out, tracker=tracker, progress=not args.quiet)
+    print(f"{study.name}/{args.method}/seed{args.seed} -> {path}")
+
+
+def cmd_study_analyze(study, args: argparse.Namespace) -> None:
+    from lopt.studies.analysis import analyze_study
+
+    root = Path(args.results or _results(study))
+    paths = analyze_study(study, root)
+    print((root / "tables" / "summary.md").read_text())
+    print((root / "claims.md").read_text())
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+def cmd_variance(study, args: argparse.Namespace) -> None:
+    from lopt.analysis.variance import measure, plot_variance
+    from lopt.studies.systems import build_system
+
+    spec = study.analysis.variance
+    if spec is None:
+        raise SystemExit(f"error: {args.config}: set analysis.variance (trunc_lengths, ...) to run `lopt variance`")
+    root = Path(args.out or _results(study))
+    system = build_system(study, study.seed_offset)
+    table = measure(
+        system.system, system.theta0, system.data, estimators=spec.estimators, trunc_lengths=spec.trunc_lengths,
+        sigma=spec.sigma, replicas=spec.replicas, seed=study.seed_offset, protocols=spec.protocols,
+    )
+    (root / "tables").mkdir(parents=True, exist_ok=True)
+    table.to_csv(root / "tables" / "variance.csv", index=False)
+    plot_variance(table, root / "figures" / "variance.png", title=f"{study.name}: estimator variance at theta_0",
+                  dpi=study.analysis.dpi)
+    print(table.to_string(index=False))
+
+
 def cmd_analyze(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
     from lopt.analysis.run import analyze
 
@@ -100,23 +149,34 @@ COMMANDS = {
     "meta-train": cmd_meta_train,
     "evaluate": cmd_evaluate,
     "analyze": cmd_analyze,
+    "study-run": cmd_study_run,
+    "study-analyze": cmd_study_analyze,
+    "variance": cmd_variance,
 }
+STUDY_ONLY = {"study-run", "study-analyze", "variance"}
+BOTH = {"validate", "prepare-data"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lopt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("schema", help="print the experiment config JSON schema")
+    schema = sub.add_parser("schema", help="print the experiment (or --study) config JSON schema")
+    schema.add_argument("--study", action="store_true", help="the study schema (configs/paper/schema.json)")
     helps = {
         "validate": "validate a config and print it with defaults filled in",
         "prepare-data": "prepare the datasets a config uses under data/",
         "meta-train": "meta-train the learned optimizer (checkpointed, resumable)",
         "evaluate": "evaluate the learned optimizer and tuned baselines on one held-out task",
         "analyze": "write figures and tables from result files",
+        "study-run": "meta-train one (method, seed) of an estimator study",
+        "study-analyze": "figures, tables and the paper-claims check of a study",
+        "variance": "estimator variance vs truncations per episode on a study's system",
     }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", required=True, type=Path, help="experiment YAML (configs/*.yaml)")
+        if name in STUDY_ONLY or name in BOTH:
+            p.add_argument("--quick", action="store_true", help="studies: the CI-sized variant")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         if name == "prepare-data":
             p.add_argument("--dataset", action="append", help="dataset name (repeatable); default: all the config uses")
@@ -127,20 +187,39 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--task", required=True, help="evaluation task name from the config")
             p.add_argument("--meta-params", type=Path, help="meta_params.npz (default results/<name>/meta/)")
             p.add_argument("--out", type=Path, help="output directory (default results/<name>/eval/<task>)")
-        if name == "analyze":
+        if name in ("analyze", "study-analyze"):
             p.add_argument("--results", type=Path, help="experiment results directory (default results/<name>)")
+        if name == "variance":
+            p.add_argument("--out", type=Path, help="results directory (default results/<name>)")
+        if name == "study-run":
+            p.add_argument("--method", required=True, help="method name from the study's methods")
+            p.add_argument("--seed", required=True, type=int, help="seed (one of the study's seeds)")
+            p.add_argument("--out", type=Path, help="output directory (default results/<name>/runs/<method>/seed<N>)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "schema":
-        print(json.dumps(json_schema(), indent=2))
+        from lopt.studies.config import StudyConfig
+
+        print(json.dumps(StudyConfig.model_json_schema() if args.study else json_schema(), indent=2))
         return 0
+    from lopt.studies.config import is_study, load_study
+
     try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        study = is_study(args.config)
+        if study and args.command not in STUDY_ONLY | BOTH:
+            raise ConfigError(f"{args.config}: a study config (kind: study) needs study-run or study-analyze, not {args.command}")
+        if not study and args.command in STUDY_ONLY:
+            raise ConfigError(f"{args.config}: {args.command} needs a study config (kind: study, configs/paper/*.yaml)")
+        cfg = load_study(args.config, quick=args.quick) if study else load_config(args.config)
+        if args.command == "study-run":
+            cfg.method(args.method)
+            if args.seed not in cfg.seed_list():
+                raise ConfigError(f"{args.config}: seed {args.seed} is not one of the study's seeds {cfg.seed_list()}")
+    except (ConfigError, KeyError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
     COMMANDS[args.command](cfg, args)
     return 0

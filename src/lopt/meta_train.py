@@ -92,31 +92,52 @@ def build_trainer(cfg: ExperimentConfig) -> MetaTrainer:
         **extra,
     )
     outer = {"adam": optax.adam, "sgd": optax.sgd}[mt.outer_optimizer](mt.outer_lr)
-    # A non-finite meta-gradient (a diverged unroll) skips the update instead of
-    # poisoning theta; optax counts the skips in its state.
-    outer_opt = optax.apply_if_finite(optax.chain(optax.clip_by_global_norm(mt.grad_clip), outer), max_consecutive_errors=1_000_000)
+    outer_opt = outer_optimizer(outer, mt.grad_clip)
     return MetaTrainer(lopt, estimator, outer_opt, data, jax.random.PRNGKey(cfg.seed), mt.normalize_grad)
 
 
-def make_meta_step(trainer: MetaTrainer):
-    """The jitted outer step ``(MetaState, data) -> (MetaState, metrics)``."""
+def outer_optimizer(
+    update: optax.GradientTransformation, grad_clip: float | None
+) -> optax.GradientTransformation:
+    """``update`` after an optional global-norm clip, skipping non-finite gradients.
 
-    @jax.jit
+    A non-finite meta-gradient (a diverged unroll) skips the update instead of
+    poisoning theta; optax counts the skips in its state (``total_notfinite``).
+    """
+    chain = [optax.clip_by_global_norm(grad_clip)] if grad_clip is not None else []
+    return optax.apply_if_finite(optax.chain(*chain, update), max_consecutive_errors=1_000_000)
+
+
+def meta_step_fn(
+    estimator: Estimator,
+    outer_opt: optax.GradientTransformation,
+    key: jax.Array,
+    normalize_grad: bool = False,
+):
+    """The pure outer step ``(MetaState, data) -> (MetaState, metrics)`` (not jitted).
+
+    ``outer_opt`` must come from :func:`outer_optimizer` (its state counts skipped
+    non-finite updates). The step's key is ``fold_in(fold_in(key, 1), step)``.
+    """
+
     def meta_step(state: MetaState, data: Any) -> tuple[MetaState, dict[str, jax.Array]]:
-        key = jax.random.fold_in(jax.random.fold_in(trainer.key, 1), state.step)
-        grad, est_state, metrics = trainer.estimator.estimate(
-            state.theta, state.estimator_state, key, data
-        )
+        step_key = jax.random.fold_in(jax.random.fold_in(key, 1), state.step)
+        grad, est_state, metrics = estimator.estimate(state.theta, state.estimator_state, step_key, data)
         grad_norm = optax.global_norm(grad)
-        if trainer.normalize_grad:
+        if normalize_grad:
             # direction only: the outer learning rate sets the step length
             grad = jax.tree.map(lambda g: g / (grad_norm + 1e-12), grad)
-        updates, opt_state = trainer.outer_opt.update(grad, state.opt_state, state.theta)
+        updates, opt_state = outer_opt.update(grad, state.opt_state, state.theta)
         theta = optax.apply_updates(state.theta, updates)
         metrics = dict(metrics, grad_norm=grad_norm, skipped_updates=opt_state.total_notfinite)
         return MetaState(theta, opt_state, est_state, state.step + 1), metrics
 
     return meta_step
+
+
+def make_meta_step(trainer: MetaTrainer):
+    """The jitted outer step ``(MetaState, data) -> (MetaState, metrics)``."""
+    return jax.jit(meta_step_fn(trainer.estimator, trainer.outer_opt, trainer.key, trainer.normalize_grad))
 
 
 # Fields that do not change what a step computes: a checkpoint stays valid across them.

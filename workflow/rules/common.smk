@@ -9,16 +9,24 @@
 # Every rule input is wrapped in ancient(): freshness is defined by config (params) and
 # code, never by file times, which `dvc pull` sets in arbitrary order. A job still
 # reruns when its output is missing or an upstream job reruns.
+#
+# A study config (kind: study, configs/paper/*.yaml) selects the study rules instead of
+# meta-train/evaluate/analyze; `--config quick=1` selects its CI-sized variant.
 import json
 from lopt.config import DATASET_NAMES, load_config
+from lopt.studies.config import is_study, load_study
 
 CONFIGFILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "configs/default.yaml"
-CFG = load_config(CONFIGFILE)
+IS_STUDY = is_study(CONFIGFILE)
+# A study YAML has its own `quick:` mapping; only a scalar from --config turns it on.
+QUICK = IS_STUDY and not isinstance(config.get("quick"), dict) and str(config.get("quick", "")).lower() in ("1", "true", "yes")
+QUICK_FLAG = " --quick" if QUICK else ""
+CFG = load_study(CONFIGFILE, quick=QUICK) if IS_STUDY else load_config(CONFIGFILE)
 EXP = CFG.name
 RESULTS = f"results/{EXP}"
 DATA = CFG.data.root
 DATA_FILES = ("manifest.json", "train.npz", "inner_valid.npz", "outer_valid.npz", "test.npz")
-EVAL_TASKS = [t.name for t in CFG.evaluation.tasks]
+EVAL_TASKS = [] if IS_STUDY else [t.name for t in CFG.evaluation.tasks]
 
 
 def spec(*sections):
@@ -36,9 +44,12 @@ def eval_task_dataset(task_name):
     return getattr(task, "dataset", None)
 
 
-ANALYSIS_OUTPUTS = [
-    f"{RESULTS}/figures/meta_training.png",
-    f"{RESULTS}/figures/eval_curves.png",
-    f"{RESULTS}/tables/final_losses.md",
-    f"{RESULTS}/tables/summary.csv",
-]
+if IS_STUDY:
+    ANALYSIS_OUTPUTS = [f"{RESULTS}/{f}" for f in CFG.output_files() + CFG.variance_files()]
+else:
+    ANALYSIS_OUTPUTS = [
+        f"{RESULTS}/figures/meta_training.png",
+        f"{RESULTS}/figures/eval_curves.png",
+        f"{RESULTS}/tables/final_losses.md",
+        f"{RESULTS}/tables/summary.csv",
+    ]

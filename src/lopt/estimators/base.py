@@ -40,6 +40,9 @@ class Estimator(NamedTuple):
 
     init: Callable[..., Any]
     estimate: Callable[..., tuple[Theta, Any, dict[str, jax.Array]]]
+    # Inner steps one ``estimate`` call simulates, over all particles (forward steps
+    # only): the x-axis "total unroll steps" of the NRES paper's comparisons.
+    unroll_steps: int = 0
 
 
 def sample_noise(key: jax.Array, theta: Theta, num: int, sigma: float) -> Theta:

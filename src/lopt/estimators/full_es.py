@@ -60,4 +60,4 @@ def full_es(
         grad = window_gradient(eps, eps, window, scale, loss_diff_clip)
         return grad, FullESState(state.episodes + 1), window_metrics(window)
 
-    return Estimator(init, estimate)
+    return Estimator(init, estimate, unroll_steps=num_particles * horizon)

@@ -88,4 +88,4 @@ def gpes(
         )
         return grad, new_state, window_metrics(window)
 
-    return Estimator(init, estimate)
+    return Estimator(init, estimate, unroll_steps=num_particles * trunc_length)

@@ -69,4 +69,4 @@ def nres(
         noise = tree_where(window.done[:num_pairs], new_eps, state.noise)
         return grad, NRESState(particles, noise), window_metrics(window)
 
-    return Estimator(init, estimate)
+    return Estimator(init, estimate, unroll_steps=num_particles * trunc_length)

@@ -66,4 +66,4 @@ def pes(
         accumulator = tree_where(window.done[:num_pairs], eps, accumulated)
         return grad, PESState(particles, accumulator), window_metrics(window)
 
-    return Estimator(init, estimate)
+    return Estimator(init, estimate, unroll_steps=num_particles * trunc_length)

@@ -53,4 +53,4 @@ def tbptt(
         grad, (new, window) = jax.grad(window_loss, has_aux=True)(theta)
         return grad, TBPTTState(jax.lax.stop_gradient(new)), window_metrics(window)
 
-    return Estimator(init, estimate)
+    return Estimator(init, estimate, unroll_steps=num_particles * trunc_length)

@@ -61,4 +61,4 @@ def tes(
         base, _ = unroll(system, plain, plain, state.base, trunc_length, data)
         return grad, TESState(base), window_metrics(window)
 
-    return Estimator(init, estimate)
+    return Estimator(init, estimate, unroll_steps=(num_particles + num_pairs) * trunc_length)

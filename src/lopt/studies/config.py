@@ -1,0 +1,407 @@
+"""Typed configuration of an estimator *study*: one paper experiment as one YAML file.
+
+A study (``configs/paper/*.yaml``, marked by ``kind: study``) meta-trains the same
+meta-parameters of one unrolled system with several estimator *methods*, each over
+several seeds, and records the unperturbed evaluation loss against outer iterations,
+total unroll steps and wall-clock. Its analysis draws the paper's figures and checks
+the paper's claims (``claims``) against the measured numbers.
+
+Like :mod:`lopt.config`, this module imports no JAX; :func:`load_study` turns every
+problem into a :class:`~lopt.config.ConfigError` naming the file, key path and allowed
+values.
+
+Conventions are those of the experiment configs: ``num_particles`` counts every
+perturbed copy (pairs x 2), window losses are per-step means (multiply a PES-code
+learning rate by ``K`` -- or ``T`` for a summed episode objective -- to convert).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from lopt.config import (
+    AnalysisConfig,
+    ConfigError,
+    DataConfig,
+    LOptConfig,
+    PosFloat,
+    PosInt,
+    TaskConfig,
+    TrackingConfig,
+    _allowed,
+    _format_loc,
+    _Strict,
+)
+
+Name = Annotated[str, Field(min_length=2, pattern=r"^[A-Za-z0-9_\-]+$")]
+EstimatorName = Literal["tbptt", "full_es", "tes", "pes", "gpes", "nres"]
+
+
+# ------------------------------------------------------------------------- systems
+
+
+class InfluenceBalancingConfig(_Strict):
+    """PES section 5.1; the state never resets (a horizon beyond any run)."""
+
+    kind: Literal["influence_balancing"] = "influence_balancing"
+    horizon: PosInt = Field(10**9, description="T; the paper never resets the state.")
+    dim: Annotated[int, Field(ge=2)] = 23
+    num_positive: PosInt = 10
+    eval_steps: PosInt = Field(500, description="Metric: the per-step loss after this many steps from s_0.")
+
+
+class ToyScheduleConfig(_Strict):
+    """PES section 5.2: a 2-D learning-rate schedule; metric = mean loss over T."""
+
+    kind: Literal["toy_schedule"] = "toy_schedule"
+    horizon: PosInt = 100
+
+
+class LorenzConfig(_Strict):
+    """NRES section 6: Lorenz-63 parameters; metric = mean test loss over T."""
+
+    kind: Literal["lorenz"] = "lorenz"
+    horizon: PosInt = 2000
+    dt: PosFloat = 0.005
+    start_noise: Annotated[float, Field(ge=0)] = Field(0.0, description="Train start noise (paper: 0).")
+    test_start_noise: Annotated[float, Field(ge=0)] = Field(1.0, description="Test start noise (paper: 1).")
+    state_bound: PosFloat = 1e3
+
+
+class LOptTrainingConfig(_Strict):
+    """Inner training of an image MLP by the learned optimizer (NRES section 6)."""
+
+    kind: Literal["lopt_training"] = "lopt_training"
+    task: TaskConfig
+    lopt: LOptConfig = Field(default_factory=LOptConfig)
+    horizon: PosInt = 1000
+    meta_loss_split: Literal["train", "outer_valid"] = "outer_valid"
+
+
+SystemConfig = Annotated[
+    InfluenceBalancingConfig | ToyScheduleConfig | LorenzConfig | LOptTrainingConfig,
+    Field(discriminator="kind"),
+]
+SYSTEM_KINDS = ("influence_balancing", "toy_schedule", "lorenz", "lopt_training")
+
+
+# ------------------------------------------------------------------------- methods
+
+
+class OuterOptimizerConfig(_Strict):
+    """The optax outer optimizer of one method, with an optional step-decay schedule."""
+
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: PosFloat = 1e-3
+    b1: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="Adam beta1 (PES toy: 0.99).")
+    b2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    lr_decay: dict[int, PosFloat] = Field(
+        default_factory=dict,
+        description="Piecewise-constant schedule {outer step: multiplier}, e.g. {1000: 0.1}.",
+    )
+
+
+class MethodConfig(_Strict):
+    """One estimator with its hyperparameters (a curve in the study's figures)."""
+
+    name: Name = Field(description="Identifier used in paths and tables.")
+    label: str | None = Field(None, description="Legend label (defaults to name).")
+    estimator: EstimatorName
+    num_particles: Annotated[int, Field(ge=1)] = Field(
+        description="All perturbed copies (pairs x 2; even) or TBPTT's independent particles."
+    )
+    trunc_length: PosInt | None = Field(None, description="K; None means the horizon (FullES).")
+    sigma: PosFloat = 0.01
+    noise_reuse_steps: PosInt | None = Field(None, description="GPES only: K'.")
+    step_unlock: bool = True
+    loss_diff_clip: PosFloat | None = None
+    grad_clip: PosFloat | None = Field(None, description="Global-norm clip (the papers use none).")
+    outer: OuterOptimizerConfig = Field(default_factory=OuterOptimizerConfig)
+    outer_steps: PosInt | None = Field(None, description="Overrides the study's budget for this method.")
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+    @model_validator(mode="after")
+    def _check(self) -> MethodConfig:
+        if self.estimator != "tbptt" and self.num_particles % 2:
+            raise ValueError(f"num_particles must be even for ES estimators (antithetic pairs), got {self.num_particles}")
+        if self.noise_reuse_steps is not None and self.estimator != "gpes":
+            raise ValueError("noise_reuse_steps applies to estimator 'gpes' only")
+        if self.loss_diff_clip is not None and self.estimator == "tbptt":
+            raise ValueError("loss_diff_clip applies to the ES estimators, not 'tbptt'")
+        return self
+
+
+# ------------------------------------------------------------------------- claims
+
+
+class ClaimConfig(_Strict):
+    """A paper claim and the check that decides whether this run reproduced it.
+
+    Checks use the seed-mean of each method's final evaluation loss / final theta:
+
+    - ``lower_final``: ``better`` ends below every method in ``worse``.
+    - ``reaches_first``: ``better``'s seed-mean curve reaches ``threshold`` at a smaller
+      ``axis`` value (unroll steps, wall-clock or outer step) than each of ``worse``
+      (never reaching counts as infinity).
+    - ``reduces_loss``: every method in ``methods`` ends below ``factor`` x its start.
+    - ``theta_near``: every method in ``methods`` ends within ``tol`` of ``target``.
+    - ``theta_moves_away``: every method in ``methods`` moves theta away from
+      ``target`` (the wrong direction: the signature of truncation bias).
+    """
+
+    text: str = Field(description="The claim, as the paper states it.")
+    source: str = Field("", description="Where the paper states it (section / figure).")
+    check: Literal["lower_final", "reaches_first", "reduces_loss", "theta_near", "theta_moves_away"]
+    better: str | None = None
+    worse: list[str] = Field(default_factory=list)
+    methods: list[str] = Field(default_factory=list)
+    factor: Annotated[float, Field(gt=0, le=1)] = 1.0
+    target: list[float] | None = None
+    tol: PosFloat = 0.05
+    threshold: PosFloat | None = None
+    axis: Literal["unroll_steps", "wall_time", "outer_step"] = "unroll_steps"
+
+    @model_validator(mode="after")
+    def _check(self) -> ClaimConfig:
+        pairwise = self.check in ("lower_final", "reaches_first")
+        if pairwise and (self.better is None or not self.worse):
+            raise ValueError(f"check {self.check!r} needs 'better' and a non-empty 'worse'")
+        if self.check == "reaches_first" and self.threshold is None:
+            raise ValueError("check 'reaches_first' needs 'threshold'")
+        if not pairwise and not self.methods:
+            raise ValueError(f"check {self.check!r} needs a non-empty 'methods'")
+        if self.check in ("theta_near", "theta_moves_away") and self.target is None:
+            raise ValueError(f"check {self.check!r} needs 'target'")
+        return self
+
+    def method_names(self) -> list[str]:
+        return ([self.better] if self.better else []) + self.worse + self.methods
+
+
+# ------------------------------------------------------------------------- study
+
+
+class StudyEvalConfig(_Strict):
+    """How the unperturbed meta-parameters are evaluated during training."""
+
+    every: PosInt = Field(10, description="Outer steps between evaluations (also at 0 and the end).")
+    num_episodes: PosInt = Field(1, description="Episodes averaged (fixed keys, shared by all methods).")
+    seed: Annotated[int, Field(ge=0)] = Field(12345, description="Seed of the evaluation episodes.")
+
+
+class SurfaceConfig(_Strict):
+    """A meta-loss surface over a 2-D theta grid, with the methods' trajectories on it."""
+
+    theta0: tuple[float, float]
+    theta1: tuple[float, float]
+    num: Annotated[int, Field(ge=5, le=400)] = 60
+
+
+class VarianceConfig(_Strict):
+    """``lopt variance`` on the study's system at theta_0 (figures/variance.png)."""
+
+    estimators: list[EstimatorName] = Field(default_factory=lambda: ["pes", "nres"])
+    trunc_lengths: list[PosInt] = Field(min_length=2, description="Each must divide system.horizon.")
+    sigma: PosFloat = 0.01
+    replicas: Annotated[int, Field(ge=10)] = 1000
+    protocols: list[Literal["episode", "window"]] = Field(default_factory=lambda: ["window", "episode"])
+
+
+class StudyAnalysisConfig(AnalysisConfig):
+    """Figures of a study (adds theta traces and the optional loss surface)."""
+
+    log_loss: bool = Field(True, description="Log-scale loss axes.")
+    plot_theta: bool = Field(False, description="Plot each theta coordinate vs outer step.")
+    surface: SurfaceConfig | None = None
+    variance: VarianceConfig | None = None
+
+
+class QuickConfig(_Strict):
+    """Overrides of the ``--quick`` variant (CI-sized; results in results/<name>_quick)."""
+
+    seeds: PosInt = 1
+    methods: list[str] | None = Field(None, description="Subset of method names (default: all).")
+    outer_steps: PosInt | None = None
+    unroll_budget: PosInt | None = None
+    eval_every: PosInt | None = None
+
+
+class StudyConfig(_Strict):
+    """A paper experiment: one system, several estimator methods, several seeds."""
+
+    kind: Literal["study"]
+    name: Name
+    description: str = ""
+    reference: str = Field("", description="The paper (and section) this study reproduces.")
+    seeds: PosInt = Field(5, description="Seeds per method: 0 .. seeds-1 (+ seed_offset).")
+    seed_offset: Annotated[int, Field(ge=0)] = 0
+    outer_steps: PosInt | None = Field(None, description="Outer steps per method.")
+    unroll_budget: PosInt | None = Field(
+        None, description="Total inner steps per method; outer steps = ceil(budget / steps per estimate)."
+    )
+    system: SystemConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    evaluation: StudyEvalConfig = Field(default_factory=StudyEvalConfig)
+    methods: list[MethodConfig] = Field(min_length=1)
+    claims: list[ClaimConfig] = Field(default_factory=list)
+    analysis: StudyAnalysisConfig = Field(default_factory=StudyAnalysisConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    quick: QuickConfig = Field(default_factory=QuickConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> StudyConfig:
+        if (self.outer_steps is None) == (self.unroll_budget is None) and any(
+            m.outer_steps is None for m in self.methods
+        ):
+            raise ValueError("set exactly one of 'outer_steps' and 'unroll_budget' (or outer_steps on every method)")
+        names = [m.name for m in self.methods]
+        if len(set(names)) != len(names):
+            raise ValueError(f"method names must be unique, got {names}")
+        for i, claim in enumerate(self.claims):
+            unknown = [n for n in claim.method_names() if n not in names]
+            if unknown:
+                raise ValueError(f"claims[{i}] names unknown methods {unknown}; allowed: {names}")
+        if self.quick.methods is not None:
+            unknown = [n for n in self.quick.methods if n not in names]
+            if unknown:
+                raise ValueError(f"quick.methods names unknown methods {unknown}; allowed: {names}")
+        for m in self.methods:
+            k = m.trunc_length or self.system.horizon
+            if k > self.system.horizon:
+                raise ValueError(f"method {m.name}: trunc_length ({k}) must be <= system.horizon ({self.system.horizon})")
+            if m.estimator == "full_es" and k != self.system.horizon:
+                raise ValueError(f"method {m.name}: full_es needs trunc_length = horizon ({self.system.horizon}) or null")
+            if m.noise_reuse_steps is not None and m.noise_reuse_steps % k:
+                raise ValueError(f"method {m.name}: noise_reuse_steps must be a multiple of trunc_length ({k})")
+        if self.analysis.variance is not None:
+            bad = [k for k in self.analysis.variance.trunc_lengths if self.system.horizon % k]
+            if bad:
+                raise ValueError(f"analysis.variance.trunc_lengths {bad} must divide system.horizon ({self.system.horizon})")
+        if self.analysis.surface is not None and self.system.kind not in ("toy_schedule", "lorenz"):
+            raise ValueError("analysis.surface needs a 2-D theta (system kind toy_schedule or lorenz)")
+        return self
+
+    # -- derived ----------------------------------------------------------------
+
+    def method(self, name: str) -> MethodConfig:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise KeyError(f"{self.name}: unknown method {name!r}; allowed: {[m.name for m in self.methods]}")
+
+    def trunc_length(self, method: MethodConfig) -> int:
+        return method.trunc_length or self.system.horizon
+
+    def steps_per_estimate(self, method: MethodConfig) -> int:
+        """Inner steps one outer iteration simulates (matches ``Estimator.unroll_steps``)."""
+        k = self.trunc_length(method)
+        if method.estimator == "tes":
+            return (method.num_particles + method.num_particles // 2) * k
+        return method.num_particles * k
+
+    def outer_steps_for(self, method: MethodConfig) -> int:
+        if method.outer_steps is not None:
+            return method.outer_steps
+        if self.unroll_budget is not None:
+            return max(1, math.ceil(self.unroll_budget / self.steps_per_estimate(method)))
+        assert self.outer_steps is not None
+        return self.outer_steps
+
+    def seed_list(self) -> list[int]:
+        return [self.seed_offset + i for i in range(self.seeds)]
+
+    def datasets(self) -> list[str]:
+        ds = getattr(getattr(self.system, "task", None), "dataset", None)
+        return [ds] if ds else []
+
+    def output_files(self) -> list[str]:
+        """Paths (relative to ``results/<name>``) the analysis writes."""
+        files = ["figures/loss.png", "tables/summary.csv", "tables/summary.md", "claims.md"]
+        if self.analysis.plot_theta:
+            files.append("figures/theta.png")
+        if self.analysis.surface is not None:
+            files.append("figures/surface.png")
+        return files
+
+    def variance_files(self) -> list[str]:
+        """Outputs of the variance analysis (empty unless ``analysis.variance``)."""
+        return ["figures/variance.png", "tables/variance.csv"] if self.analysis.variance else []
+
+    def run_spec(self, method: MethodConfig) -> dict[str, Any]:
+        """Everything one (method, seed) run's numbers depend on (a rerun trigger)."""
+        raw = self.to_dict()
+        return {
+            "system": raw["system"],
+            "data": raw["data"],
+            "evaluation": raw["evaluation"],
+            "method": method.model_dump(mode="json"),
+            "outer_steps": self.outer_steps_for(method),
+        }
+
+    def quick_variant(self) -> StudyConfig:
+        """The CI-sized variant: fewer seeds/methods/steps, named ``<name>_quick``."""
+        q = self.quick
+        raw = self.to_dict()
+        raw["name"] = f"{self.name}_quick"
+        raw["seeds"] = q.seeds
+        if q.methods is not None:
+            raw["methods"] = [m for m in raw["methods"] if m["name"] in q.methods]
+            raw["claims"] = [
+                c for c in raw["claims"]
+                if all(n in q.methods for n in ([c["better"]] if c["better"] else []) + c["worse"] + c["methods"])
+            ]
+        if q.outer_steps is not None or q.unroll_budget is not None:
+            raw["outer_steps"], raw["unroll_budget"] = q.outer_steps, q.unroll_budget
+            for m in raw["methods"]:
+                m["outer_steps"] = None
+        if q.eval_every is not None:
+            raw["evaluation"]["every"] = q.eval_every
+        return StudyConfig.model_validate(raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+
+def is_study(path: str | Path) -> bool:
+    """True when the YAML file at ``path`` declares ``kind: study``."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(raw, dict) and raw.get("kind") == "study"
+
+
+def load_study(path: str | Path, *, quick: bool = False) -> StudyConfig:
+    """Read and validate a study YAML file (``quick`` returns :meth:`quick_variant`).
+
+    Raises:
+        ConfigError: naming the file, each offending key path and the allowed values.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys")
+    try:
+        study = StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            key = _format_loc(tuple(x for x in loc if x not in SYSTEM_KINDS))
+            lines.append(f"  {key}: {err['msg']}{_allowed(err, StudyConfig, loc)}")
+        raise ConfigError(f"{path}: invalid study config\n" + "\n".join(lines)) from None
+    return study.quick_variant() if quick else study

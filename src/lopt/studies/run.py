@@ -1,0 +1,169 @@
+"""Run one (method, seed) of a study: meta-train and record the evaluation curve.
+
+The outer loop is the meta-training step of :mod:`lopt.meta_train` (estimator +
+optax outer optimizer, non-finite updates skipped), run ``evaluation.every`` steps at a
+time inside one jitted ``lax.scan`` so that nothing syncs with the host between
+evaluations. Both chunk sizes (``every`` and the remainder) are compiled ahead of
+time, so the wall-clock column measures training only: no compilation, no evaluation.
+
+Outputs (``out_dir``), written only when the run completes (atomic renames):
+
+    curve.csv     one row per evaluation: outer_step, unroll_steps, wall_time,
+                  eval_loss, train_loss (mean window loss since the last row),
+                  grad_norm, skipped_updates, theta_<i> (low-dimensional theta only)
+    theta.npz     final meta-parameters (+ .json with sha256 and the run's settings)
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt.estimators import make_estimator
+from lopt.meta_train import MetaState, meta_step_fn, outer_optimizer
+from lopt.studies.config import MethodConfig, StudyConfig
+from lopt.studies.systems import StudySystem, build_system
+
+CURVE_FIELDS = (
+    "outer_step",
+    "unroll_steps",
+    "wall_time",
+    "eval_loss",
+    "train_loss",
+    "grad_norm",
+    "skipped_updates",
+)
+# Record theta coordinates in the curve when theta has at most this many entries.
+MAX_THETA_COLUMNS = 8
+
+
+def build_outer(method: MethodConfig) -> optax.GradientTransformation:
+    """The method's outer optimizer: SGD/Adam with its step-decay schedule."""
+    o = method.outer
+    lr: Any = o.lr
+    if o.lr_decay:
+        lr = optax.piecewise_constant_schedule(o.lr, {int(k): float(v) for k, v in o.lr_decay.items()})
+    update = optax.sgd(lr) if o.name == "sgd" else optax.adam(lr, b1=o.b1, b2=o.b2)
+    return outer_optimizer(update, method.grad_clip)
+
+
+def build_method(study: StudyConfig, method: MethodConfig, system: StudySystem):
+    """``(estimator, outer optimizer)`` of a method over the study's system."""
+    extra: dict[str, Any] = {}
+    if method.estimator == "gpes":
+        extra["noise_reuse_steps"] = method.noise_reuse_steps
+    if method.estimator != "tbptt":
+        extra["loss_diff_clip"] = method.loss_diff_clip
+    estimator = make_estimator(
+        method.estimator,
+        system.system,
+        num_particles=method.num_particles,
+        trunc_length=study.trunc_length(method),
+        sigma=method.sigma,
+        step_unlock=method.step_unlock,
+        **extra,
+    )
+    return estimator, build_outer(method)
+
+
+def _theta_columns(theta: Any) -> list[float]:
+    flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(theta))])
+    return [float(v) for v in flat] if flat.size <= MAX_THETA_COLUMNS else []
+
+
+def run_method(
+    study: StudyConfig,
+    method_name: str,
+    seed: int,
+    out_dir: str | Path,
+    *,
+    tracker: Any = None,
+    progress: bool = False,
+) -> Path:
+    """Meta-train ``method_name`` with ``seed``; returns the path of ``curve.csv``."""
+    from tqdm.auto import tqdm
+
+    from lopt.checkpoint import save_meta_params
+
+    method = study.method(method_name)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    system = build_system(study, seed)
+    estimator, outer = build_method(study, method, system)
+    key = jax.random.PRNGKey(seed)
+    theta = system.theta0
+    state = MetaState(
+        theta, outer.init(theta), estimator.init(theta, jax.random.fold_in(key, 2), system.data), jnp.zeros([], jnp.int32)
+    )
+    step = meta_step_fn(estimator, outer, key)
+    data = system.data
+
+    def chunk(state: MetaState, data: Any, length: int):
+        def body(s, _):
+            s, metrics = step(s, data)
+            return s, (metrics["meta_loss"], metrics["grad_norm"], metrics["skipped_updates"])
+
+        state, (loss, gnorm, skipped) = jax.lax.scan(body, state, None, length=length)
+        return state, jnp.mean(loss), jnp.mean(gnorm), skipped[-1]
+
+    total = study.outer_steps_for(method)
+    every = study.evaluation.every
+    lengths = sorted({min(every, total), total % every} - {0})
+    compiled = {n: jax.jit(chunk, static_argnums=2).lower(state, data, n).compile() for n in lengths}
+    evaluate = jax.jit(system.evaluate).lower(theta, data).compile()
+
+    steps_per_estimate = estimator.unroll_steps
+    theta_cols = _theta_columns(theta)
+    fields = list(CURVE_FIELDS) + [f"theta_{i}" for i in range(len(theta_cols))]
+    rows = [_row(0, 0, 0.0, evaluate(theta, data), np.nan, np.nan, 0, theta_cols)]
+    wall, done = 0.0, 0
+    bar = tqdm(total=total, desc=f"{study.name}/{method.name}/seed{seed}", disable=not progress)
+    while done < total:
+        n = min(every, total - done)
+        t0 = time.perf_counter()
+        state, loss, gnorm, skipped = jax.block_until_ready(compiled[n](state, data))
+        wall += time.perf_counter() - t0
+        done += n
+        row = _row(done, done * steps_per_estimate, wall, evaluate(state.theta, data), loss, gnorm, skipped,
+                   _theta_columns(state.theta))
+        rows.append(row)
+        if tracker is not None:
+            tracker.log({k: v for k, v in row.items() if k != "outer_step"}, step=done)
+        bar.update(n)
+        bar.set_postfix(eval_loss=f"{row['eval_loss']:.4g}")
+    bar.close()
+
+    tmp = out_dir / ".curve.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    save_meta_params(
+        out_dir / "theta.npz",
+        state.theta,
+        {"study": study.name, "method": method.to_dict() if hasattr(method, "to_dict") else method.model_dump(),
+         "seed": seed, "outer_steps": total, "unroll_steps": total * steps_per_estimate},
+    )
+    tmp.replace(out_dir / "curve.csv")
+    return out_dir / "curve.csv"
+
+
+def _row(step, unroll, wall, eval_loss, loss, gnorm, skipped, theta_cols) -> dict[str, float]:
+    row = {
+        "outer_step": int(step),
+        "unroll_steps": int(unroll),
+        "wall_time": round(float(wall), 4),
+        "eval_loss": float(eval_loss),
+        "train_loss": float(loss),
+        "grad_norm": float(gnorm),
+        "skipped_updates": int(skipped),
+    }
+    row.update({f"theta_{i}": v for i, v in enumerate(theta_cols)})
+    return row

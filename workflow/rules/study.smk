@@ -1,0 +1,53 @@
+# Estimator studies (configs/paper/*.yaml): one job per (method, seed), then the analysis.
+#
+# A run job gets every core (threads: workflow.cores) so jobs never share the CPU:
+# the wall-clock axis of the study's figures must measure one run, not contention.
+# `--config quick=1` selects the study's CI-sized variant (results/<name>_quick).
+METHODS = [m.name for m in CFG.methods]
+
+
+rule study_run:
+    input:
+        [f for ds in CFG.datasets() for f in dataset_files(ds)],
+    output:
+        curve=f"{RESULTS}/runs/{{method}}/seed{{seed}}/curve.csv",
+        theta=f"{RESULTS}/runs/{{method}}/seed{{seed}}/theta.npz",
+    benchmark:
+        f"{RESULTS}/benchmarks/run_{{method}}_seed{{seed}}.tsv"
+    params:
+        spec=lambda w: json.dumps(CFG.run_spec(CFG.method(w.method)), sort_keys=True),
+    wildcard_constraints:
+        method="|".join(METHODS),
+        seed=r"\d+",
+    threads: workflow.cores
+    shell:
+        "lopt study-run --config {CONFIGFILE}{QUICK_FLAG} --method {wildcards.method} "
+        "--seed {wildcards.seed} --out {RESULTS}/runs/{wildcards.method}/seed{wildcards.seed} --quiet"
+
+
+rule study_analyze:
+    input:
+        [ancient(f"{RESULTS}/runs/{m}/seed{s}/curve.csv") for m in METHODS for s in CFG.seed_list()],
+    output:
+        [f"{RESULTS}/{f}" for f in CFG.output_files()],
+    benchmark:
+        f"{RESULTS}/benchmarks/study_analyze.tsv"
+    params:
+        spec=spec("analysis", "claims"),
+    shell:
+        "lopt study-analyze --config {CONFIGFILE}{QUICK_FLAG} --results {RESULTS}"
+
+
+# PES/NRES variance vs truncations per episode at theta_0 (only with analysis.variance).
+rule study_variance:
+    input:
+        [f for ds in CFG.datasets() for f in dataset_files(ds)],
+    output:
+        [f"{RESULTS}/{f}" for f in CFG.variance_files()],
+    benchmark:
+        f"{RESULTS}/benchmarks/study_variance.tsv"
+    params:
+        spec=spec("system", "data", "analysis"),
+    threads: workflow.cores
+    shell:
+        "lopt variance --config {CONFIGFILE}{QUICK_FLAG} --out {RESULTS}"
