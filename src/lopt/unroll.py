@@ -154,23 +154,30 @@ def unroll(
     """
     horizon = system.horizon
 
-    def particle_step(ta, tb, inner, t, episode, key, fresh):
+    # A window of K <= T steps holds at most one reset per particle, so the state a reset
+    # installs -- episode + 1 initialised under theta_b -- is known at the window start.
+    # Building it once here instead of inside the step saves K - 1 initialisations per
+    # particle (under vmap a per-step init runs on every step, reset or not).
+    def next_episode(tb, episode, key):
+        return system.init(tb, _episode_keys(key, episode + 1)[0], data)
+
+    reset_inner = jax.vmap(next_episode)(theta_b, state.episode, state.key)
+
+    def particle_step(ta, tb, inner, reset, t, episode, key, fresh):
         theta = tree_select(fresh, tb, ta)
         _, step_key = _episode_keys(key, episode)
         inner, loss = system.step(theta, inner, t, jax.random.fold_in(step_key, t), data)
         t = t + 1
         done = t >= horizon
-        episode = episode + done.astype(jnp.int32)
-        init_key, _ = _episode_keys(key, episode)
-        inner = tree_select(done, system.init(tb, init_key, data), inner)
-        return inner, jnp.where(done, 0, t), episode, loss, done
+        inner = tree_select(done, reset, inner)
+        return inner, jnp.where(done, 0, t), episode + done.astype(jnp.int32), loss, done
 
     vstep = jax.vmap(particle_step)
 
     def body(carry, _):
         st, fresh = carry
         inner, t, episode, loss, done = vstep(
-            theta_a, theta_b, st.inner, st.step, st.episode, st.key, fresh
+            theta_a, theta_b, st.inner, reset_inner, st.step, st.episode, st.key, fresh
         )
         new = ParticleState(inner, t, episode, st.key)
         return (new, fresh | done), (loss, fresh)

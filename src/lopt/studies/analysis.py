@@ -83,6 +83,8 @@ def plot_theta(study: StudyConfig, curves: pd.DataFrame, path: Path, names: tupl
         for target in targets:
             if j < len(target):
                 ax.axhline(target[j], color="k", ls="--", lw=0.8)
+        if curves[col].abs().max() > 100 * max(1.0, curves[col].iloc[0]):
+            ax.set_yscale("symlog", linthresh=1.0)  # a diverging method must not flatten the rest
         ax.set_xlabel("outer iteration")
         ax.set_ylabel(names[j] if names and j < len(names) else col)
         ax.grid(alpha=0.3)
