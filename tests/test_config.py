@@ -88,8 +88,10 @@ def test_not_yaml_and_missing_file(tmp_path):
 
 
 def test_shipped_configs_are_valid():
+    from lopt.studies.config import is_study, load_study
+
     for path in sorted((REPO / "configs").rglob("*.yaml")):
-        cfg = load_config(path)
+        cfg = load_study(path) if is_study(path) else load_config(path)
         assert cfg.name == path.stem
 
 

@@ -109,7 +109,7 @@ def test_claim_checks_can_fail():
         {"text": "e", "check": "theta_moves_away", "methods": ["nres"], "target": [-0.1667]},
     ]
     study = StudyConfig.model_validate(raw)
-    curves = _curves({"pes": [10, 3, 1.5, 1.0], "nres": [10, 6, 2.5, 1.2]},
+    curves = _curves({"pes": [10, 3, 1.5, 1.0], "nres": [10, 8, 7, 6]},
                      {"pes": [0.5, 0.2, 0.0, -0.16], "nres": [0.5, 0.6, 0.7, 0.8]})
     verdicts = [ok for _, ok, _ in check_claims(study, curves, summarise(study, curves))]
     assert verdicts == [True, True, False, True, True]
@@ -120,18 +120,22 @@ def test_claim_checks_can_fail():
 
 
 def test_influence_balancing_truncation_bias(tmp_path):
-    """PES heads to theta* = -1/6 while TBPTT K=1 moves theta up (the PES paper's fig. 4)."""
+    """PES heads to theta* = -1/6 while TBPTT moves theta up (the PES paper's fig. 4).
+
+    With lopt's mean-per-window loss TBPTT-100 also moves up: the mean over the window of
+    the k-step sensitivities (k = 1..100) is +0.58 (see README, "what did not reproduce").
+    """
     from lopt.studies.run import run_method
 
     study = load_study(REPO / "configs" / "paper" / "pes_influence.yaml", quick=True)
     final = {}
-    for method in ("pes", "tbptt_k1", "tbptt_k100"):
+    for method in ("pes", "tbptt_k1", "tbptt_k100"):  # 600 steps (quick)
         curve = pd.read_csv(run_method(study, method, 0, tmp_path / method))
         final[method] = curve["theta_0"].iloc[-1]
         assert math.isclose(curve["theta_0"].iloc[0], 0.5)
     assert final["pes"] < 0.3, final
     assert final["tbptt_k1"] > 0.5, final
-    assert final["tbptt_k100"] < 0.5, final
+    assert 0.5 < final["tbptt_k100"] < final["tbptt_k1"], final
 
 
 @pytest.mark.e2e
