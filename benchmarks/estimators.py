@@ -54,8 +54,9 @@ throughput for ``pes`` vs ``PersistentES`` and ``nres`` vs ``NoiseReuseES`` at t
 problem, ``N``, ``K``, ``sigma`` and ``T``.
 
 Known differences (cost, not statistics, is compared): lopt step-unlocks particles (each
-pair at its own inner step, so resets are per particle inside the window: ``system.init``
-is evaluated with a select at every step) while evosax members are in lockstep; lopt's
+pair at its own inner step, so resets are per particle inside the window: the engine
+builds the next episode's state once per window, and only in windows where some
+particle reaches the horizon) while evosax members are in lockstep; lopt's
 engine derives each step's PRNG key from (particle key, episode, step), the evosax loop
 from (generation key, member pair, step); lopt works on theta pytrees, evosax on flat
 vectors unravelled per member; ``tell`` also tracks the best member and some metrics.

@@ -161,7 +161,13 @@ def unroll(
     def next_episode(tb, episode, key):
         return system.init(tb, _episode_keys(key, episode + 1)[0], data)
 
-    reset_inner = jax.vmap(next_episode)(theta_b, state.episode, state.key)
+    # Skip even that when no particle reaches the horizon in this window (a real branch:
+    # the predicate is one scalar for the whole batch), e.g. most windows when K << T.
+    reset_inner = jax.lax.cond(
+        jnp.any(state.step + num_steps >= horizon),
+        lambda: jax.vmap(next_episode)(theta_b, state.episode, state.key),
+        lambda: state.inner,
+    )
 
     def particle_step(ta, tb, inner, reset, t, episode, key, fresh):
         theta = tree_select(fresh, tb, ta)
