@@ -17,11 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO
 
 from lopt.config import ConfigError
 from lopt.studies.config import StudyConfig, is_study, load_study
-
-from conftest import REPO
 
 PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
 

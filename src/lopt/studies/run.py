@@ -148,7 +148,7 @@ def run_method(
     save_meta_params(
         out_dir / "theta.npz",
         state.theta,
-        {"study": study.name, "method": method.to_dict() if hasattr(method, "to_dict") else method.model_dump(),
+        {"study": study.name, "method": method.model_dump(mode="json"),
          "seed": seed, "outer_steps": total, "unroll_steps": total * steps_per_estimate},
     )
     tmp.replace(out_dir / "curve.csv")
