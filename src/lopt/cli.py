@@ -88,7 +88,6 @@ def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
 def cmd_study_run(study, args: argparse.Namespace) -> None:
     from lopt.studies.run import run_method
 
-    study.method(args.method)  # unknown names fail before JAX starts
     out = Path(args.out or _results(study) / "runs" / args.method / f"seed{args.seed}")
     with _tracker(study, "study-run", f"{args.method}-seed{args.seed}") as tracker:
         path = run_method(study, args.method, args.seed, out, tracker=tracker, progress=not args.quiet)
