@@ -30,7 +30,10 @@ Problems: ``lorenz`` (NRES's Lorenz-63 parameter learning, ``theta`` of size 2, 
 0.04) and ``lopt`` (inner training of the default configuration's 64-32-10 MLP on digits
 by the per-parameter MLP learned optimizer, ``theta`` of ~1.9k parameters, sigma 0.01).
 Both use the episode horizon ``T = --horizon`` (default ``2 max(K)``, a multiple of every
-``K``); ``full_es`` always uses ``K = T``. lopt's estimators run with ``step_unlock=True``.
+``K``); ``full_es`` always uses ``K = T``. lopt's estimators run with ``step_unlock=True``
+(their default), or with ``--lockstep`` with ``step_unlock=False``: the same schedule as
+evosax's members (every pair at the same inner step, all resetting together), for which
+the engine takes its no-reset-inside-the-window path on every window.
 
 How evosax is driven, and why it is comparable
 ----------------------------------------------
@@ -85,6 +88,7 @@ import argparse
 import csv
 import dataclasses
 import math
+import functools
 import statistics
 import sys
 import time
@@ -184,7 +188,9 @@ def build_problem(name: str, horizon: int, sigma: float | None, config: str) -> 
 # --------------------------------------------------------------------------------------
 
 
-def lopt_bench(problem: Problem, name: str, num_particles: int, trunc_length: int) -> Bench:
+def lopt_bench(
+    problem: Problem, name: str, num_particles: int, trunc_length: int, step_unlock: bool = True
+) -> Bench:
     """lopt estimator ``name``: carry = (estimator state, gradient sum)."""
     from lopt.estimators import make_estimator
 
@@ -194,7 +200,7 @@ def lopt_bench(problem: Problem, name: str, num_particles: int, trunc_length: in
         num_particles=num_particles,
         trunc_length=trunc_length,
         sigma=problem.sigma,
-        step_unlock=True,
+        step_unlock=step_unlock,
     )
 
     def body(i: jax.Array, carry: Any, consts: Any) -> Any:
@@ -356,7 +362,10 @@ def configurations(
 
 def run_one(problem: Problem, kind: str, name: str, n: int, k: int, args: Any) -> Row:
     label = name if kind == "lopt" else EVOSAX_NAMES[name]
-    make = lopt_bench if kind == "lopt" else evosax_bench
+    if kind == "lopt":
+        make = functools.partial(lopt_bench, step_unlock=not args.lockstep)
+    else:
+        make = evosax_bench
     consts = (problem.theta, jax.random.PRNGKey(3), problem.data)
     try:
         row = measure(
@@ -545,6 +554,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-steps", type=int, default=10_000, help="cap on steps per call")
     parser.add_argument("--no-evosax", action="store_true", help="skip the evosax rows")
+    parser.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="lopt estimators with step_unlock=False (evosax's schedule) instead of True",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",

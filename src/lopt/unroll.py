@@ -30,7 +30,11 @@ so windows are staggered over the horizon and the meta-gradient averages over al
 phases of training instead of all particles sitting at the same phase.
 
 Resets inside a window: a window of ``K <= T`` steps contains at most one reset per
-particle (the shortened first episode has at least one step). :func:`unroll` takes
+particle (the shortened first episode has at least one step). Windows in which no
+particle starts a new episode before the window's last step (every window when the
+particles run in lockstep and ``K`` divides ``T``; most windows when ``K << T``) take a
+fast path chosen by one ``lax.cond`` per window: ``theta_a`` and the episode's key for
+every step, no per-step selects; bit-identical to the general path. :func:`unroll` takes
 two meta-parameter sets, ``theta_a`` for the steps of the episode current at the
 window start and ``theta_b`` for steps after a reset, and reports per step whether it
 was "fresh" (after a reset). PES passes the same perturbed theta twice; NRES passes
@@ -169,25 +173,61 @@ def unroll(
         lambda: state.inner,
     )
 
-    def particle_step(ta, tb, inner, reset, t, episode, key, fresh):
-        theta = tree_select(fresh, tb, ta)
-        _, step_key = _episode_keys(key, episode)
-        inner, loss = system.step(theta, inner, t, jax.random.fold_in(step_key, t), data)
-        t = t + 1
+    # Per-window key material: steps of episode e use fold_in(step_key_e, t), steps after
+    # the reset fold_in(step_key_{e+1}, t); deriving both here leaves one fold_in per step.
+    step_key_a = jax.vmap(lambda k, e: _episode_keys(k, e)[1])(state.key, state.episode)
+
+    def finish(st, inner, t):
+        # A reset on the window's last step: install the new episode after the scan.
         done = t >= horizon
-        inner = tree_select(done, reset, inner)
-        return inner, jnp.where(done, 0, t), episode + done.astype(jnp.int32), loss, done
+        inner = jax.vmap(tree_select)(done, reset_inner, inner)
+        episode = st.episode + done.astype(jnp.int32)
+        return ParticleState(inner, jnp.where(done, 0, t), episode, st.key), done
 
-    vstep = jax.vmap(particle_step)
+    def no_reset_inside(st):
+        # Fast path: no particle starts a new episode before the window's last step
+        # (every window in lockstep when K divides T, and most windows when K << T), so
+        # every step runs theta_a from episode e with no per-step selects.
+        def body(inner, j):
+            t = st.step + j
+            keys = jax.vmap(jax.random.fold_in)(step_key_a, t)
+            inner, loss = jax.vmap(system.step, in_axes=(0, 0, 0, 0, None))(
+                theta_a, inner, t, keys, data
+            )
+            return inner, loss
 
-    def body(carry, _):
-        st, fresh = carry
-        inner, t, episode, loss, done = vstep(
-            theta_a, theta_b, st.inner, reset_inner, st.step, st.episode, st.key, fresh
+        inner, losses = jax.lax.scan(body, st.inner, jnp.arange(num_steps, dtype=jnp.int32))
+        new, done = finish(st, inner, st.step + num_steps)
+        return new, Window(losses.T, jnp.zeros_like(losses.T, bool), done)
+
+    def reset_inside(st):
+        step_key_b = jax.vmap(lambda k, e: _episode_keys(k, e + 1)[1])(st.key, st.episode)
+
+        def particle_step(ta, tb, inner, reset, t, key_a, key_b, fresh):
+            theta = tree_select(fresh, tb, ta)
+            key = jax.random.fold_in(jnp.where(fresh, key_b, key_a), t)
+            inner, loss = system.step(theta, inner, t, key, data)
+            t = t + 1
+            done = t >= horizon
+            inner = tree_select(done, reset, inner)
+            return inner, jnp.where(done, 0, t), done, loss
+
+        vstep = jax.vmap(particle_step)
+
+        def body(carry, _):
+            inner, t, fresh = carry
+            inner, t, done, loss = vstep(
+                theta_a, theta_b, inner, reset_inner, t, step_key_a, step_key_b, fresh
+            )
+            return (inner, t, fresh | done), (loss, fresh)
+
+        fresh0 = jnp.zeros(st.step.shape, bool)
+        (inner, t, done), (losses, fresh) = jax.lax.scan(
+            body, (st.inner, st.step, fresh0), None, length=num_steps
         )
-        new = ParticleState(inner, t, episode, st.key)
-        return (new, fresh | done), (loss, fresh)
+        new = ParticleState(inner, t, st.episode + done.astype(jnp.int32), st.key)
+        return new, Window(losses.T, fresh.T, done)
 
-    fresh0 = jnp.zeros(state.step.shape, bool)
-    (state, fresh_end), (losses, fresh) = jax.lax.scan(body, (state, fresh0), None, length=num_steps)
-    return state, Window(losses.T, fresh.T, fresh_end)
+    return jax.lax.cond(
+        jnp.all(state.step + num_steps <= horizon), no_reset_inside, reset_inside, state
+    )
