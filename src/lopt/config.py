@@ -102,7 +102,51 @@ class QuadraticTaskConfig(_Strict):
     noise_std: Annotated[float, Field(ge=0)] = 0.1
 
 
-TaskConfig = Annotated[ImageMLPTaskConfig | QuadraticTaskConfig, Field(discriminator="kind")]
+class ImageConvTaskConfig(_Strict):
+    """A small conv net on a prepared dataset: 2-D convs on images, 1-D on MNIST-1D."""
+
+    kind: Literal["image_conv"] = "image_conv"
+    dataset: DatasetName = "digits"
+    channels: list[PosInt] = Field(
+        default_factory=lambda: [8, 16],
+        description="Output channels of each conv layer (stride 2, 'SAME' padding), then global average pooling and a linear head.",
+    )
+    kernel_size: PosInt = 3
+    activation: Literal["relu", "tanh", "gelu", "elu"] = "relu"
+    batch_size: PosInt = 64
+    init_scale: PosFloat = Field(1.0, description="Multiplier on the LeCun-normal init.")
+
+
+class CharLMTaskConfig(_Strict):
+    """Next-character prediction on a generated corpus (seeded grammar; no download)."""
+
+    kind: Literal["char_lm"] = "char_lm"
+    model: Literal["rnn", "transformer"] = "transformer"
+    corpus_seed: Annotated[int, Field(ge=0)] = Field(0, description="Seed of the generated corpus.")
+    corpus_chars: Annotated[int, Field(ge=1000)] = Field(
+        20000, description="Characters generated (split 80/5/5/10 into train/inner-/outer-valid/test)."
+    )
+    seq_len: Annotated[int, Field(ge=2)] = 32
+    hidden_size: PosInt = 32
+    num_layers: PosInt = 1
+    num_heads: PosInt = Field(2, description="Transformer only; must divide hidden_size.")
+    batch_size: PosInt = 16
+    init_scale: PosFloat = 1.0
+
+    @model_validator(mode="after")
+    def _heads(self) -> CharLMTaskConfig:
+        if self.model == "transformer" and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})"
+            )
+        return self
+
+
+TASK_KINDS = ("image_mlp", "image_conv", "quadratic", "char_lm")
+TaskConfig = Annotated[
+    ImageMLPTaskConfig | ImageConvTaskConfig | QuadraticTaskConfig | CharLMTaskConfig,
+    Field(discriminator="kind"),
+]
 
 
 class LOptConfig(_Strict):
@@ -268,12 +312,16 @@ class ExperimentConfig(_Strict):
         return json.loads(self.model_dump_json())
 
 
+# Tags pydantic inserts into error paths for tagged unions; the user never wrote them.
+_UNION_TAGS = TASK_KINDS
+
+
 def _format_loc(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("image_mlp", "quadratic") and parts:
+        elif item in _UNION_TAGS and parts:
             continue  # pydantic inserts the union tag; the user never wrote it
         else:
             parts.append(("." if parts else "") + str(item))
