@@ -87,8 +87,8 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import math
 import functools
+import math
 import statistics
 import sys
 import time
@@ -158,7 +158,7 @@ def lorenz_problem(horizon: int, sigma: float | None) -> Problem:
 
 def lopt_problem(horizon: int, sigma: float | None, config: str) -> Problem:
     from lopt.config import load_config
-    from lopt.optimizers.mlp_lopt import from_config
+    from lopt.optimizers import from_config
     from lopt.tasks import InnerTraining, build_task
 
     cfg = load_config(config)

@@ -136,6 +136,7 @@ def cmd_analyze(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
         title=f"{cfg.name}: {cfg.meta_train.estimator.upper()} meta-training",
         dpi=cfg.analysis.dpi,
         band=cfg.analysis.band,
+        tradeoffs=args.tradeoffs,
     )
     print((root / "tables" / "final_losses.md").read_text())
     for name, path in paths.items():
@@ -188,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", type=Path, help="output directory (default results/<name>/eval/<task>)")
         if name in ("analyze", "study-analyze"):
             p.add_argument("--results", type=Path, help="experiment results directory (default results/<name>)")
+            if name == "analyze":
+                p.add_argument(
+                    "--tradeoffs",
+                    type=Path,
+                    help="benchmarks/lopt_overhead.py's CSV, rendered as tables/tradeoffs.md",
+                )
         if name == "variance":
             p.add_argument("--out", type=Path, help="results directory (default results/<name>)")
         if name == "study-run":

@@ -22,11 +22,20 @@ well under a second.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 __all__ = [
     "ConfigError",
@@ -35,6 +44,7 @@ __all__ = [
     "LOptConfig",
     "MetaTrainConfig",
     "TaskConfig",
+    "TaskFamilyConfig",
     "load_config",
     "validate_config",
 ]
@@ -122,6 +132,7 @@ class CharLMTaskConfig(_Strict):
 
     kind: Literal["char_lm"] = "char_lm"
     model: Literal["rnn", "transformer"] = "transformer"
+    cell: Literal["gru", "tanh"] = Field("gru", description="RNN only: the recurrent cell.")
     corpus_seed: Annotated[int, Field(ge=0)] = Field(0, description="Seed of the generated corpus.")
     corpus_chars: Annotated[int, Field(ge=1000)] = Field(
         20000, description="Characters generated (split 80/5/5/10 into train/inner-/outer-valid/test)."
@@ -139,6 +150,12 @@ class CharLMTaskConfig(_Strict):
             raise ValueError(
                 f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})"
             )
+        # the smallest split (5 %) must hold at least one window of seq_len + 1 tokens
+        if self.corpus_chars // 20 <= self.seq_len:
+            raise ValueError(
+                f"corpus_chars ({self.corpus_chars}) is too short for seq_len ({self.seq_len}): "
+                f"the 5 % validation splits need more than seq_len characters"
+            )
         return self
 
 
@@ -149,28 +166,187 @@ TaskConfig = Annotated[
 ]
 
 
-class LOptConfig(_Strict):
-    """The learned optimizer (per-parameter MLP, "small_fc" / MLPLOpt)."""
+class TaskFamilyConfig(_Strict):
+    """A distribution over tasks: a base task plus, per field, the values to draw from.
+
+    ``num_tasks`` tasks are drawn once per run with ``numpy.random.default_rng(seed)``,
+    each field of ``choices`` uniformly from its list (e.g. ``hidden_sizes``,
+    ``activation``, ``batch_size``, ``init_scale``, ``dataset``). Structural choices
+    change the compiled program, so they are fixed per drawn task; every drawn task
+    gets its own ``num_particles`` particles, and each particle starts every episode
+    from fresh task parameters (a new initialisation seed and batch order). The
+    meta-gradient is the mean of the per-task estimates.
+    """
+
+    base: TaskConfig
+    choices: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+    num_tasks: PosInt = 4
+    seed: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _check_choices(self) -> TaskFamilyConfig:
+        fields = sorted(f for f in type(self.base).model_fields if f != "kind")
+        for key, values in self.choices.items():
+            if key not in fields:
+                raise ValueError(
+                    f"choices.{key}: not a field of task kind '{self.base.kind}' "
+                    f"(allowed keys: {', '.join(fields)})"
+                )
+            for i, value in enumerate(values):
+                try:
+                    self._with(key, value)
+                except ValidationError as exc:
+                    msg = "; ".join(e["msg"] for e in exc.errors())
+                    raise ValueError(f"choices.{key}[{i}] = {value!r}: {msg}") from None
+        if self.num_tasks > self.num_distinct():
+            raise ValueError(
+                f"num_tasks ({self.num_tasks}) exceeds the {self.num_distinct()} distinct tasks "
+                "the choices allow"
+            )
+        return self
+
+    def _with(self, key: str, value: Any) -> Any:
+        return type(self.base).model_validate({**self.base.model_dump(), key: value})
+
+    def num_distinct(self) -> int:
+        """How many distinct tasks the choices allow."""
+        return math.prod(len(v) for v in self.choices.values())
+
+    def sample(self) -> list[Any]:
+        """The ``num_tasks`` drawn task configs: distinct, deterministic in ``seed``."""
+        import numpy as np
+
+        rng = np.random.default_rng(self.seed)
+        keys = sorted(self.choices)
+        drawn: list[tuple[int, ...]] = []
+        while len(drawn) < self.num_tasks:  # terminates: num_tasks <= num_distinct()
+            index = tuple(int(rng.integers(len(self.choices[k]))) for k in keys)
+            if index not in drawn:
+                drawn.append(index)
+        update = [{k: self.choices[k][i] for k, i in zip(keys, index)} for index in drawn]
+        return [type(self.base).model_validate({**self.base.model_dump(), **u}) for u in update]
+
+
+Decay = Annotated[float, Field(ge=0, lt=1)]
+MLP_FEATURES = ("param", "grad", "momentum", "rms", "momentum_rsqrt", "grad_rsqrt", "time")
+
+
+class NominalConfig(_Strict):
+    """A hand-designed descent term added to the learned update (Harrison et al. 2022)."""
+
+    optimizer: Literal["adam", "sgd", "momentum"] = "adam"
+    learning_rate: PosFloat = 1e-3
+
+
+class _LOptCommon(_Strict):
+    nominal: NominalConfig | None = Field(
+        None, description="Add this optax optimizer's update to the learned one (untrained = it)."
+    )
+
+
+class MLPLOptConfig(_LOptCommon):
+    """Per-parameter MLP ("small_fc" / MLPLOpt, LOLv2)."""
 
     kind: Literal["mlp_lopt"] = "mlp_lopt"
     hidden_size: PosInt = 32
     num_layers: PosInt = Field(2, description="Number of hidden layers.")
-    momentum_decays: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
-        default_factory=lambda: [0.5, 0.9, 0.99, 0.999]
-    )
-    rms_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    momentum_decays: list[Decay] = Field(default_factory=lambda: [0.5, 0.9, 0.99, 0.999])
+    rms_decay: Decay = 0.999
     num_time_features: PosInt = Field(11, description="tanh embeddings of the training fraction.")
     step_mult: PosFloat = Field(1e-3, description="beta in d * exp(alpha * m) * beta.")
     exp_mult: PosFloat = Field(1e-3, description="alpha in d * exp(alpha * m) * beta.")
     zero_init_output: bool = Field(
         True, description="Zero the output layer so the untrained optimizer is a no-op."
     )
+    features: list[Literal[MLP_FEATURES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(MLP_FEATURES),
+        min_length=1,
+        description="Per-parameter input features (a subset; concatenated in canonical order).",
+    )
+
+
+class AdafacMLPLOptConfig(_LOptCommon):
+    """AdafacMLPLOpt: factored second moments, tiny MLP (Metz et al. 2022, practical trade-offs)."""
+
+    kind: Literal["adafac_mlp_lopt"] = "adafac_mlp_lopt"
+    hidden_size: PosInt = 4
+    num_layers: PosInt = 2
+    momentum_decays: list[Decay] = Field(default_factory=lambda: [0.1, 0.5, 0.9, 0.99, 0.999])
+    rms_decays: list[Decay] = Field(default_factory=lambda: [0.999])
+    adafactor_decays: list[Decay] = Field(default_factory=lambda: [0.9, 0.99, 0.999])
+    num_time_features: PosInt = 11
+    step_mult: PosFloat = 1e-3
+    exp_mult: PosFloat = 1e-3
+    zero_init_output: bool = True
+
+
+class NNAdamConfig(_LOptCommon):
+    """NNAdam: a per-tensor LSTM that outputs Adam's hyperparameters per tensor."""
+
+    kind: Literal["nn_adam"] = "nn_adam"
+    lstm_hidden_size: PosInt = 32
+    initial_learning_rate: PosFloat = 1e-3
+    initial_beta1: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    initial_beta2: Annotated[float, Field(gt=0, lt=1)] = 0.999
+    initial_epsilon: PosFloat = 1e-8
+    num_time_features: PosInt = 11
+    zero_init_output: bool = Field(True, description="Untrained = Adam(initial_*).")
+
+
+class RNNMLPLOptConfig(_LOptCommon):
+    """RNN-MLP: per-tensor LSTM feeding a per-parameter MLP (Metz et al. 2020)."""
+
+    kind: Literal["rnn_mlp_lopt"] = "rnn_mlp_lopt"
+    lstm_hidden_size: PosInt = 64
+    tensor_embed_size: PosInt = 8
+    hidden_size: PosInt = 32
+    num_layers: PosInt = 2
+    momentum_decays: list[Decay] = Field(default_factory=lambda: [0.5, 0.9, 0.99, 0.999])
+    rms_decay: Decay = 0.999
+    loss_decay: Decay = Field(0.9, description="EMA decay of the loss normaliser.")
+    num_time_features: PosInt = 11
+    step_mult: PosFloat = 1e-3
+    exp_mult: PosFloat = 1e-3
+    clip_mult: PosFloat = Field(10.0, description="Dynamic clip: |g| <= clip_mult * sqrt(v).")
+    zero_init_output: bool = True
+
+
+LOPT_KINDS = ("mlp_lopt", "adafac_mlp_lopt", "nn_adam", "rnn_mlp_lopt")
+
+
+def _kind(default: str):
+    """Discriminator that reads ``kind`` and falls back to ``default`` when it is omitted."""
+
+    def get(value: Any) -> str:
+        if isinstance(value, dict):
+            return value.get("kind", default)
+        return getattr(value, "kind", default)
+
+    return get
+
+
+# ``kind`` may be omitted (older configs): it then means the per-parameter MLP.
+LOptConfig = Annotated[
+    Annotated[MLPLOptConfig, Tag("mlp_lopt")]
+    | Annotated[AdafacMLPLOptConfig, Tag("adafac_mlp_lopt")]
+    | Annotated[NNAdamConfig, Tag("nn_adam")]
+    | Annotated[RNNMLPLOptConfig, Tag("rnn_mlp_lopt")],
+    Discriminator(
+        _kind("mlp_lopt"),
+        custom_error_type="invalid_kind",
+        custom_error_message="unknown learned-optimizer kind",
+        custom_error_context={"expected": ", ".join(LOPT_KINDS)},
+    ),
+]
 
 
 class MetaTrainConfig(_Strict):
     """Meta-training: estimator, unroll geometry and the optax outer optimizer."""
 
     task: TaskConfig = Field(default_factory=ImageMLPTaskConfig)
+    task_family: TaskFamilyConfig | None = Field(
+        None, description="Meta-train on tasks drawn from a family instead of the single `task`."
+    )
     estimator: Literal["tbptt", "full_es", "tes", "pes", "gpes", "nres"] = "nres"
     noise_reuse_steps: PosInt | None = Field(
         None, description="GPES only: K', inner steps between fresh perturbations (multiple of K)."
@@ -195,8 +371,14 @@ class MetaTrainConfig(_Strict):
     max_to_keep: PosInt = 3
     log_every: PosInt = 10
 
+    def tasks(self) -> list[Any]:
+        """The meta-training task configs: ``[task]`` or the family's drawn tasks."""
+        return self.task_family.sample() if self.task_family is not None else [self.task]
+
     @model_validator(mode="after")
     def _check_geometry(self) -> MetaTrainConfig:
+        if self.task_family is not None and "task" in self.model_fields_set:
+            raise ValueError("give either task or task_family, not both")
         if self.num_particles % 2:
             raise ValueError(
                 f"num_particles must be even (antithetic pairs), got {self.num_particles}"
@@ -238,6 +420,14 @@ class EvalTaskConfig(_Strict):
 
     name: Annotated[str, Field(min_length=2, pattern=r"^[A-Za-z0-9_\-]+$")]
     task: TaskConfig
+    distribution: Literal["in", "out"] = Field(
+        "out",
+        description="'in': drawn like the meta-training tasks (held-out seeds); 'out': "
+        "outside them (wider, deeper, longer horizon, other dataset). Reported side by side.",
+    )
+    num_steps: PosInt | None = Field(
+        None, description="Inner steps for this task (default: evaluation.num_steps)."
+    )
 
 
 class EvaluationConfig(_Strict):
@@ -262,6 +452,11 @@ class EvaluationConfig(_Strict):
             raise ValueError(
                 f"num_steps ({self.num_steps}) must be a multiple of eval_every ({self.eval_every})"
             )
+        for t in self.tasks:
+            if t.num_steps is not None and t.num_steps % self.eval_every:
+                raise ValueError(
+                    f"task {t.name}: num_steps ({t.num_steps}) must be a multiple of eval_every ({self.eval_every})"
+                )
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"evaluation task names must be unique, got {names}")
@@ -291,7 +486,7 @@ class ExperimentConfig(_Strict):
     name: Annotated[str, Field(min_length=2, pattern=r"^[A-Za-z0-9_\-]+$")]
     seed: Annotated[int, Field(ge=0)] = 0
     data: DataConfig = Field(default_factory=DataConfig)
-    lopt: LOptConfig = Field(default_factory=LOptConfig)
+    lopt: LOptConfig = Field(default_factory=MLPLOptConfig)
     meta_train: MetaTrainConfig = Field(default_factory=MetaTrainConfig)
     evaluation: EvaluationConfig
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
@@ -299,7 +494,7 @@ class ExperimentConfig(_Strict):
 
     def datasets(self) -> list[str]:
         """Every dataset the experiment touches, in first-use order."""
-        names = [self.meta_train.task] + [t.task for t in self.evaluation.tasks]
+        names = self.meta_train.tasks() + [t.task for t in self.evaluation.tasks]
         out: list[str] = []
         for task in names:
             ds = getattr(task, "dataset", None)
@@ -313,7 +508,7 @@ class ExperimentConfig(_Strict):
 
 
 # Tags pydantic inserts into error paths for tagged unions; the user never wrote them.
-_UNION_TAGS = TASK_KINDS
+_UNION_TAGS = TASK_KINDS + LOPT_KINDS
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

@@ -63,7 +63,8 @@ def train_curves(
         key = jax.random.PRNGKey(seed)
         key_init, key_steps, key_eval = jax.random.split(key, 3)
         params = task.init(key_init)
-        opt = make_opt(hparam)
+        # extra-args form: learned optimizers that read the loss get it as ``value``
+        opt = optax.with_extra_args_support(make_opt(hparam))
         opt_state = opt.init(params)
 
         def evaluate(params, chunk):
@@ -79,7 +80,7 @@ def train_curves(
             params, opt_state = carry
             batch = task.batch(data, jax.random.fold_in(key_steps, t), "train")
             loss, grads = jax.value_and_grad(task.loss)(params, batch)
-            updates, opt_state = opt.update(grads, opt_state, params)
+            updates, opt_state = opt.update(grads, opt_state, params, value=loss)
             return (optax.apply_updates(params, updates), opt_state), loss
 
         def chunk_step(carry, chunk):
@@ -213,7 +214,7 @@ def run_evaluation(cfg: Any, task_name: str, meta_params_path: str | Path, out_d
     the summary.
     """
     from lopt.checkpoint import load_meta_params
-    from lopt.optimizers.mlp_lopt import from_config
+    from lopt.optimizers.pretrained import from_config
     from lopt.tasks import build_task
 
     ev = cfg.evaluation
@@ -221,15 +222,17 @@ def run_evaluation(cfg: Any, task_name: str, meta_params_path: str | Path, out_d
     if task_name not in spec:
         raise ValueError(f"unknown evaluation task {task_name!r}; configured: {', '.join(spec)}")
     task, data = build_task(spec[task_name].task, cfg.data.root, ev.eval_batch_size)
+    num_steps = spec[task_name].num_steps or ev.num_steps
     lopt = from_config(cfg.lopt)
     theta = load_meta_params(meta_params_path, lopt.init(jax.random.PRNGKey(0)))
-    learned = {"lopt": lopt.to_optax(theta, ev.num_steps)}
+    learned = {"lopt": lopt.to_optax(theta, num_steps)}
     curves, sweep = evaluate_task(
-        task, task_name, data, learned, list(ev.baselines), ev.lr_grid, ev.num_steps, ev.num_seeds, ev.seed_offset, ev.eval_every
+        task, task_name, data, learned, list(ev.baselines), ev.lr_grid, num_steps, ev.num_seeds, ev.seed_offset, ev.eval_every
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(curves)
+    summary.insert(1, "distribution", spec[task_name].distribution)
     for name, df in (("curves", curves), ("sweep", sweep), ("summary", summary)):
         tmp = out_dir / f".{name}.csv.tmp"
         df.to_csv(tmp, index=False)

@@ -39,12 +39,21 @@ import jax.numpy as jnp
 import optax
 
 from lopt.config import ExperimentConfig
-from lopt.estimators import Estimator, make_estimator
-from lopt.optimizers.mlp_lopt import MLPLOpt, from_config
+from lopt.estimators import Estimator, make_estimator, multi_task
+from lopt.optimizers import LearnedOptimizer
+from lopt.optimizers.pretrained import from_config as lopt_from_config
 from lopt.tasks import build_task
 from lopt.tasks.training import InnerTraining
 
-METRIC_FIELDS = ("step", "meta_loss", "grad_norm", "episodes_done", "skipped_updates", "wall_time")
+METRIC_FIELDS = (
+    "step",
+    "meta_loss",
+    "grad_norm",
+    "episodes_done",
+    "diverged",
+    "skipped_updates",
+    "wall_time",
+)
 
 
 class MetaState(NamedTuple):
@@ -59,7 +68,7 @@ class MetaState(NamedTuple):
 class MetaTrainer(NamedTuple):
     """The pieces of one meta-training configuration, built once."""
 
-    lopt: MLPLOpt
+    lopt: LearnedOptimizer
     estimator: Estimator
     outer_opt: optax.GradientTransformation
     data: Any
@@ -76,21 +85,30 @@ class MetaTrainer(NamedTuple):
 def build_trainer(cfg: ExperimentConfig) -> MetaTrainer:
     """Build the learned optimizer, inner system, estimator and outer optimizer."""
     mt = cfg.meta_train
-    lopt = from_config(cfg.lopt)
-    task, data = build_task(mt.task, cfg.data.root)
-    system = InnerTraining(task, lopt.to_optax, mt.horizon, mt.meta_loss_split)
+    lopt = lopt_from_config(cfg.lopt)
     extra = {"noise_reuse_steps": mt.noise_reuse_steps} if mt.estimator == "gpes" else {}
     if mt.estimator != "tbptt":
         extra["loss_diff_clip"] = mt.loss_diff_clip
-    estimator = make_estimator(
-        mt.estimator,
-        system,
-        num_particles=mt.num_particles,
-        trunc_length=mt.trunc_length,
-        sigma=mt.sigma,
-        step_unlock=mt.step_unlock,
-        **extra,
-    )
+    estimators, datas = [], []
+    for task_cfg in mt.tasks():
+        task, data = build_task(task_cfg, cfg.data.root)
+        system = InnerTraining(task, lopt.to_optax, mt.horizon, mt.meta_loss_split)
+        estimators.append(
+            make_estimator(
+                mt.estimator,
+                system,
+                num_particles=mt.num_particles,
+                trunc_length=mt.trunc_length,
+                sigma=mt.sigma,
+                step_unlock=mt.step_unlock,
+                **extra,
+            )
+        )
+        datas.append(data)
+    if len(estimators) == 1:
+        estimator, data = estimators[0], datas[0]
+    else:  # a task family: one estimator per drawn task, gradients averaged
+        estimator, data = multi_task(estimators), tuple(datas)
     outer = {"adam": optax.adam, "sgd": optax.sgd}[mt.outer_optimizer](mt.outer_lr)
     outer_opt = outer_optimizer(outer, mt.grad_clip)
     return MetaTrainer(lopt, estimator, outer_opt, data, jax.random.PRNGKey(cfg.seed), mt.normalize_grad)
@@ -271,6 +289,7 @@ def meta_train(
             "experiment": cfg.name,
             "optimizer": cfg.lopt.model_dump(),
             "estimator": mt.estimator,
+            "meta_train_tasks": [t.model_dump() for t in mt.tasks()],
             "outer_steps": int(state.step),
             "num_meta_params": sum(int(x.size) for x in jax.tree.leaves(state.theta)),
         },
@@ -281,6 +300,6 @@ def meta_train(
 def _flush(pending: list[dict[str, Any]], wall: float) -> list[dict[str, float]]:
     rows = []
     for item in jax.device_get(pending):
-        row = {k: float(item[k]) for k in ("meta_loss", "grad_norm", "episodes_done", "skipped_updates")}
+        row = {k: float(item[k]) for k in METRIC_FIELDS[1:-1]}
         rows.append({"step": int(item["step"]), **row, "wall_time": round(wall, 3)})
     return rows

@@ -64,6 +64,11 @@ class UnrolledSystem(Protocol):
     ) -> tuple[Inner, jax.Array]: ...
 
 
+def loss_cap(system: UnrolledSystem) -> float | None:
+    """The system's optional ``loss_cap`` (divergence threshold; see :func:`unroll`)."""
+    return getattr(system, "loss_cap", None)
+
+
 class ParticleState(NamedTuple):
     """State of ``P`` particles; every leaf has leading axis ``P``."""
 
@@ -79,6 +84,7 @@ class Window(NamedTuple):
     losses: jax.Array  # float32[P, K]
     fresh: jax.Array  # bool[P, K], step ran in an episode begun inside this window
     done: jax.Array  # bool[P], an episode ended (and a reset happened) in this window
+    diverged: jax.Array  # bool[P, K], the step's loss was non-finite or >= loss_cap
 
 
 def tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
@@ -89,6 +95,10 @@ def tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
 def broadcast_theta(theta: Theta, num: int) -> Theta:
     """Stack ``num`` copies of ``theta`` along a new leading axis."""
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *x.shape)), theta)
+
+
+# fold_in tag of the key that re-initialises a diverged particle (derived from the step key)
+_RESTART = 0x5E5E7
 
 
 def _episode_keys(key: jax.Array, episode: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -173,6 +183,27 @@ def unroll(
         lambda: state.inner,
     )
 
+    cap = loss_cap(system)
+
+    def restart_diverged(inner, loss, theta_now, keys):
+        # Divergence (a non-finite loss or one at/above the cap) restarts that particle's
+        # inner run from fresh state mid-episode (same inner step and episode) and reports
+        # the cap as its loss, so one blow-up neither crashes meta-training nor dominates
+        # an ES difference. A real branch: the re-initialisation only runs in steps where
+        # some particle diverged.
+        if cap is None:
+            return inner, loss, jnp.zeros(loss.shape, bool)
+        bad = ~jnp.isfinite(loss) | (loss >= cap)
+
+        def restart():
+            fresh_inner = jax.vmap(system.init, in_axes=(0, 0, None))(
+                theta_now(), jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, _RESTART), data
+            )
+            return jax.vmap(tree_select)(bad, fresh_inner, inner)
+
+        inner = jax.lax.cond(jnp.any(bad), restart, lambda: inner)
+        return inner, jnp.where(bad, cap, loss), bad
+
     # Per-window key material: steps of episode e use fold_in(step_key_e, t), steps after
     # the reset fold_in(step_key_{e+1}, t); deriving both here leaves one fold_in per step.
     step_key_a = jax.vmap(lambda k, e: _episode_keys(k, e)[1])(state.key, state.episode)
@@ -194,39 +225,43 @@ def unroll(
             inner, loss = jax.vmap(system.step, in_axes=(0, 0, 0, 0, None))(
                 theta_a, inner, t, keys, data
             )
-            return inner, loss
+            inner, loss, bad = restart_diverged(inner, loss, lambda: theta_a, keys)
+            return inner, (loss, bad)
 
-        inner, losses = jax.lax.scan(body, st.inner, jnp.arange(num_steps, dtype=jnp.int32))
+        inner, (losses, bad) = jax.lax.scan(
+            body, st.inner, jnp.arange(num_steps, dtype=jnp.int32)
+        )
         new, done = finish(st, inner, st.step + num_steps)
-        return new, Window(losses.T, jnp.zeros_like(losses.T, bool), done)
+        return new, Window(losses.T, jnp.zeros_like(losses.T, bool), done, bad.T)
 
     def reset_inside(st):
         step_key_b = jax.vmap(lambda k, e: _episode_keys(k, e + 1)[1])(st.key, st.episode)
 
-        def particle_step(ta, tb, inner, reset, t, key_a, key_b, fresh):
+        def particle_step(ta, tb, inner, t, key_a, key_b, fresh):
             theta = tree_select(fresh, tb, ta)
             key = jax.random.fold_in(jnp.where(fresh, key_b, key_a), t)
             inner, loss = system.step(theta, inner, t, key, data)
-            t = t + 1
-            done = t >= horizon
-            inner = tree_select(done, reset, inner)
-            return inner, jnp.where(done, 0, t), done, loss
+            return inner, loss, key
 
         vstep = jax.vmap(particle_step)
 
         def body(carry, _):
             inner, t, fresh = carry
-            inner, t, done, loss = vstep(
-                theta_a, theta_b, inner, reset_inner, t, step_key_a, step_key_b, fresh
+            inner, loss, keys = vstep(theta_a, theta_b, inner, t, step_key_a, step_key_b, fresh)
+            inner, loss, bad = restart_diverged(
+                inner, loss, lambda: jax.vmap(tree_select)(fresh, theta_b, theta_a), keys
             )
-            return (inner, t, fresh | done), (loss, fresh)
+            t = t + 1
+            done = t >= horizon
+            inner = jax.vmap(tree_select)(done, reset_inner, inner)
+            return (inner, jnp.where(done, 0, t), fresh | done), (loss, fresh, bad)
 
         fresh0 = jnp.zeros(st.step.shape, bool)
-        (inner, t, done), (losses, fresh) = jax.lax.scan(
+        (inner, t, done), (losses, fresh, bad) = jax.lax.scan(
             body, (st.inner, st.step, fresh0), None, length=num_steps
         )
         new = ParticleState(inner, t, st.episode + done.astype(jnp.int32), st.key)
-        return new, Window(losses.T, fresh.T, done)
+        return new, Window(losses.T, fresh.T, done, bad.T)
 
     return jax.lax.cond(
         jnp.all(state.step + num_steps <= horizon), no_reset_inside, reset_inside, state

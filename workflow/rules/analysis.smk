@@ -4,14 +4,18 @@ rule analyze:
         metrics=ancient(f"{RESULTS}/meta/metrics.csv"),
         curves=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/curves.csv", task=EVAL_TASKS)],
         summaries=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/summary.csv", task=EVAL_TASKS)],
+        tradeoffs="benchmarks/lopt_overhead.csv",  # committed output of benchmarks/lopt_overhead.py
     output:
         meta=report(f"{RESULTS}/figures/meta_training.png", caption="../report/meta_training.rst", category="Meta-training"),
         curves=report(f"{RESULTS}/figures/eval_curves.png", caption="../report/eval_curves.rst", category="Evaluation"),
         table=report(f"{RESULTS}/tables/final_losses.md", caption="../report/final_losses.rst", category="Evaluation"),
         summary=f"{RESULTS}/tables/summary.csv",
+        generalization=report(f"{RESULTS}/tables/generalization.md", caption="../report/generalization.rst", category="Evaluation"),
+        generalization_figure=report(f"{RESULTS}/figures/generalization.png", caption="../report/generalization.rst", category="Evaluation"),
+        tradeoffs=report(f"{RESULTS}/tables/tradeoffs.md", caption="../report/tradeoffs.rst", category="Learned optimizers"),
     benchmark:
         f"{RESULTS}/benchmarks/analyze.tsv"
     params:
         spec=spec("analysis", "evaluation"),
     shell:
-        "lopt analyze --config {CONFIGFILE} --results {RESULTS}"
+        "lopt analyze --config {CONFIGFILE} --results {RESULTS} --tradeoffs {input.tradeoffs}"

@@ -35,8 +35,8 @@ def spec(*sections):
     return json.dumps({s: resolved[s] for s in sections}, sort_keys=True)
 
 
-def dataset_files(name):
-    return [ancient(f"{DATA}/{name}/{f}") for f in DATA_FILES] if name else []
+def dataset_files(*names):
+    return [ancient(f"{DATA}/{n}/{f}") for n in sorted(filter(None, names)) for f in DATA_FILES]
 
 
 def eval_task_dataset(task_name):
@@ -52,4 +52,7 @@ else:
         f"{RESULTS}/figures/eval_curves.png",
         f"{RESULTS}/tables/final_losses.md",
         f"{RESULTS}/tables/summary.csv",
+        f"{RESULTS}/tables/generalization.md",
+        f"{RESULTS}/figures/generalization.png",
+        f"{RESULTS}/tables/tradeoffs.md",
     ]

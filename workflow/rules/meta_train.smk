@@ -2,7 +2,7 @@
 # run state, not declared outputs, so a killed job re-run by Snakemake resumes from them.
 rule meta_train:
     input:
-        dataset_files(getattr(CFG.meta_train.task, "dataset", None)),
+        dataset_files(*{getattr(t, "dataset", None) for t in CFG.meta_train.tasks()}),
     output:
         params=f"{RESULTS}/meta/meta_params.npz",
         metrics=f"{RESULTS}/meta/metrics.csv",

@@ -77,3 +77,25 @@ def plot_eval_curves(curves: pd.DataFrame, path: Path, *, band: str = "sem", dpi
         axes[row, 0].legend(frameon=False, fontsize=8)
     fig.tight_layout()
     _save(fig, path, dpi)
+
+
+def plot_generalization(frame: pd.DataFrame, path: Path, *, split: str = "test", dpi: int = 120) -> None:
+    """Bars of learned / best-tuned-baseline final loss per task, in- and out-of-distribution panels.
+
+    ``frame`` is :func:`lopt.analysis.tables.generalization_frame`'s output; a bar left of
+    the dashed line at 1 means the learned optimizer reached a lower loss.
+    """
+    groups = [g for g in ("in", "out", "unlabelled") if g in set(frame.get("distribution", []))]
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(5 * max(len(groups), 1), 0.5 + 0.45 * max(len(frame), 1)), squeeze=False)
+    titles = {"in": "in-distribution", "out": "out-of-distribution", "unlabelled": "unlabelled"}
+    for ax, group in zip(axes[0], groups):
+        sub = frame[frame["distribution"] == group]
+        y = np.arange(len(sub))
+        colors = ["tab:green" if w else "tab:red" for w in sub["win"]]
+        ax.barh(y, sub["ratio"], color=colors)
+        ax.set_yticks(y, sub["task"])
+        ax.axvline(1.0, color="k", ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"final {split} loss: learned / best tuned baseline")
+        ax.set_title(titles[group])
+    _save(fig, path, dpi)

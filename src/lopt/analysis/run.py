@@ -6,19 +6,34 @@ from pathlib import Path
 
 import pandas as pd
 
-from lopt.analysis.figures import plot_eval_curves, plot_meta_training
-from lopt.analysis.tables import final_loss_table
+from lopt.analysis.figures import plot_eval_curves, plot_generalization, plot_meta_training
+from lopt.analysis.tables import (
+    final_loss_table,
+    generalization_frame,
+    generalization_table,
+    tradeoffs_table,
+)
 
 
 def analyze(
-    meta_metrics: Path, eval_dirs: list[Path], out_dir: Path, *, title: str = "", dpi: int = 120, band: str = "sem"
+    meta_metrics: Path,
+    eval_dirs: list[Path],
+    out_dir: Path,
+    *,
+    title: str = "",
+    dpi: int = 120,
+    band: str = "sem",
+    tradeoffs: Path | None = None,
 ) -> dict[str, Path]:
-    """Write ``figures/{meta_training,eval_curves}.png`` and ``tables/final_losses.md``.
+    """Write ``figures/{meta_training,eval_curves,generalization}.png`` and
+    ``tables/{final_losses,generalization}.md`` (in- vs out-of-distribution side by side).
 
     Args:
         meta_metrics: ``metrics.csv`` of the meta-training stage.
         eval_dirs: evaluation output directories (each with curves.csv, summary.csv).
         out_dir: experiment results directory.
+        tradeoffs: optional ``benchmarks/lopt_overhead.py`` CSV, rendered as
+            ``tables/tradeoffs.md`` (the architectures' memory / time / size table).
 
     Returns:
         Paths of the written files by name.
@@ -29,6 +44,8 @@ def analyze(
         "eval_curves": out_dir / "figures" / "eval_curves.png",
         "final_losses": out_dir / "tables" / "final_losses.md",
         "summary": out_dir / "tables" / "summary.csv",
+        "generalization_figure": out_dir / "figures" / "generalization.png",
+        "generalization": out_dir / "tables" / "generalization.md",
     }
     metrics = pd.read_csv(meta_metrics)
     plot_meta_training(metrics, paths["meta_training"], title=title, dpi=dpi)
@@ -38,4 +55,9 @@ def analyze(
     paths["final_losses"].parent.mkdir(parents=True, exist_ok=True)
     paths["final_losses"].write_text(final_loss_table(summary))
     summary.to_csv(paths["summary"], index=False)
+    paths["generalization"].write_text(generalization_table(summary))
+    plot_generalization(generalization_frame(summary), paths["generalization_figure"], dpi=dpi)
+    if tradeoffs is not None:
+        paths["tradeoffs"] = out_dir / "tables" / "tradeoffs.md"
+        paths["tradeoffs"].write_text(tradeoffs_table(pd.read_csv(tradeoffs)))
     return paths

@@ -8,11 +8,14 @@
 | pes     | pes.py      | yes      | persistent states, accumulated noise               |
 | gpes    | gpes.py     | yes      | fresh noise every K' steps (PES: K'=K, NRES: K'>=T)|
 | nres    | nres.py     | yes      | one noise per particle per episode                 |
+
+:func:`multi_task` (``multi_task.py``) averages one estimator per task of a task family.
 """
 
 from lopt.estimators.base import Estimator
 from lopt.estimators.full_es import FullESState, full_es
 from lopt.estimators.gpes import GPESState, gpes
+from lopt.estimators.multi_task import multi_task
 from lopt.estimators.nres import NRESState, nres
 from lopt.estimators.pes import PESState, pes
 from lopt.estimators.tbptt import TBPTTState, tbptt
@@ -42,6 +45,7 @@ __all__ = [
     "full_es",
     "gpes",
     "make_estimator",
+    "multi_task",
     "nres",
     "pes",
     "tbptt",

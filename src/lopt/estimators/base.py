@@ -107,10 +107,12 @@ def es_scale(num_pairs: int, sigma: float, num_steps: int) -> float:
 
 
 def window_metrics(window: Window) -> dict[str, jax.Array]:
-    """Scalars every estimator reports: mean window loss and episodes finished."""
+    """Scalars every estimator reports: mean window loss, episodes finished, and the
+    particle-steps that diverged (and were restarted by the engine)."""
     return {
         "meta_loss": jnp.mean(window.losses),
         "episodes_done": jnp.sum(window.done).astype(jnp.float32),
+        "diverged": jnp.sum(window.diverged).astype(jnp.float32),
     }
 
 

@@ -2,42 +2,73 @@
 
 Every scalar parameter is updated independently by the same small MLP (Metz et al.,
 LOLv2 / learned_optimization's ``MLPLOpt``). For a parameter tensor ``p`` with
-gradient ``g`` the input features, computed elementwise, are
+gradient ``g`` the available input features, computed elementwise, are (canonical order)
 
-    p, g, m_1..m_k, sqrt(v), m_1..m_k * rsqrt(v + eps), g * rsqrt(v + eps)
+    ===================  =========================  =====
+    name                 value                      width
+    ===================  =========================  =====
+    ``param``            p                          1
+    ``grad``             g                          1
+    ``momentum``         m_1..m_k                   k
+    ``rms``              sqrt(v + eps)              1
+    ``momentum_rsqrt``   m_1..m_k * rsqrt(v + eps)  k
+    ``grad_rsqrt``       g * rsqrt(v + eps)         1
+    ``time``             tanh(n (f - c_j))          n
+    ===================  =========================  =====
 
 where ``m_i`` are momenta (EMAs of ``g`` with decays ``momentum_decays``) and ``v`` an
-EMA of ``g^2`` (decay ``rms_decay``). Each feature is divided by its root-mean-square
-over the tensor (a second-moment normaliser) so the MLP sees O(1) inputs on every
-task, then ``num_time_features`` embeddings ``tanh(n (f - c_j))`` of the training
-fraction ``f = t / num_steps`` at centres ``c_j`` in [0, 1] are appended. The MLP
-outputs a direction ``d`` and a log-magnitude ``m``; the step is
+EMA of ``g^2`` (decay ``rms_decay``). The ``features`` field selects any subset (the
+concatenation always follows the canonical order above, so a feature's meaning does not
+depend on how the subset was spelled; the default is all of them). Each non-time feature
+is divided by its root-mean-square over the tensor (a second-moment normaliser) so the
+MLP sees O(1) inputs on every task, then the ``n = num_time_features`` embeddings of the
+training fraction ``f = t / num_steps`` at centres ``c_j`` in [0, 1] are appended. The
+MLP outputs a direction ``d`` and a log-magnitude ``m``; the step is
 
     p_{t+1} = p_t - d * exp(alpha * m) * beta        (alpha = exp_mult, beta = step_mult)
 
 With small ``alpha, beta`` (1e-3 in the paper) an untrained optimizer makes tiny
 steps; ``zero_init_output`` makes it exactly a no-op, so early ES perturbations are
-judged only by the direction they add.
+judged only by the direction they add. The optimizer ignores the ``value=`` (loss)
+keyword of ``update``.
 
 Shapes: meta-parameters are ``{"layer_i": {"w": [in, out], "b": [out]}}`` with
-``in = 4 + 2k + num_time_features`` for the first layer and ``out = 2`` for the last.
-Memory per inner parameter: ``k + 1`` float32 accumulators.
+``in = num_features`` (``4 + 2k + num_time_features`` by default) for the first layer and
+``out = 2`` for the last. Memory per inner parameter: ``k + 1`` float32 accumulators
+(kept whatever the feature subset).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from lopt.optimizers._nn import (
+    apply_mlp,
+    init_mlp,
+    second_moment_normalise,
+    time_features,
+    unzip_tree,
+)
 from lopt.optimizers.base import MetaParams
 
 _EPS = 1e-8
-_NORM_EPS = 1e-5
+_second_moment_normalise = second_moment_normalise  # backwards-compatible name
+
+MLP_FEATURES: tuple[str, ...] = (
+    "param",
+    "grad",
+    "momentum",
+    "rms",
+    "momentum_rsqrt",
+    "grad_rsqrt",
+    "time",
+)
 
 
 class MLPLOptState(NamedTuple):
@@ -48,10 +79,19 @@ class MLPLOptState(NamedTuple):
     second_moment: Any  # pytree like params
 
 
-def _second_moment_normalise(x: jax.Array) -> jax.Array:
-    """Divide each feature (last axis) by its RMS over all other axes."""
-    axes = tuple(range(x.ndim - 1))
-    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True) + _NORM_EPS)
+def canonical_features(features: Any) -> tuple[str, ...]:
+    """Validate a feature subset and return it in canonical order (ValueError if unknown)."""
+    if isinstance(features, str):
+        features = (features,)
+    features = tuple(features)
+    unknown = [f for f in features if f not in MLP_FEATURES]
+    if unknown:
+        raise ValueError(
+            f"MLPLOpt: unknown feature(s) {unknown}; allowed features are {list(MLP_FEATURES)}"
+        )
+    if not features:
+        raise ValueError(f"MLPLOpt: features is empty; choose from {list(MLP_FEATURES)}")
+    return tuple(f for f in MLP_FEATURES if f in features)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,42 +107,98 @@ class MLPLOpt:
     exp_mult: float = 1e-3
     zero_init_output: bool = True
     name: str = "mlp_lopt"
+    features: tuple[str, ...] = MLP_FEATURES
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "momentum_decays", tuple(self.momentum_decays))
+        object.__setattr__(self, "features", canonical_features(self.features))
+
+    def _feature_widths(self) -> dict[str, int]:
+        k = len(self.momentum_decays)
+        widths = {
+            "param": 1,
+            "grad": 1,
+            "momentum": k,
+            "rms": 1,
+            "momentum_rsqrt": k,
+            "grad_rsqrt": 1,
+            "time": self.num_time_features,
+        }
+        return {f: widths[f] for f in self.features}
 
     @property
     def num_features(self) -> int:
-        k = len(self.momentum_decays)
-        return 4 + 2 * k + self.num_time_features
+        return sum(self._feature_widths().values())
+
+    def feature_names(self) -> list[str]:
+        """One name per MLP input unit, in input order."""
+        names = []
+        for f in self.features:
+            if f in ("momentum", "momentum_rsqrt"):
+                names += [f"{f}_{d:g}" for d in self.momentum_decays]
+            elif f == "time":
+                names += [f"time_{j}" for j in range(self.num_time_features)]
+            else:
+                names.append(f)
+        return names
 
     def init(self, key: jax.Array) -> MetaParams:
         sizes = (self.num_features, *([self.hidden_size] * self.num_layers), 2)
-        keys = jax.random.split(key, len(sizes) - 1)
-        params = {}
-        for i, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
-            w = jax.random.normal(k, (fan_in, fan_out)) / np.sqrt(fan_in)
-            if self.zero_init_output and i == len(sizes) - 2:
-                w = jnp.zeros_like(w)
-            params[f"layer_{i}"] = {"w": w.astype(jnp.float32), "b": jnp.zeros((fan_out,), jnp.float32)}
-        return params
+        return init_mlp(key, sizes, self.zero_init_output)
 
     def num_meta_params(self) -> int:
-        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.init(jax.random.key(0))))
+        sizes = (self.num_features, *([self.hidden_size] * self.num_layers), 2)
+        return sum(i * o + o for i, o in itertools.pairwise(sizes))
+
+    def card(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "architecture": (
+                f"Per-parameter MLP ({self.num_layers} hidden layers x {self.hidden_size}, ReLU) "
+                "on tensor-normalised momentum/RMS features; step = d*exp(alpha*m)*beta."
+            ),
+            "features": self.feature_names(),
+            "num_meta_params": self.num_meta_params(),
+            "state_floats_per_param": len(self.momentum_decays) + 1,
+            "state_floats_per_tensor": 0,
+            "untrained": "no-op" if self.zero_init_output else "random small steps",
+        }
 
     def _time_features(self, count: jax.Array, num_steps: Any) -> jax.Array:
-        frac = count.astype(jnp.float32) / jnp.asarray(num_steps, jnp.float32)
-        centres = jnp.linspace(0.0, 1.0, self.num_time_features)
-        return jnp.tanh(self.num_time_features * (frac - centres))
+        return time_features(count, num_steps, self.num_time_features)
 
     def _mlp(self, meta_params: MetaParams, x: jax.Array) -> jax.Array:
-        num = len(meta_params)
-        for i in range(num):
-            layer = meta_params[f"layer_{i}"]
-            x = x @ layer["w"] + layer["b"]
-            if i < num - 1:
-                x = jax.nn.relu(x)
-        return x
+        return apply_mlp(meta_params, x)
 
-    def to_optax(self, meta_params: MetaParams, num_steps: Any) -> optax.GradientTransformation:
+    def tensor_features(self, p: jax.Array, g: jax.Array, m: jax.Array, v: jax.Array) -> Any:
+        """Normalised non-time features ``[*shape, F]`` of one tensor (None if none selected).
+
+        ``m`` is ``[k, *shape]`` and ``v`` the second moment, both already updated with ``g``.
+        """
+        sel = set(self.features)
+        rsqrt_v = jax.lax.rsqrt(v + _EPS)
+        parts = []
+        if "param" in sel:
+            parts.append(p[..., None])
+        if "grad" in sel:
+            parts.append(g[..., None])
+        if "momentum" in sel:
+            parts.append(jnp.moveaxis(m, 0, -1))
+        if "rms" in sel:
+            parts.append(jnp.sqrt(v + _EPS)[..., None])  # +eps: finite derivative at v = 0
+        if "momentum_rsqrt" in sel:
+            parts.append(jnp.moveaxis(m * rsqrt_v[None], 0, -1))
+        if "grad_rsqrt" in sel:
+            parts.append((g * rsqrt_v)[..., None])
+        if not parts:
+            return None
+        return second_moment_normalise(jnp.concatenate(parts, axis=-1))
+
+    def to_optax(
+        self, meta_params: MetaParams, num_steps: Any
+    ) -> optax.GradientTransformationExtraArgs:
         decays = jnp.asarray(self.momentum_decays, jnp.float32)
+        use_time = "time" in self.features
 
         def init_fn(params: Any) -> MLPLOptState:
             k = len(self.momentum_decays)
@@ -112,7 +208,8 @@ class MLPLOpt:
                 second_moment=jax.tree.map(jnp.zeros_like, params),
             )
 
-        def update_fn(grads: Any, state: MLPLOptState, params: Any = None):
+        def update_fn(grads: Any, state: MLPLOptState, params: Any = None, **extra_args: Any):
+            del extra_args  # the loss (value=) is not a feature of this optimizer
             if params is None:
                 raise ValueError("MLPLOpt needs params: call update(grads, state, params)")
             time_feats = self._time_features(state.count, num_steps)
@@ -121,46 +218,19 @@ class MLPLOpt:
                 bshape = (-1,) + (1,) * g.ndim
                 m = decays.reshape(bshape) * m + (1 - decays.reshape(bshape)) * g[None]
                 v = self.rms_decay * v + (1 - self.rms_decay) * jnp.square(g)
-                rsqrt_v = jax.lax.rsqrt(v + _EPS)
-                feats = jnp.concatenate(
-                    [
-                        p[..., None],
-                        g[..., None],
-                        jnp.moveaxis(m, 0, -1),
-                        jnp.sqrt(v + _EPS)[..., None],  # +eps: finite derivative at v = 0 (TBPTT)
-                        jnp.moveaxis(m * rsqrt_v[None], 0, -1),
-                        (g * rsqrt_v)[..., None],
-                    ],
-                    axis=-1,
-                )
-                feats = _second_moment_normalise(feats)
-                feats = jnp.concatenate(
-                    [feats, jnp.broadcast_to(time_feats, (*g.shape, self.num_time_features))], axis=-1
-                )
+                feats = self.tensor_features(p, g, m, v)
+                if use_time:
+                    tf = jnp.broadcast_to(time_feats, (*g.shape, self.num_time_features))
+                    feats = tf if feats is None else jnp.concatenate([feats, tf], axis=-1)
                 out = self._mlp(meta_params, feats)
                 direction, magnitude = out[..., 0], out[..., 1]
                 step = direction * jnp.exp(magnitude * self.exp_mult) * self.step_mult
                 return -step.astype(p.dtype), m, v
 
+            treedef = jax.tree.structure(grads)
             flat = jax.tree.map(per_tensor, grads, params, state.momenta, state.second_moment)
-            is_triple = lambda x: isinstance(x, tuple) and len(x) == 3
-            updates = jax.tree.map(lambda t: t[0], flat, is_leaf=is_triple)
-            momenta = jax.tree.map(lambda t: t[1], flat, is_leaf=is_triple)
-            second = jax.tree.map(lambda t: t[2], flat, is_leaf=is_triple)
+            updates, momenta, second = unzip_tree(treedef, flat, 3)
             return updates, MLPLOptState(state.count + 1, momenta, second)
 
-        return optax.GradientTransformation(init_fn, update_fn)
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
-
-def from_config(cfg: Any) -> MLPLOpt:
-    """Build an :class:`MLPLOpt` from :class:`lopt.config.LOptConfig`."""
-    return MLPLOpt(
-        hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_layers,
-        momentum_decays=tuple(cfg.momentum_decays),
-        rms_decay=cfg.rms_decay,
-        num_time_features=cfg.num_time_features,
-        step_mult=cfg.step_mult,
-        exp_mult=cfg.exp_mult,
-        zero_init_output=cfg.zero_init_output,
-    )

@@ -30,6 +30,7 @@ from lopt.config import (
     ConfigError,
     DataConfig,
     LOptConfig,
+    MLPLOptConfig,
     PosFloat,
     PosInt,
     TaskConfig,
@@ -79,7 +80,7 @@ class LOptTrainingConfig(_Strict):
 
     kind: Literal["lopt_training"] = "lopt_training"
     task: TaskConfig
-    lopt: LOptConfig = Field(default_factory=LOptConfig)
+    lopt: LOptConfig = Field(default_factory=MLPLOptConfig)
     horizon: PosInt = 1000
     meta_loss_split: Literal["train", "outer_valid"] = "outer_valid"
 

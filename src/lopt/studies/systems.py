@@ -79,7 +79,7 @@ def build_system(study: StudyConfig, seed: int) -> StudySystem:
             ("log a", "log r"),
         )
     if cfg.kind == "lopt_training":
-        from lopt.optimizers.mlp_lopt import from_config
+        from lopt.optimizers import from_config
         from lopt.tasks import build_task
         from lopt.tasks.training import InnerTraining
 

@@ -7,6 +7,8 @@ balancing, the toy learning-rate schedule, Lorenz).
 
 from lopt.tasks.base import SPLITS, Task
 from lopt.tasks.build import build_task
+from lopt.tasks.char_lm import CharLM
+from lopt.tasks.image_conv import ImageConv
 from lopt.tasks.image_mlp import ImageMLP, ImageMLPFamily, device_data
 from lopt.tasks.quadratic import NoisyQuadratic
 from lopt.tasks.systems import InfluenceBalancing, Lorenz, ToySchedule
@@ -14,6 +16,8 @@ from lopt.tasks.training import InnerTraining
 
 __all__ = [
     "SPLITS",
+    "CharLM",
+    "ImageConv",
     "ImageMLP",
     "ImageMLPFamily",
     "InfluenceBalancing",

@@ -14,26 +14,71 @@ def build_task(cfg: Any, data_root: str | Path, eval_batch_size: int = 512) -> t
     """Return ``(task, data)`` for a task config from :mod:`lopt.config`.
 
     Image tasks load ``data_root/<dataset>`` (prepared by ``lopt prepare-data``) and
-    move it to device; data-free tasks return ``data=None``.
+    move it to device; ``char_lm`` generates its corpus (no files) and moves the token
+    splits to device; data-free tasks return ``data=None``.
     """
     from lopt.tasks.image_mlp import ImageMLP, device_data
     from lopt.tasks.quadratic import NoisyQuadratic
 
-    if cfg.kind == "image_mlp":
+    if cfg.kind in ("image_mlp", "image_conv"):
         from lopt.data import load
 
         ds = load(cfg.dataset, Path(data_root))
-        task = ImageMLP(
-            input_dim=int(np.prod(ds.train.x.shape[1:])),
-            num_classes=ds.num_classes,
-            hidden_sizes=tuple(cfg.hidden_sizes),
-            activation=cfg.activation,
+        if cfg.kind == "image_mlp":
+            task = ImageMLP(
+                input_dim=int(np.prod(ds.train.x.shape[1:])),
+                num_classes=ds.num_classes,
+                hidden_sizes=tuple(cfg.hidden_sizes),
+                activation=cfg.activation,
+                batch_size=cfg.batch_size,
+                init_scale=cfg.init_scale,
+                eval_batch_size=eval_batch_size,
+                name=f"{cfg.dataset}_mlp_{'x'.join(map(str, cfg.hidden_sizes))}",
+            )
+        else:
+            from lopt.tasks.image_conv import ImageConv
+
+            task = ImageConv(
+                input_shape=tuple(int(s) for s in ds.train.x.shape[1:]),
+                num_classes=ds.num_classes,
+                channels=tuple(cfg.channels),
+                kernel_size=cfg.kernel_size,
+                activation=cfg.activation,
+                batch_size=cfg.batch_size,
+                init_scale=cfg.init_scale,
+                eval_batch_size=eval_batch_size,
+                name=f"{cfg.dataset}_conv_{'x'.join(map(str, cfg.channels))}",
+            )
+        return task, device_data(ds)
+    if cfg.kind == "char_lm":
+        import jax.numpy as jnp
+
+        from lopt.tasks.char_lm import CharLM
+        from lopt.tasks.corpus import VOCAB, corpus_data
+
+        task = CharLM(
+            vocab_size=len(VOCAB),
+            model=cfg.model,
+            cell=cfg.cell,
+            seq_len=cfg.seq_len,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
             batch_size=cfg.batch_size,
             init_scale=cfg.init_scale,
             eval_batch_size=eval_batch_size,
-            name=f"{cfg.dataset}_mlp_{'x'.join(map(str, cfg.hidden_sizes))}",
+            name=f"charlm_{cfg.model}_{cfg.hidden_size}x{cfg.num_layers}",
         )
-        return task, device_data(ds)
+        splits = corpus_data(cfg.corpus_seed, cfg.corpus_chars)
+        shortest = min(len(t) for t in splits.values())
+        if shortest <= cfg.seq_len:
+            raise ValueError(
+                f"char_lm: corpus_chars={cfg.corpus_chars} gives a {shortest}-token split, "
+                f"too short for seq_len={cfg.seq_len} (need > seq_len tokens per split)"
+            )
+        return task, {s: jnp.asarray(t) for s, t in splits.items()}
     if cfg.kind == "quadratic":
         return NoisyQuadratic(cfg.dim, cfg.condition_number, cfg.noise_std), None
-    raise ValueError(f"unknown task kind {cfg.kind!r}; allowed: image_mlp, quadratic")
+    raise ValueError(
+        f"unknown task kind {cfg.kind!r}; allowed: image_mlp, image_conv, quadratic, char_lm"
+    )

@@ -19,6 +19,32 @@ _ACTIVATIONS = {
 }
 
 
+def draw_examples(data: TaskData, key: jax.Array, split: str, size: int) -> Batch:
+    """``size`` examples of ``data[split] = (x, y)`` drawn uniformly with replacement."""
+    x, y = data[split]
+    idx = jax.random.randint(key, (size,), 0, x.shape[0])
+    return x[idx], y[idx]
+
+
+def eval_examples(data: TaskData, key: jax.Array, split: str, size: int) -> Batch:
+    """The whole split if it has at most ``size`` examples (exact), else a random draw."""
+    x, y = data[split]
+    if x.shape[0] <= size:
+        return x, y
+    return draw_examples(data, key, split, size)
+
+
+def softmax_xent(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy (nats) of integer labels ``y`` over all leading axes."""
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, y[..., None], axis=-1))
+
+
+def classification_metrics(logits: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+    """``{"loss": mean cross-entropy, "accuracy": mean top-1 accuracy}``."""
+    return {"loss": softmax_xent(logits, y), "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageMLP:
     """Softmax cross-entropy MLP on flattened images.
@@ -64,28 +90,17 @@ class ImageMLP:
 
     def loss(self, params: Params, batch: Batch) -> jax.Array:
         x, y = batch
-        logp = jax.nn.log_softmax(self.logits(params, x))
-        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+        return softmax_xent(self.logits(params, x), y)
 
     def _draw(self, data: TaskData, key: jax.Array, split: str, size: int) -> Batch:
-        x, y = data[split]
-        idx = jax.random.randint(key, (size,), 0, x.shape[0])
-        return x[idx], y[idx]
+        return draw_examples(data, key, split, size)
 
     def batch(self, data: TaskData, key: jax.Array, split: str) -> Batch:
-        return self._draw(data, key, split, self.batch_size)
+        return draw_examples(data, key, split, self.batch_size)
 
     def evaluate(self, params: Params, data: TaskData, key: jax.Array, split: str) -> dict[str, jax.Array]:
-        x, y = data[split]
-        if x.shape[0] <= self.eval_batch_size:
-            bx, by = x, y  # small splits are evaluated exactly
-        else:
-            bx, by = self._draw(data, key, split, self.eval_batch_size)
-        logits = self.logits(params, bx)
-        logp = jax.nn.log_softmax(logits)
-        loss = -jnp.mean(jnp.take_along_axis(logp, by[:, None], axis=1))
-        acc = jnp.mean(jnp.argmax(logits, -1) == by)
-        return {"loss": loss, "accuracy": acc}
+        bx, by = eval_examples(data, key, split, self.eval_batch_size)  # small splits: exact
+        return classification_metrics(self.logits(params, bx), by)
 
 
 def device_data(dataset) -> TaskData:

@@ -19,8 +19,8 @@ import optax
 
 from lopt.tasks.base import Task
 
-# Meta-losses above this (or non-finite) are clipped: one diverging particle must not
-# dominate an ES estimate with an unbounded loss difference.
+# Meta-losses above this (or non-finite) are clipped and count as divergence: one
+# diverging particle must not dominate an ES estimate with an unbounded loss difference.
 MAX_META_LOSS = 1e3
 
 
@@ -39,12 +39,16 @@ class InnerTraining:
         horizon: T, inner steps per episode.
         meta_loss_split: ``train`` (the loss the step already computed) or
             ``outer_valid`` (an extra forward pass on an outer-valid batch).
+        loss_cap: meta-losses are clipped to this; a non-finite loss or one at the cap
+            marks divergence, and the engine restarts that particle's inner run
+            (:func:`lopt.unroll.unroll`).
     """
 
     task: Task
     make_optimizer: Callable[[Any, int], optax.GradientTransformation]
     horizon: int
     meta_loss_split: str = "train"
+    loss_cap: float = MAX_META_LOSS
 
     def init(self, theta: Any, key: jax.Array, data: Any) -> TrainState:
         params = self.task.init(key)
@@ -59,8 +63,9 @@ class InnerTraining:
             meta_loss = loss
         else:
             meta_loss = self.task.loss(inner.params, self.task.batch(data, key_meta, self.meta_loss_split))
-        opt = self.make_optimizer(theta, self.horizon)
-        updates, opt_state = opt.update(grads, inner.opt_state, inner.params)
+        opt = optax.with_extra_args_support(self.make_optimizer(theta, self.horizon))
+        updates, opt_state = opt.update(grads, inner.opt_state, inner.params, value=loss)
         params = optax.apply_updates(inner.params, updates)
-        meta_loss = jnp.where(jnp.isfinite(meta_loss), jnp.minimum(meta_loss, MAX_META_LOSS), MAX_META_LOSS)
+        cap = self.loss_cap
+        meta_loss = jnp.where(jnp.isfinite(meta_loss), jnp.minimum(meta_loss, cap), cap)
         return TrainState(params, opt_state), meta_loss
