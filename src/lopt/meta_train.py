@@ -15,6 +15,7 @@ Outputs (``out_dir``):
                         ``checkpoint_every``, plus ``fingerprint.json``
     metrics.live.csv    run state: the per-step log, appended as training goes
     metrics.csv         final: one row per outer step (step, meta_loss, grad_norm, ...)
+    model_card.md       final: architecture card + how it was meta-trained
     meta_params.npz     final: meta-parameters (+ .json with sha256 and config)
 
 The final files are written only when training completes, so a pipeline that sees them
@@ -277,10 +278,11 @@ def meta_train(
         bar.close()
         log.close()
         checkpointer.close()
-    # Publish the finished run: the complete log first, the meta-parameters last.
+    # Publish the finished run: the log and model card first, the meta-parameters last.
     tmp = out_dir / ".metrics.csv.tmp"
     shutil.copyfile(out_dir / "metrics.live.csv", tmp)
     tmp.replace(out_dir / "metrics.csv")
+    _write_model_card(out_dir / "model_card.md", trainer.lopt, cfg, int(state.step))
     theta_path = out_dir / "meta_params.npz"
     save_meta_params(
         theta_path,
@@ -295,6 +297,25 @@ def meta_train(
         },
     )
     return state
+
+
+def _write_model_card(path: Path, lopt: LearnedOptimizer, cfg: ExperimentConfig, steps: int) -> None:
+    """The architecture's card plus how it was meta-trained (estimator, tasks, steps)."""
+    from lopt.optimizers import model_card_markdown
+
+    mt = cfg.meta_train
+    tasks = "; ".join(
+        ", ".join(f"{k}={v}" for k, v in t.model_dump().items()) for t in mt.tasks()
+    )
+    text = model_card_markdown(lopt.card()) + (
+        f"\nMeta-trained by experiment `{cfg.name}`: {mt.estimator.upper()}, "
+        f"{mt.num_particles} particles per task, K = {mt.trunc_length}, T = {mt.horizon}, "
+        f"sigma = {mt.sigma}, {steps} outer steps of {mt.outer_optimizer} (lr {mt.outer_lr}).\n"
+        f"Meta-training tasks: {tasks}.\n"
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _flush(pending: list[dict[str, Any]], wall: float) -> list[dict[str, float]]:

@@ -6,6 +6,7 @@ rule meta_train:
     output:
         params=f"{RESULTS}/meta/meta_params.npz",
         metrics=f"{RESULTS}/meta/metrics.csv",
+        card=f"{RESULTS}/meta/model_card.md",
     benchmark:
         f"{RESULTS}/benchmarks/meta_train.tsv"
     params:
