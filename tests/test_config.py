@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -32,7 +33,14 @@ class _Delete:
 
 
 _DELETE = _Delete()
-CROSS_FIELD = {"applies to estimator 'gpes' only", "even", "trunc_length (50) must be <= horizon", "multiple of eval_every", "low (2.0) must be < high"}
+CROSS_FIELD = {
+    "applies to estimator 'gpes' only",
+    "even",
+    "trunc_length (50) must be <= horizon",
+    "multiple of eval_every",
+    "low (2.0) must be < high",
+    "num_heads (3) must divide",
+}
 
 # (key path to corrupt, new value, text the message must contain besides file and key)
 MALFORMED = [
@@ -55,6 +63,22 @@ MALFORMED = [
     ("name", "x", "at least 2 characters"),
     ("name", _DELETE, "Field required"),
     ("data.valid_fraction", 0.7, "less than 0.5"),
+    ("lopt.kind", "velo", "allowed values: mlp_lopt, adafac_mlp_lopt, nn_adam, rnn_mlp_lopt"),
+    ("lopt.features", ["grad", "hessian"], "'param', 'grad', 'momentum'"),
+    ("lopt.nominal", {"optimizer": "lion"}, "'adam', 'sgd' or 'momentum'"),
+    ("evaluation.tasks.0.distribution", "ood", "'in' or 'out'"),
+    ("evaluation.tasks.0.task", {"kind": "char_lm", "num_heads": 3}, "num_heads (3) must divide"),
+    ("meta_train.task", {"kind": "image_conv", "channels": []}, "at least 1 item"),
+    (
+        "meta_train.task_family",
+        {"base": {"kind": "image_mlp"}, "choices": {"widths": [[8]]}},
+        "choices.widths: not a field of task kind 'image_mlp' (allowed keys: activation",
+    ),
+    (
+        "meta_train.task_family",
+        {"base": {"kind": "image_mlp"}, "choices": {"activation": ["relu", "swish"]}},
+        "choices.activation[1] = 'swish'",
+    ),
 ]
 
 
@@ -70,6 +94,7 @@ def test_malformed_config_names_file_key_and_allowed(tmp_path, path, value, expe
     assert str(cfg_path) in msg
     # cross-field checks are reported on the enclosing section
     key = path.rsplit(".", 1)[0] if expected in CROSS_FIELD else path
+    key = re.sub(r"\.(\d+)", r"[\1]", key)  # list indices print as tasks[0]
     assert f"  {key}" in msg, msg
     assert expected in msg, msg
 

@@ -119,6 +119,7 @@ class ImageConvTaskConfig(_Strict):
     dataset: DatasetName = "digits"
     channels: list[PosInt] = Field(
         default_factory=lambda: [8, 16],
+        min_length=1,
         description="Output channels of each conv layer (stride 2, 'SAME' padding), then global average pooling and a linear head.",
     )
     kernel_size: PosInt = 3
@@ -511,6 +512,12 @@ class ExperimentConfig(_Strict):
 _UNION_TAGS = TASK_KINDS + LOPT_KINDS
 
 
+def _error_loc(err: dict[str, Any]) -> tuple[Any, ...]:
+    """The error's key path; an unknown union ``kind`` is reported at ``<section>.kind``."""
+    loc = tuple(err["loc"])
+    return loc + ("kind",) if err["type"] in ("invalid_kind", "union_tag_invalid") else loc
+
+
 def _format_loc(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
@@ -583,7 +590,7 @@ def validate_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = tuple(err["loc"])
+            loc = _error_loc(err)
             # pydantic reports union-member names in loc; drop them from the key path
             key = _format_loc(loc)
             lines.append(f"  {key}: {err['msg']}{_allowed(err, ExperimentConfig, loc)}")

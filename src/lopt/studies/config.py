@@ -36,6 +36,7 @@ from lopt.config import (
     TaskConfig,
     TrackingConfig,
     _allowed,
+    _error_loc,
     _format_loc,
     _Strict,
 )
@@ -401,7 +402,7 @@ def load_study(path: str | Path, *, quick: bool = False) -> StudyConfig:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = tuple(err["loc"])
+            loc = _error_loc(err)
             key = _format_loc(tuple(x for x in loc if x not in SYSTEM_KINDS))
             lines.append(f"  {key}: {err['msg']}{_allowed(err, StudyConfig, loc)}")
         raise ConfigError(f"{path}: invalid study config\n" + "\n".join(lines)) from None
