@@ -70,24 +70,76 @@ def test_wandb_offline_runs_hold_the_logged_metrics(smoke):
     assert evaluate.summary["eval/digits_mlp16/lopt/test_loss"] == pytest.approx(row.loss_mean)
 
 
+def _push(repo, env, remote):
+    for cmd in (
+        ["dvc", "remote", "add", "-f", "-d", "testremote", str(remote)],
+        ["dvc", "commit", "-f", "data", "pretrained@smoke", "experiment@smoke"],
+        ["dvc", "push"],
+    ):
+        proc, _ = run(cmd, repo, env, timeout=300)
+        assert proc.returncode == 0, (cmd, proc.stdout, proc.stderr)
+
+
 def test_dvc_push_pull_then_nothing_to_do(smoke):
     repo, env, _, tmp = smoke
     remote = tmp / "remote"
     before = {p: _sha(repo / p) for p in ("results/smoke/meta/meta_params.npz", "results/smoke/tables/summary.csv",
                                           "data/digits/train.npz")}
-    for cmd in (
-        ["dvc", "remote", "add", "-f", "-d", "testremote", str(remote)],
-        ["dvc", "commit", "-f", "data", "experiment@smoke"],
-        ["dvc", "push"],
-    ):
-        proc, _ = run(cmd, repo, env, timeout=300)
-        assert proc.returncode == 0, (cmd, proc.stdout, proc.stderr)
+    _push(repo, env, remote)
     for path in ("data", "results", ".dvc/cache"):
         shutil.rmtree(repo / path)
-    proc, _ = run(["dvc", "pull", "data", "experiment@smoke"], repo, env, timeout=300)
+    proc, _ = run(["dvc", "pull"], repo, env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for path, digest in before.items():
         assert _sha(repo / path) == digest, path
     proc, _ = run(["snakemake", "-n", "--configfile", "configs/smoke.yaml"], repo, env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_pull_pretrained_then_pipeline_reruns_only_evaluation_and_analysis(smoke, tmp_path):
+    """A colleague's path: clone, `dvc pull data pretrained@smoke`, `snakemake`.
+
+    Only the meta-trained optimizer (and data) come from the remote; Snakemake must plan
+    evaluation and analysis and never meta-training, and the evaluation uses the pulled
+    optimizer byte-for-byte.
+    """
+    repo, env, _, tmp = smoke
+    remote = tmp / "remote_pretrained"
+    _push(repo, env, remote)
+    meta_sha = _sha(repo / "results/smoke/meta/meta_params.npz")
+    clone = tmp_path / "clone"
+    def outputs_and_caches(directory, names):  # a clone has neither
+        if Path(directory) == repo:
+            return {"data", "results", ".snakemake"} & set(names)
+        if Path(directory) == repo / ".dvc":
+            return {"cache", "tmp"} & set(names)
+        return set()
+
+    shutil.copytree(repo, clone, ignore=outputs_and_caches)
+    proc, _ = run(["dvc", "pull", "data", "pretrained@smoke"], clone, env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _sha(clone / "results/smoke/meta/meta_params.npz") == meta_sha
+    assert not (clone / "results/smoke/eval").exists()
+    proc, _ = run(["snakemake", "-n", "--configfile", "configs/smoke.yaml"], clone, env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    planned = _planned_rules(proc.stdout)
+    assert planned == {"evaluate", "analyze", "all"}, proc.stdout
+    proc, _ = run(["snakemake", "--cores", "2", "--configfile", "configs/smoke.yaml"], clone, env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert _sha(clone / "results/smoke/meta/meta_params.npz") == meta_sha
+    summary = pd.read_csv(clone / "results/smoke/tables/summary.csv")
+    assert "lopt" in set(summary["optimizer"])
+
+
+def _planned_rules(dry_run_stdout: str) -> set[str]:
+    """Rule names in Snakemake's dry-run "Job stats" table."""
+    lines = dry_run_stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats"))
+    rules = set()
+    for line in lines[start + 3 :]:
+        parts = line.split()
+        if not parts or parts[0] == "total":
+            break
+        rules.add(parts[0])
+    return rules

@@ -76,9 +76,11 @@ def cmd_meta_train(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
+    from lopt.artifacts import resolve_checkpoint
     from lopt.evaluate import run_evaluation
 
-    meta_params = Path(args.meta_params or _results(cfg) / "meta" / "meta_params.npz")
+    ref = args.checkpoint or _results(cfg) / "meta" / "meta_params.npz"
+    meta_params = resolve_checkpoint(ref)
     out = Path(args.out or _results(cfg) / "eval" / args.task)
     with _tracker(cfg, "evaluate", f"eval-{args.task}") as tracker:
         summary = run_evaluation(cfg, args.task, meta_params, out, tracker=tracker)
@@ -185,7 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
         if name == "evaluate":
             p.add_argument("--task", required=True, help="evaluation task name from the config")
-            p.add_argument("--meta-params", type=Path, help="meta_params.npz (default results/<name>/meta/)")
+            p.add_argument(
+                "--checkpoint",
+                "--meta-params",
+                help="meta_params.npz, a directory holding one, a DVC-tracked path, or "
+                "wandb:<entity>/<project>/<name>:<version> (default results/<name>/meta/)",
+            )
             p.add_argument("--out", type=Path, help="output directory (default results/<name>/eval/<task>)")
         if name in ("analyze", "study-analyze"):
             p.add_argument("--results", type=Path, help="experiment results directory (default results/<name>)")
@@ -227,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, KeyError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
-    COMMANDS[args.command](cfg, args)
+    try:
+        COMMANDS[args.command](cfg, args)
+    except FileNotFoundError as exc:  # e.g. an unresolvable --checkpoint (lopt.artifacts)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

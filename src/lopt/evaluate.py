@@ -210,11 +210,13 @@ def summarise(curves: pd.DataFrame) -> pd.DataFrame:
 def run_evaluation(cfg: Any, task_name: str, meta_params_path: str | Path, out_dir: str | Path, tracker: Any = None) -> pd.DataFrame:
     """CLI entry: evaluate the trained optimizer and baselines on eval task ``task_name``.
 
+    ``meta_params_path`` is a local ``meta_params.npz`` (see :mod:`lopt.artifacts` for
+    resolving DVC and W&B references); its ``.json`` names the architecture.
+
     Writes ``curves.csv``, ``sweep.csv`` and ``summary.csv`` into ``out_dir``; returns
     the summary.
     """
-    from lopt.checkpoint import load_meta_params
-    from lopt.optimizers.pretrained import from_config
+    from lopt.optimizers.pretrained import load_pretrained
     from lopt.tasks import build_task
 
     ev = cfg.evaluation
@@ -223,9 +225,10 @@ def run_evaluation(cfg: Any, task_name: str, meta_params_path: str | Path, out_d
         raise ValueError(f"unknown evaluation task {task_name!r}; configured: {', '.join(spec)}")
     task, data = build_task(spec[task_name].task, cfg.data.root, ev.eval_batch_size)
     num_steps = spec[task_name].num_steps or ev.num_steps
-    lopt = from_config(cfg.lopt)
-    theta = load_meta_params(meta_params_path, lopt.init(jax.random.PRNGKey(0)))
-    learned = {"lopt": lopt.to_optax(theta, num_steps)}
+    # the architecture comes from the checkpoint's own metadata, so any saved optimizer
+    # evaluates under this config's tasks, whatever this config's `lopt:` section says
+    pretrained = load_pretrained(meta_params_path, fallback=cfg.lopt)
+    learned = {"lopt": pretrained.to_optax(num_steps)}
     curves, sweep = evaluate_task(
         task, task_name, data, learned, list(ev.baselines), ev.lr_grid, num_steps, ev.num_seeds, ev.seed_offset, ev.eval_every
     )

@@ -846,3 +846,22 @@ def load_offline_table(run: OfflineRun | Path | str, key: str) -> Any:
             raise KeyError(f"no table logged under {key!r} in {run.path}")
     table = json.loads((run.run_dir / "files" / ref["path"]).read_text())
     return pd.DataFrame(table["data"], columns=table["columns"])
+
+
+def download_artifact(ref: str, dest: str | Path) -> Path:
+    """Download W&B artifact ``ref`` (``entity/project/name:version``) into ``dest``.
+
+    Needs network access and credentials (``WANDB_API_KEY`` or ``wandb login``); the
+    error says so instead of hanging when either is missing.
+    """
+    import wandb
+
+    dest = Path(dest)
+    try:
+        artifact = wandb.Api(timeout=_timeout_from_env("LOPT_WANDB_INIT_TIMEOUT", 60.0)).artifact(ref)
+        return Path(artifact.download(root=str(dest)))
+    except Exception as exc:  # noqa: BLE001 -- wandb raises many types (CommError, ValueError, ...)
+        raise RuntimeError(
+            f"cannot download W&B artifact {ref!r} ({type(exc).__name__}: {exc}); "
+            "it needs network access and a W&B API key (wandb login)"
+        ) from None

@@ -43,11 +43,12 @@ class Pretrained(NamedTuple):
         return self.lopt.to_optax(self.meta_params, num_steps)
 
 
-def load_pretrained(path: str | Path) -> Pretrained:
+def load_pretrained(path: str | Path, fallback: Any = None) -> Pretrained:
     """Load ``meta_params.npz`` (and its ``.json`` metadata) as a :class:`Pretrained`.
 
-    The sha256 in the metadata is verified. Raises ``FileNotFoundError`` / ``ValueError``
-    naming the file when either file is missing or they disagree.
+    The sha256 in the metadata is verified. ``fallback`` (an ``lopt:`` config) names the
+    architecture when the metadata has none. Raises ``FileNotFoundError`` /
+    ``ValueError`` naming the file when a file is missing or they disagree.
     """
     from pydantic import TypeAdapter, ValidationError
 
@@ -60,12 +61,15 @@ def load_pretrained(path: str | Path) -> Pretrained:
         if not p.exists():
             raise FileNotFoundError(f"{p}: not found (a pretrained optimizer is meta_params.npz + .json)")
     metadata = json.loads(meta_path.read_text())
-    if "optimizer" not in metadata:
+    if "optimizer" in metadata:
+        try:
+            cfg = TypeAdapter(LOptConfig).validate_python(metadata["optimizer"])
+        except ValidationError as exc:
+            raise ValueError(f"{meta_path}: 'optimizer' is not a valid lopt config: {exc}") from None
+    elif fallback is not None:
+        cfg = fallback
+    else:
         raise ValueError(f"{meta_path}: no 'optimizer' key; cannot tell which architecture to build")
-    try:
-        cfg = TypeAdapter(LOptConfig).validate_python(metadata["optimizer"])
-    except ValidationError as exc:
-        raise ValueError(f"{meta_path}: 'optimizer' is not a valid lopt config: {exc}") from None
     lopt = from_config(cfg)
     theta = load_meta_params(path, lopt.init(jax.random.PRNGKey(0)))
     return Pretrained(lopt, theta, metadata)

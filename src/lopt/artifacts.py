@@ -1,0 +1,84 @@
+"""Find a meta-trained optimizer from a reference: a local path, a DVC-tracked path, or W&B.
+
+``lopt evaluate --checkpoint REF`` accepts
+
+- a local ``meta_params.npz`` or a directory holding one (e.g. ``results/default/meta``);
+- a path that DVC tracks but that is not in the workspace yet: it is fetched with
+  ``dvc pull`` from the repository's default remote first;
+- ``wandb:<entity>/<project>/<name>:<version>``: a W&B artifact logged by meta-training,
+  downloaded into ``cache_dir`` (needs network access and a W&B key).
+
+The result is always a local ``meta_params.npz`` whose ``.json`` sits next to it, ready
+for :func:`lopt.optimizers.load_pretrained` (which verifies the sha256).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WANDB_PREFIX = "wandb:"
+FILE_NAME = "meta_params.npz"
+
+
+def _in_dir(path: Path) -> Path:
+    return path / FILE_NAME if path.is_dir() else path
+
+
+def resolve_checkpoint(ref: str | Path, cache_dir: str | Path = ".lopt-cache") -> Path:
+    """The local ``meta_params.npz`` that ``ref`` names (see the module docstring).
+
+    Raises:
+        FileNotFoundError: nothing at ``ref`` locally, DVC does not track it (or the pull
+            failed), and it is not a W&B reference; the message lists the accepted forms.
+    """
+    text = str(ref)
+    if text.startswith(WANDB_PREFIX):
+        from lopt.tracking import download_artifact
+
+        name = text[len(WANDB_PREFIX) :]
+        dest = Path(cache_dir) / "wandb" / name.replace("/", "_").replace(":", "_")
+        try:
+            found = _find_npz(download_artifact(name, dest))
+        except RuntimeError as exc:  # no network / no key: say so, no traceback
+            raise FileNotFoundError(str(exc)) from None
+        if found is None:
+            raise FileNotFoundError(f"W&B artifact {name!r} holds no {FILE_NAME}")
+        return found
+    path = Path(text)
+    if _in_dir(path).exists():
+        return _in_dir(path)
+    pulled = _dvc_pull(path)
+    if pulled is not None and _in_dir(pulled).exists():
+        return _in_dir(pulled)
+    raise FileNotFoundError(
+        f"{ref}: no such checkpoint. Accepted: a local {FILE_NAME} or a directory holding one, "
+        f"a DVC-tracked path (fetched with `dvc pull`), or {WANDB_PREFIX}<entity>/<project>/<name>:<version>"
+    )
+
+
+def _find_npz(root: Path) -> Path | None:
+    hits = sorted(Path(root).rglob(FILE_NAME))
+    return hits[0] if hits else None
+
+
+def _dvc_pull(path: Path) -> Path | None:
+    """``dvc pull`` the DVC output that contains ``path``; None when DVC does not track it."""
+    try:
+        from dvc.exceptions import DvcException
+        from dvc.repo import Repo
+    except ImportError:
+        return None
+    try:
+        repo = Repo(str(Path.cwd()))
+    except DvcException:
+        return None  # not inside a DVC repository
+    try:
+        with repo:
+            target = path.resolve()
+            outs = [o for o in repo.index.outs if target.is_relative_to(Path(o.fs_path))]
+            if not outs:
+                return None
+            repo.pull(targets=[str(Path(o.fs_path)) for o in outs])
+    except DvcException as exc:
+        raise FileNotFoundError(f"{path}: tracked by DVC but `dvc pull` failed: {exc}") from None
+    return path

@@ -1,0 +1,83 @@
+"""Saved optimizers stay usable: an old run's checkpoint evaluates, references resolve.
+
+``tests/fixtures/old_run/`` holds ``meta_params.npz`` + ``.json`` written by lopt at
+commit 7550d35 (before the learned-optimizer zoo existed; its metadata has no
+``features`` / ``nominal`` keys) from ``configs/smoke.yaml``, and ``expected_curves.json``:
+the losses that code produced when training the smoke evaluation task with it. Current
+code must load the file and reproduce those losses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO
+
+from lopt.artifacts import resolve_checkpoint
+from lopt.config import ImageMLPTaskConfig
+from lopt.evaluate import train_curves
+from lopt.optimizers import load_pretrained
+
+FIXTURE = REPO / "tests" / "fixtures" / "old_run"
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory):
+    from lopt.data import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    prepare("digits", root)
+    return root
+
+
+def test_old_checkpoint_still_evaluates_to_the_same_losses(digits_root):
+    from lopt.tasks import build_task
+
+    expected = json.loads((FIXTURE / "expected_curves.json").read_text())
+    pretrained = load_pretrained(FIXTURE / "meta_params.npz")
+    assert pretrained.lopt.name == "mlp_lopt" and pretrained.metadata["outer_steps"] == 20
+    task, data = build_task(ImageMLPTaskConfig(**expected["task"]), digits_root, 512)
+    opt = pretrained.to_optax(expected["num_steps"])
+    curves = train_curves(
+        task, lambda _: opt, jnp.zeros((1,)), np.asarray(expected["seeds"]), data,
+        expected["num_steps"], expected["eval_every"],
+    )
+    # same float32 program on the same data: equal up to XLA fusion differences
+    np.testing.assert_allclose(curves["train_batch"][0], expected["train_batch"], rtol=1e-5)
+    np.testing.assert_allclose(curves["test_loss"][0], expected["test_loss"], rtol=1e-5)
+    assert curves["train_batch"][0][:, -1].mean() < curves["train_batch"][0][:, 0].mean()
+
+
+def test_references_resolve_to_a_local_file(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    assert resolve_checkpoint(run / "meta_params.npz") == run / "meta_params.npz"
+    assert resolve_checkpoint(run) == run / "meta_params.npz"  # a directory holding one
+    monkeypatch.chdir(tmp_path)  # not a DVC repository: nothing to pull
+    with pytest.raises(FileNotFoundError, match="DVC-tracked path") as info:
+        resolve_checkpoint(tmp_path / "nope" / "meta_params.npz")
+    assert "wandb:<entity>/<project>/<name>:<version>" in str(info.value)
+
+
+def test_wandb_reference_without_network_fails_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("LOPT_WANDB_INIT_TIMEOUT", "5")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc key
+    with pytest.raises(FileNotFoundError, match="network access and a W&B API key"):
+        resolve_checkpoint("wandb:lab/lopt/pretrained-default:v0", cache_dir=tmp_path / "cache")
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    raw = bytearray((run / "meta_params.npz").read_bytes())
+    raw[-40] ^= 0xFF
+    (run / "meta_params.npz").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="sha256 does not match"):
+        load_pretrained(run / "meta_params.npz")

@@ -1,0 +1,305 @@
+"""Evaluation metrics, aggregates and baselines against hand-computed cases.
+
+Every expected number below is worked out by hand in the comment next to it; none is
+produced by the code under test.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+import pytest
+from scipy import stats
+
+from lopt.analysis.aggregate import aggregate, bootstrap_ci, iqm, median
+from lopt.analysis.metrics import best_loss_at, best_so_far, speedup, steps_to_target
+from lopt.optimizers.baselines import BASELINES, SCHEDULES, lr_grid, make_baseline, make_schedule
+
+# ---------------------------------------------------------------- steps_to_target
+
+STEPS = np.array([0, 10, 20, 30, 40])
+CURVE = np.array([3.0, 2.0, 2.5, 1.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (3.0, 0.0),  # the initial loss 3.0 is already <= 3.0
+        (2.0, 10.0),  # exactly equal counts: 2.0 <= 2.0 at step 10
+        (2.2, 10.0),  # first value <= 2.2 is 2.0 at step 10 (no interpolation to 3-2.2)
+        (1.5, 30.0),  # 3.0, 2.0, 2.5 are > 1.5; 1.0 at step 30
+        (1.0, 30.0),  # equal again, first of the two 1.0s
+        (0.5, np.inf),  # never <= 0.5
+    ],
+)
+def test_steps_to_target_single_curve(target, expected):
+    assert steps_to_target(STEPS, CURVE, target) == expected
+
+
+def test_steps_to_target_batched_and_nan():
+    # two curves, one target each: curve 0 reaches 2.0 at step 10; curve 1
+    # [nan, 4, 1.5, nan, 0.9] reaches 1.0 only at step 40 (NaN never reaches)
+    losses = np.array([CURVE, [np.nan, 4.0, 1.5, np.nan, 0.9]])
+    out = steps_to_target(STEPS, losses, np.array([2.0, 1.0]))
+    np.testing.assert_array_equal(out, [10.0, 40.0])
+    # one scalar target broadcast over both curves: 0.95 -> never / step 40
+    np.testing.assert_array_equal(steps_to_target(STEPS, losses, 0.95), [np.inf, 40.0])
+
+
+def test_steps_to_target_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="E = len"):
+        steps_to_target(STEPS, CURVE[:3], 1.0)
+    with pytest.raises(ValueError, match="increasing"):
+        steps_to_target(STEPS[::-1], CURVE, 1.0)
+
+
+# ---------------------------------------------------------------- best-so-far convention
+
+
+def test_best_so_far_is_a_running_minimum():
+    # [3, 2, 2.5, 1, 1.5] -> [3, 2, min(2, 2.5)=2, 1, min(1, 1.5)=1]; NaN never improves it
+    np.testing.assert_array_equal(best_so_far([3.0, 2.0, 2.5, 1.0, 1.5]), [3, 2, 2, 1, 1])
+    np.testing.assert_array_equal(best_so_far([3.0, np.nan, 2.0]), [3, 3, 2])
+    # the first step at/below a target is the same on the raw and best-so-far curve
+    for target in (2.2, 1.5, 0.5):
+        assert steps_to_target(STEPS, CURVE, target) == steps_to_target(
+            STEPS, best_so_far(CURVE), target
+        )
+
+
+def test_best_loss_at_budget():
+    # CURVE = [3, 2, 2.5, 1, 1] at [0, 10, 20, 30, 40]. At budget 20 the raw loss is 2.5
+    # but the best so far is 2.0 (step 10); budget 25 is between evaluations: the
+    # evaluations at <= 25 are steps 0, 10, 20 -> 2.0; budget 0 -> 3.0.
+    assert best_loss_at(STEPS, CURVE, 20) == 2.0
+    assert best_loss_at(STEPS, CURVE, 25) == 2.0
+    assert best_loss_at(STEPS, CURVE, 0) == 3.0
+    np.testing.assert_array_equal(best_loss_at(STEPS, np.stack([CURVE, CURVE + 1]), 30), [1.0, 2.0])
+    with pytest.raises(ValueError, match="precedes"):
+        best_loss_at(STEPS + 5, CURVE, 0)
+
+
+# ---------------------------------------------------------------- speed-up
+
+REF_STEPS = np.array([0, 10, 20, 30])
+REF = np.array([2.0, 1.5, 1.0, 0.5])
+
+
+def test_speedup_interpolates_the_reference():
+    # L = 1.25 lies between 1.5 (step 10) and 1.0 (step 20):
+    # steps_ref = 10 + (1.5 - 1.25) / (1.5 - 1.0) * (20 - 10) = 10 + 0.5 * 10 = 15
+    # speed-up = 15 / budget 10 = 1.5 (Adam needs 1.5x the steps: evaluated is faster)
+    value, censored = speedup(REF_STEPS, REF, 1.25, budget=10)
+    assert value == pytest.approx(1.5)
+    assert not censored
+    # same with a [S_ref, E] reference of identical seeds
+    value, _ = speedup(REF_STEPS, np.stack([REF, REF]), 1.25, budget=10)
+    assert value == pytest.approx(1.5)
+    # L = 1.0 hits an evaluation point exactly: 20 steps / 10 = 2.0
+    assert speedup(REF_STEPS, REF, 1.0, budget=10)[0] == pytest.approx(2.0)
+    # L = 1.75 with budget 20: 0 + (2 - 1.75) / 0.5 * 10 = 5 steps -> 5 / 20 = 0.25 (slower)
+    assert speedup(REF_STEPS, REF, 1.75, budget=20)[0] == pytest.approx(0.25)
+    # L = 2.5 is above the reference's start: reached at step 0 -> 0 / 10 = 0
+    assert speedup(REF_STEPS, REF, 2.5, budget=10) == (0.0, False)
+
+
+def test_speedup_censored_lower_bound():
+    # L = 0.25 is below the reference's best (0.5 at step 30): it needs > 30 steps; we
+    # report the lower bound 30 / 10 = 3.0, flagged censored (no extrapolation)
+    value, censored = speedup(REF_STEPS, REF, 0.25, budget=10)
+    assert value == pytest.approx(3.0)
+    assert censored
+    # vectorised over targets: [1.25, 0.25] -> [1.5, 3.0 (censored)]
+    values, flags = speedup(REF_STEPS, REF, np.array([1.25, 0.25]), budget=10)
+    np.testing.assert_allclose(values, [1.5, 3.0])
+    np.testing.assert_array_equal(flags, [False, True])
+
+
+def test_speedup_uses_best_so_far_on_both_sides():
+    # reference seeds with bumps: [2, 1, 1.5, 0.4] -> best-so-far [2, 1, 1, 0.4];
+    # [2, 2, 0.5, 0.6] -> [2, 2, 0.5, 0.5]; mean curve = [2, 1.5, 0.75, 0.45]
+    # (the raw mean would be [2, 1.5, 1.0, 0.5]).
+    ref = np.array([[2.0, 1.0, 1.5, 0.4], [2.0, 2.0, 0.5, 0.6]])
+    # L = 1.25: 10 + (1.5 - 1.25) / (1.5 - 0.75) * 10 = 10 + 10/3 = 13.333 -> / 10 = 1.3333
+    # (the raw mean curve would give 15 / 10 = 1.5)
+    assert speedup(REF_STEPS, ref, 1.25, budget=10)[0] == pytest.approx(4 / 3)
+    # evaluated optimizer [2.0, 1.2, 1.3] at steps [0, 5, 10]: its best-so-far loss at the
+    # budget 10 is 1.2 (not the final 1.3). On REF: 10 + (1.5 - 1.2) / 0.5 * 10 = 16 -> 1.6
+    loss = best_loss_at([0, 5, 10], [2.0, 1.2, 1.3], budget=10)
+    assert loss == 1.2
+    assert speedup(REF_STEPS, REF, loss, budget=10)[0] == pytest.approx(1.6)
+
+
+def test_speedup_nan_target_counts_as_reaching_nothing():
+    # a NaN loss is +inf: the reference is there at step 0 -> speed-up 0, not censored
+    assert speedup(REF_STEPS, REF, np.nan, budget=10) == (0.0, False)
+
+
+# ---------------------------------------------------------------- iqm / median
+
+
+def test_iqm_hand_computed():
+    # n = 8: cut 0.25 * 8 = 2 from each end; middle half [3, 4, 5, 6] -> 18 / 4 = 4.5
+    assert iqm([1, 2, 3, 4, 5, 6, 7, 8]) == pytest.approx(4.5)
+    assert iqm([8, 1, 7, 2, 6, 3, 5, 4]) == pytest.approx(4.5)  # order does not matter
+    assert iqm([1, 2, 3, 4, 5, 6, 7, 1000]) == pytest.approx(4.5)  # outlier trimmed
+    assert iqm([1, 2, 3, 4, 5, 6, 7, 8, np.nan]) == pytest.approx(4.5)  # NaN dropped
+
+
+def test_iqm_trim_convention_when_n_not_divisible_by_4():
+    # n = 6: 0.25 * 6 = 1.5 -> scipy cuts floor(1.5) = 1 from each end ("slices off less"):
+    # [1, 2, 4, 8, 16, 32] -> [2, 4, 8, 16] -> 30 / 4 = 7.5. (A fractional IQM that keeps
+    # half-weights of 2 and 16 would give (1 + 4 + 8 + 8) / 3 = 7.0.)
+    x = [1, 2, 4, 8, 16, 32]
+    assert iqm(x) == pytest.approx(7.5)
+    assert iqm(x) == pytest.approx(stats.trim_mean(x, 0.25))
+    # n = 10: floor(2.5) = 2 per end -> [3, 4, 5, 6, 7, 8] -> 33 / 6 = 5.5
+    assert iqm([1, 2, 3, 4, 5, 6, 7, 8, 9, 100]) == pytest.approx(5.5)
+    # n = 2 and 3: floor(0.5) = floor(0.75) = 0 -> plain mean
+    assert iqm([10, 30]) == pytest.approx(20.0)
+    assert iqm([1, 2, 6]) == pytest.approx(3.0)
+
+
+def test_median():
+    assert median([1, 2, 3, 100]) == pytest.approx(2.5)  # (2 + 3) / 2
+    assert median([3, np.nan, 1, 2]) == pytest.approx(2.0)  # NaN dropped
+    assert np.isnan(median([np.nan]))
+
+
+# ---------------------------------------------------------------- bootstrap intervals
+
+
+@pytest.mark.parametrize("statistic", ["iqm", "median", "mean"])
+def test_bootstrap_ci_contains_point_and_shrinks_with_n(statistic):
+    x = np.random.default_rng(0).normal(size=1000)
+    small = bootstrap_ci(x[:10], statistic)
+    large = bootstrap_ci(x, statistic)
+    for point, low, high in (small, large):
+        assert low <= point <= high
+    # width ~ 1 / sqrt(n): n = 10 vs 1000 -> ratio about sqrt(100) = 10
+    ratio = (small[2] - small[1]) / (large[2] - large[1])
+    assert 5 < ratio < 20
+
+
+def test_bootstrap_ci_mean_matches_normal_theory():
+    # standard normal, n = 1000: 95% CI width of the mean ~ 2 * 1.96 / sqrt(1000) = 0.124
+    x = np.random.default_rng(0).normal(size=1000)
+    _, low, high = bootstrap_ci(x, "mean")
+    assert high - low == pytest.approx(0.124, rel=0.1)
+
+
+def test_bootstrap_ci_seeded_and_edge_cases():
+    x = np.random.default_rng(1).normal(size=20)
+    assert bootstrap_ci(x, seed=3) == bootstrap_ci(x, seed=3)
+    assert bootstrap_ci(x, seed=3) != bootstrap_ci(x, seed=4)
+    assert bootstrap_ci([2.5], "median") == (2.5, 2.5, 2.5)  # n == 1: CI = point
+    assert bootstrap_ci([2.5, np.nan], "iqm") == (2.5, 2.5, 2.5)  # NaN dropped first
+    assert all(np.isnan(bootstrap_ci([np.nan])))
+    with pytest.raises(ValueError, match="iqm, median, mean"):
+        bootstrap_ci(x, "trimmed")
+
+
+def test_aggregate_columns_and_values():
+    frame = pd.DataFrame(
+        {
+            "optimizer": ["a"] * 8 + ["b"] * 3,
+            "speedup": [1, 2, 3, 4, 5, 6, 7, 8, 10, np.nan, 30],
+        }
+    )
+    out = aggregate(frame, "speedup", ["optimizer"], num_resamples=2000)
+    assert list(out.columns) == [
+        "optimizer", "n", "median", "median_low", "median_high", "iqm", "iqm_low", "iqm_high",
+    ]
+    a, b = out.iloc[0], out.iloc[1]
+    # a: median of 1..8 = (4 + 5) / 2 = 4.5; IQM = 4.5 (above)
+    assert (a["optimizer"], a["n"], a["median"], a["iqm"]) == ("a", 8, 4.5, 4.5)
+    # b: NaN dropped -> [10, 30]: median 20, IQM (nothing trimmed at n = 2) 20
+    assert (b["optimizer"], b["n"], b["median"], b["iqm"]) == ("b", 2, 20.0, 20.0)
+    for _, row in out.iterrows():
+        assert row["median_low"] <= row["median"] <= row["median_high"]
+        assert row["iqm_low"] <= row["iqm"] <= row["iqm_high"]
+    whole = aggregate(frame, "speedup", [], num_resamples=500)
+    assert len(whole) == 1 and whole["n"].item() == 10
+    with pytest.raises(ValueError, match="not in frame"):
+        aggregate(frame, "loss", ["optimizer"])
+
+
+# ---------------------------------------------------------------- baselines
+
+NUM_STEPS = 10
+LRS = jnp.array([1e-3, 1e-2, 1e-1])
+
+
+def _train(opt: optax.GradientTransformation):
+    """Three updates on a fixed quadratic; returns the final parameters."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(3, 2), "b": jnp.ones(2)}
+    state = opt.init(params)
+    for _ in range(3):
+        grads = jax.tree.map(lambda p: 2.0 * p, params)
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_every_baseline_and_schedule_vmaps_over_learning_rates(name, schedule):
+    swept = jax.jit(jax.vmap(lambda lr: _train(make_baseline(name, lr, schedule, NUM_STEPS))))(LRS)
+    b = np.asarray(swept["b"])
+    assert np.isfinite(b).all()
+    assert len(np.unique(b[:, 0])) == 3  # each rate changed the trajectory
+    # the traced rate is used exactly like a concrete one
+    one = _train(make_baseline(name, float(LRS[2]), schedule, NUM_STEPS))
+    np.testing.assert_allclose(b[2], np.asarray(one["b"]), rtol=1e-5)
+
+
+def test_schedule_values():
+    # cosine: lr * 0.5 * (1 + cos(pi * t / T)): 0.1 at t = 0, 0.05 at T/2, 0 at T
+    cosine = make_schedule(0.1, "cosine", num_steps=100)
+    assert float(cosine(0)) == pytest.approx(0.1)
+    assert float(cosine(50)) == pytest.approx(0.05)
+    assert float(cosine(100)) == pytest.approx(0.0, abs=1e-9)
+    # linear: 0.1 * (1 - t / T): 0.05 at 50, 0 at 100
+    linear = make_schedule(0.1, "linear", num_steps=100)
+    assert float(linear(50)) == pytest.approx(0.05)
+    assert float(linear(100)) == pytest.approx(0.0, abs=1e-9)
+    # warmup_cosine: warm-up max(1, int(0.05 * 100)) = 5 steps: 0 -> 0.1 linearly (0.02 at 1)
+    warm = make_schedule(0.1, "warmup_cosine", num_steps=100, warmup_fraction=0.05)
+    assert float(warm(0)) == pytest.approx(0.0, abs=1e-9)
+    assert float(warm(1)) == pytest.approx(0.02)
+    assert float(warm(5)) == pytest.approx(0.1)
+    assert float(warm(100)) == pytest.approx(0.0, abs=1e-9)
+    # identical to optax's own warmup_cosine_decay_schedule at a concrete rate
+    ref = optax.warmup_cosine_decay_schedule(0.0, 0.1, warmup_steps=5, decay_steps=100)
+    counts = jnp.arange(0, 121)
+    np.testing.assert_allclose(jax.vmap(warm)(counts), jax.vmap(ref)(counts), atol=1e-7)
+    # warm-up is at least one step: int(0.05 * 10) = 0 -> 1
+    assert float(make_schedule(0.1, "warmup_cosine", num_steps=10)(1)) == pytest.approx(0.1)
+    assert make_schedule(0.1) == 0.1
+
+
+def test_constant_baselines_unchanged():
+    # the original four behave as the bare optax optimizers
+    ref = {"sgd": optax.sgd(0.1), "momentum": optax.sgd(0.1, momentum=0.9),
+           "adam": optax.adam(0.1), "rmsprop": optax.rmsprop(0.1)}
+    for name, opt in ref.items():
+        np.testing.assert_array_equal(_train(make_baseline(name, 0.1))["w"], _train(opt)["w"])
+    np.testing.assert_allclose(lr_grid(1e-4, 1e-1, 4), [1e-4, 1e-3, 1e-2, 1e-1], rtol=1e-6)
+
+
+def test_baseline_errors_name_allowed_values():
+    with pytest.raises(ValueError, match="allowed: sgd, momentum, adam, rmsprop, adamw, nadamw"):
+        make_baseline("lamb", 0.1)
+    with pytest.raises(ValueError, match="allowed: constant, cosine, linear, warmup_cosine"):
+        make_baseline("adam", 0.1, schedule="step")
+    with pytest.raises(ValueError, match="needs num_steps"):
+        make_baseline("adam", 0.1, schedule="cosine")
+    with pytest.raises(ValueError, match="positive integer"):
+        make_baseline("adam", 0.1, schedule="linear", num_steps=0)
+    with pytest.raises(ValueError, match=r"warmup_fraction must be in \[0, 1\)"):
+        make_baseline("adam", 0.1, schedule="warmup_cosine", num_steps=100, warmup_fraction=1.0)
+    with pytest.raises(ValueError, match="no decay steps"):
+        make_baseline("adam", 0.1, schedule="warmup_cosine", num_steps=1)
