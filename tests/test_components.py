@@ -71,9 +71,14 @@ def test_tuning_selects_the_best_rate_and_avoids_divergence():
     task = NoisyQuadratic(dim=4, condition_number=10.0, noise_std=0.0)
     # with curvature up to 10, sgd diverges for lr > 0.2; 0.1 is the best stable rate
     grid = np.asarray([0.001, 0.01, 0.1, 1.0], np.float32)
-    lr, sweep = tune_baseline(task, "sgd", None, grid, np.arange(2), 40, 10)
-    assert lr == pytest.approx(0.1)
+    lr, schedule, sweep = tune_baseline(task, "sgd", None, grid, np.arange(2), 40, 10)
+    assert lr == pytest.approx(0.1) and schedule == "constant"
     assert sweep["selected"].sum() == 1
+    # schedules are tuned jointly: one sweep row per (schedule, rate), one winner overall
+    lr2, schedule2, sweep2 = tune_baseline(task, "sgd", None, grid, np.arange(2), 40, 10, ("constant", "cosine"))
+    assert len(sweep2) == 2 * len(grid) and sweep2["selected"].sum() == 1
+    best = sweep2.loc[sweep2["inner_valid_loss"].idxmin()]
+    assert (best["learning_rate"], best["schedule"]) == (lr2, schedule2)
     assert sweep.loc[sweep["learning_rate"] == grid[-1], "inner_valid_loss"].iloc[0] > 1e3
     with pytest.raises(ValueError, match="allowed: sgd, momentum, adam, rmsprop"):
         make_baseline("lamb", 0.1)

@@ -55,7 +55,7 @@ MALFORMED = [
     ("meta_train.task.hidden_size", [3], "allowed keys: activation, batch_size"),
     ("meta_train.outer_stepz", 10, "allowed keys:"),
     ("lopt.momentum_decays", [0.9, 1.5], "less than 1"),
-    ("evaluation.baselines", ["sgd", "lamb"], "'sgd', 'momentum', 'adam' or 'rmsprop'"),
+    ("evaluation.baselines", ["sgd", "lamb"], "'adamw', 'nadamw', 'rmsprop', 'lion' or 'adafactor'"),
     ("evaluation.eval_every", 7, "multiple of eval_every"),
     ("evaluation.tasks", [], "at least 1 item"),
     ("evaluation.lr_grid.low", 2.0, "low (2.0) must be < high"),

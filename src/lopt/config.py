@@ -436,12 +436,17 @@ class EvaluationConfig(_Strict):
 
     tasks: list[EvalTaskConfig] = Field(default_factory=list, min_length=1)
     num_steps: PosInt = 100
-    num_seeds: PosInt = 3
+    num_seeds: PosInt = 5
     seed_offset: Annotated[int, Field(ge=0)] = Field(
         1000, description="Evaluation seeds start here, disjoint from meta-training seeds."
     )
-    baselines: list[Literal["sgd", "momentum", "adam", "rmsprop"]] = Field(
-        default_factory=lambda: ["sgd", "adam"], min_length=1
+    baselines: list[
+        Literal["sgd", "momentum", "adam", "adamw", "nadamw", "rmsprop", "lion", "adafactor"]
+    ] = Field(default_factory=lambda: ["sgd", "adam"], min_length=1)
+    schedules: list[Literal["constant", "cosine", "linear", "warmup_cosine"]] = Field(
+        default_factory=lambda: ["constant"],
+        min_length=1,
+        description="Learning-rate schedules tuned jointly with the rate (best on inner-valid).",
     )
     lr_grid: LRGridConfig = Field(default_factory=LRGridConfig)
     eval_every: PosInt = Field(10, description="Steps between valid/test evaluations.")

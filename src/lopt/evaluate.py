@@ -100,9 +100,15 @@ def train_curves(
 
 
 def _tidy(
-    curves: dict[str, np.ndarray], task_name: str, optimizer: str, lr: float, seeds: np.ndarray, eval_every: int
+    curves: dict[str, np.ndarray],
+    task_name: str,
+    optimizer: str,
+    lr: float,
+    seeds: np.ndarray,
+    eval_every: int,
+    schedule: str = "constant",
 ) -> pd.DataFrame:
-    """Tidy rows (task, optimizer, learning_rate, seed, step, split, loss, accuracy)."""
+    """Tidy rows (task, optimizer, learning_rate, schedule, seed, step, split, loss, accuracy)."""
     frames = []
     num_steps = curves["train_batch"].shape[-1]
     for i, seed in enumerate(seeds):
@@ -131,6 +137,7 @@ def _tidy(
                 )
             )
     df = pd.concat(frames, ignore_index=True)
+    df.insert(0, "schedule", schedule)
     df.insert(0, "learning_rate", lr)
     df.insert(0, "optimizer", optimizer)
     df.insert(0, "task", task_name)
@@ -138,18 +145,35 @@ def _tidy(
 
 
 def tune_baseline(
-    task: Task, name: str, data: Any, grid: np.ndarray, seeds: np.ndarray, num_steps: int, eval_every: int
-) -> tuple[float, pd.DataFrame]:
-    """Pick ``name``'s learning rate from ``grid`` by mean final inner-valid loss."""
-    curves = train_curves(task, lambda lr: make_baseline(name, lr), jnp.asarray(grid), seeds, data, num_steps, eval_every)
-    final = curves["inner_valid_loss"][:, :, -1]
-    final = np.where(np.isfinite(final), final, np.inf)
-    score = final.mean(axis=1)
-    best = int(np.argmin(score))
-    sweep = pd.DataFrame(
-        {"optimizer": name, "learning_rate": grid, "inner_valid_loss": score, "selected": np.arange(len(grid)) == best}
-    )
-    return float(grid[best]), sweep
+    task: Task,
+    name: str,
+    data: Any,
+    grid: np.ndarray,
+    seeds: np.ndarray,
+    num_steps: int,
+    eval_every: int,
+    schedules: tuple[str, ...] = ("constant",),
+) -> tuple[float, str, pd.DataFrame]:
+    """Pick ``name``'s (learning rate, schedule) by mean final inner-valid loss.
+
+    One vmapped program per schedule covers the whole rate grid and every tuning seed.
+    Returns ``(learning_rate, schedule, sweep)``.
+    """
+    frames = []
+    for schedule in schedules:
+        make = lambda lr, schedule=schedule: make_baseline(name, lr, schedule, num_steps)
+        curves = train_curves(task, make, jnp.asarray(grid), seeds, data, num_steps, eval_every)
+        final = curves["inner_valid_loss"][:, :, -1]
+        final = np.where(np.isfinite(final), final, np.inf)
+        frames.append(
+            pd.DataFrame(
+                {"optimizer": name, "schedule": schedule, "learning_rate": grid, "inner_valid_loss": final.mean(axis=1)}
+            )
+        )
+    sweep = pd.concat(frames, ignore_index=True)
+    best = int(np.argmin(sweep["inner_valid_loss"].to_numpy()))
+    sweep["selected"] = np.arange(len(sweep)) == best
+    return float(sweep["learning_rate"].iloc[best]), str(sweep["schedule"].iloc[best]), sweep
 
 
 def evaluate_task(
@@ -163,40 +187,91 @@ def evaluate_task(
     num_seeds: int,
     seed_offset: int,
     eval_every: int,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    schedules: tuple[str, ...] = ("constant",),
+    reference: str = "adam",
+    reference_mult: int = 4,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Evaluate learned optimizers and tuned baselines on one task.
 
     Args:
         learned: name -> optax optimizer (already built from meta-parameters).
         baselines: names from :data:`lopt.optimizers.BASELINES`.
         grid_cfg: :class:`lopt.config.LRGridConfig`.
+        schedules: learning-rate schedules tuned jointly with the rate.
+        reference: the baseline the speed-up is measured against; after tuning it also
+            trains ``reference_mult`` times longer (same rate, schedule stretched over the
+            longer run), so speed-ups above 1 are measurable
+            (:func:`lopt.analysis.metrics.speedup`).
 
     Returns:
-        ``(curves, sweep)`` tidy DataFrames.
+        ``(curves, sweep, reference)`` tidy DataFrames; curves carry ``learning_rate`` and
+        ``schedule``; ``reference`` holds the long reference run (empty without one).
     """
     seeds = seed_offset + np.arange(num_seeds)
     tune_seeds = seeds + TUNE_SEED_SHIFT
-    frames, sweeps = [], []
+    frames, sweeps, long_frames = [], [], []
     for name, opt in learned.items():
         curves = train_curves(task, lambda _, opt=opt: opt, jnp.zeros((1,)), seeds, data, num_steps, eval_every)
-        frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, np.nan, seeds, eval_every))
+        frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, np.nan, seeds, eval_every, "learned"))
     grid = lr_grid(grid_cfg.low, grid_cfg.high, grid_cfg.num)
     for name in baselines:
-        lr, sweep = tune_baseline(task, name, data, grid, tune_seeds, num_steps, eval_every)
+        lr, schedule, sweep = tune_baseline(task, name, data, grid, tune_seeds, num_steps, eval_every, schedules)
         sweeps.append(sweep)
-        curves = train_curves(task, lambda lr_, name=name: make_baseline(name, lr_), jnp.asarray([lr]), seeds, data, num_steps, eval_every)
-        frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, lr, seeds, eval_every))
+        runs = [(name, num_steps, frames)]
+        if name == reference:
+            runs.append((name, reference_mult * num_steps, long_frames))
+        for label, steps, out in runs:
+            make = lambda lr_, name=name, steps=steps, schedule=schedule: make_baseline(name, lr_, schedule, steps)
+            curves = train_curves(task, make, jnp.asarray([lr]), seeds, data, steps, eval_every)
+            out.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, label, lr, seeds, eval_every, schedule))
     sweep_df = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame()
     if not sweep_df.empty:
         sweep_df.insert(0, "task", task_name)
-    return pd.concat(frames, ignore_index=True), sweep_df
+    reference_df = pd.concat(long_frames, ignore_index=True) if long_frames else pd.DataFrame()
+    return pd.concat(frames, ignore_index=True), sweep_df, reference_df
+
+
+def task_metrics(curves: pd.DataFrame, reference: pd.DataFrame, budget: int, split: str = "test") -> pd.DataFrame:
+    """Per optimizer on one task: final loss, steps-to-target, and speed-up over the reference.
+
+    The target is the tuned reference optimizer's (Adam's) mean best-so-far ``split`` loss
+    at the budget; ``steps_to_target`` is the first evaluated step at which an
+    optimizer's seed-mean best-so-far curve reaches it (inf if never). ``speedup`` is
+    VeLOdrome's: the steps the long reference run needs to reach the optimizer's
+    seed-mean best loss at the budget, over the budget; ``censored`` marks lower bounds
+    (the reference never got there within ``reference_mult`` budgets).
+    """
+    from lopt.analysis.metrics import best_loss_at, best_so_far, speedup, steps_to_target
+
+    def matrix(df):
+        df = df[df["split"] == split].pivot_table(index="seed", columns="step", values="loss")
+        return df.columns.to_numpy(), df.to_numpy()
+
+    rows = []
+    task = curves["task"].iloc[0]
+    if not reference.empty:
+        ref_steps, ref_losses = matrix(reference)
+        target = float(np.mean(best_loss_at(ref_steps, ref_losses, budget)))
+    for name, grp in curves.groupby("optimizer", sort=False):
+        steps, losses = matrix(grp)
+        final = best_loss_at(steps, losses, budget)
+        row = {"task": task, "optimizer": name, "best_loss": float(np.mean(final))}
+        if not reference.empty:
+            mean_curve = best_so_far(losses).mean(axis=0)
+            row["target"] = target
+            row["steps_to_target"] = float(steps_to_target(steps, mean_curve, target))
+            value, censored = speedup(ref_steps, ref_losses, row["best_loss"], budget)
+            row["speedup"], row["censored"] = float(value), bool(censored)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def summarise(curves: pd.DataFrame) -> pd.DataFrame:
     """Final-step loss/accuracy per (task, optimizer, split): mean, std, sem over seeds."""
     evals = curves[curves["split"] != "train_batch"]
     last = evals[evals["step"] == evals.groupby(["task", "optimizer"])["step"].transform("max")]
-    g = last.groupby(["task", "optimizer", "learning_rate", "split"], dropna=False)
+    keys = [k for k in ("task", "optimizer", "learning_rate", "schedule", "split") if k in last]  # older curves: no schedule
+    g = last.groupby(keys, dropna=False)
     out = g.agg(
         loss_mean=("loss", "mean"),
         loss_std=("loss", "std"),
@@ -229,14 +304,18 @@ def run_evaluation(cfg: Any, task_name: str, meta_params_path: str | Path, out_d
     # evaluates under this config's tasks, whatever this config's `lopt:` section says
     pretrained = load_pretrained(meta_params_path, fallback=cfg.lopt)
     learned = {"lopt": pretrained.to_optax(num_steps)}
-    curves, sweep = evaluate_task(
-        task, task_name, data, learned, list(ev.baselines), ev.lr_grid, num_steps, ev.num_seeds, ev.seed_offset, ev.eval_every
+    curves, sweep, reference = evaluate_task(
+        task, task_name, data, learned, list(ev.baselines), ev.lr_grid, num_steps, ev.num_seeds, ev.seed_offset,
+        ev.eval_every, tuple(ev.schedules),
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(curves)
     summary.insert(1, "distribution", spec[task_name].distribution)
-    for name, df in (("curves", curves), ("sweep", sweep), ("summary", summary)):
+    speed = task_metrics(curves, reference, num_steps)
+    speed.insert(1, "distribution", spec[task_name].distribution)
+    outputs = (("curves", curves), ("sweep", sweep), ("summary", summary), ("metrics", speed))
+    for name, df in outputs:
         tmp = out_dir / f".{name}.csv.tmp"
         df.to_csv(tmp, index=False)
         tmp.replace(out_dir / f"{name}.csv")

@@ -4,6 +4,7 @@ rule analyze:
         metrics=ancient(f"{RESULTS}/meta/metrics.csv"),
         curves=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/curves.csv", task=EVAL_TASKS)],
         summaries=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/summary.csv", task=EVAL_TASKS)],
+        task_metrics=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/metrics.csv", task=EVAL_TASKS)],
         tradeoffs="benchmarks/lopt_overhead.csv",  # committed output of benchmarks/lopt_overhead.py
     output:
         meta=report(f"{RESULTS}/figures/meta_training.png", caption="../report/meta_training.rst", category="Meta-training"),
@@ -12,6 +13,11 @@ rule analyze:
         summary=f"{RESULTS}/tables/summary.csv",
         generalization=report(f"{RESULTS}/tables/generalization.md", caption="../report/generalization.rst", category="Evaluation"),
         generalization_figure=report(f"{RESULTS}/figures/generalization.png", caption="../report/generalization.rst", category="Evaluation"),
+        across=report(f"{RESULTS}/tables/across_tasks.md", caption="../report/across_tasks.rst", category="Evaluation"),
+        across_latex=f"{RESULTS}/tables/across_tasks.tex",
+        latex=f"{RESULTS}/tables/final_losses.tex",
+        task_metrics=f"{RESULTS}/tables/metrics.csv",
+        speedups=report(f"{RESULTS}/figures/speedups.png", caption="../report/across_tasks.rst", category="Evaluation"),
         tradeoffs=report(f"{RESULTS}/tables/tradeoffs.md", caption="../report/tradeoffs.rst", category="Learned optimizers"),
     benchmark:
         f"{RESULTS}/benchmarks/analyze.tsv"

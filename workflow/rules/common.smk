@@ -55,4 +55,9 @@ else:
         f"{RESULTS}/tables/generalization.md",
         f"{RESULTS}/figures/generalization.png",
         f"{RESULTS}/tables/tradeoffs.md",
+        f"{RESULTS}/tables/across_tasks.md",
+        f"{RESULTS}/tables/across_tasks.tex",
+        f"{RESULTS}/tables/final_losses.tex",
+        f"{RESULTS}/tables/metrics.csv",
+        f"{RESULTS}/figures/speedups.png",
     ]

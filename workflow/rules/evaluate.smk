@@ -7,6 +7,7 @@ rule evaluate:
         curves=f"{RESULTS}/eval/{{task}}/curves.csv",
         summary=f"{RESULTS}/eval/{{task}}/summary.csv",
         sweep=f"{RESULTS}/eval/{{task}}/sweep.csv",
+        metrics=f"{RESULTS}/eval/{{task}}/metrics.csv",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate_{{task}}.tsv"
     params:
@@ -15,4 +16,4 @@ rule evaluate:
         task="|".join(EVAL_TASKS),
     shell:
         "lopt evaluate --config {CONFIGFILE} --task {wildcards.task} "
-        "--meta-params {input.params} --out {RESULTS}/eval/{wildcards.task} --quiet"
+        "--checkpoint {input.params} --out {RESULTS}/eval/{wildcards.task} --quiet"

@@ -99,3 +99,25 @@ def plot_generalization(frame: pd.DataFrame, path: Path, *, split: str = "test",
         ax.set_xlabel(f"final {split} loss: learned / best tuned baseline")
         ax.set_title(titles[group])
     _save(fig, path, dpi)
+
+
+def plot_speedups(agg: pd.DataFrame, path: Path, *, dpi: int = 120) -> None:
+    """Bars of the IQM speed-up over tuned Adam with 95 % bootstrap CIs, one panel per group.
+
+    ``agg`` is :func:`lopt.analysis.tables.across_tasks`'s output; the dashed line at 1
+    is Adam's own speed.
+    """
+    sub = agg[agg["metric"] == "speedup"]
+    groups = [g for g in ("in", "out", "all") if g in set(sub["distribution"])]
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(4 * max(len(groups), 1), 3.2), squeeze=False, sharey=True)
+    titles = {"in": "in-distribution", "out": "out-of-distribution", "all": "all tasks"}
+    for ax, group in zip(axes[0], groups):
+        g = sub[sub["distribution"] == group]
+        x = np.arange(len(g))
+        err = np.stack([g["iqm"] - g["iqm_low"], g["iqm_high"] - g["iqm"]])
+        ax.bar(x, g["iqm"], yerr=err, capsize=4, color="tab:blue")
+        ax.set_xticks(x, g["optimizer"], rotation=30, ha="right")
+        ax.axhline(1.0, color="k", ls="--", lw=1)
+        ax.set_title(f"{titles[group]} (n = {int(g['n'].max())} tasks)")
+    axes[0][0].set_ylabel("speed-up over tuned Adam (IQM, 95% CI)")
+    _save(fig, path, dpi)

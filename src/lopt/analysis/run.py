@@ -6,11 +6,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from lopt.analysis.figures import plot_eval_curves, plot_generalization, plot_meta_training
+from lopt.analysis.figures import (
+    plot_eval_curves,
+    plot_generalization,
+    plot_meta_training,
+    plot_speedups,
+)
 from lopt.analysis.tables import (
+    across_tasks,
+    across_tasks_table,
     final_loss_table,
     generalization_frame,
     generalization_table,
+    summary_latex,
     tradeoffs_table,
 )
 
@@ -46,6 +54,9 @@ def analyze(
         "summary": out_dir / "tables" / "summary.csv",
         "generalization_figure": out_dir / "figures" / "generalization.png",
         "generalization": out_dir / "tables" / "generalization.md",
+        "across_tasks": out_dir / "tables" / "across_tasks.md",
+        "across_tasks_latex": out_dir / "tables" / "across_tasks.tex",
+        "speedups": out_dir / "figures" / "speedups.png",
     }
     metrics = pd.read_csv(meta_metrics)
     plot_meta_training(metrics, paths["meta_training"], title=title, dpi=dpi)
@@ -57,6 +68,13 @@ def analyze(
     summary.to_csv(paths["summary"], index=False)
     paths["generalization"].write_text(generalization_table(summary))
     plot_generalization(generalization_frame(summary), paths["generalization_figure"], dpi=dpi)
+    metrics = pd.concat([pd.read_csv(Path(d) / "metrics.csv") for d in eval_dirs], ignore_index=True)
+    metrics.to_csv(out_dir / "tables" / "metrics.csv", index=False)
+    agg = across_tasks(metrics)
+    paths["across_tasks"].write_text(across_tasks_table(agg))
+    paths["across_tasks_latex"].write_text(across_tasks_table(agg, latex=True))
+    (out_dir / "tables" / "final_losses.tex").write_text(summary_latex(summary))
+    plot_speedups(agg, paths["speedups"], dpi=dpi)
     if tradeoffs is not None:
         paths["tradeoffs"] = out_dir / "tables" / "tradeoffs.md"
         paths["tradeoffs"].write_text(tradeoffs_table(pd.read_csv(tradeoffs)))

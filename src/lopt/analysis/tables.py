@@ -122,3 +122,57 @@ def tradeoffs_table(rows: pd.DataFrame) -> str:
             f"{r['ms_per_update']:.3g} | {r['time_vs_adam']:.1f}x |"
         )
     return "\n".join(lines) + "\n"
+
+
+def across_tasks(metrics: pd.DataFrame, reference: str = "adam") -> pd.DataFrame:
+    """Per optimizer and distribution group (and ``all``): median / IQM across tasks, 95 % CIs.
+
+    Two per-task quantities are aggregated: ``speedup`` (VeLOdrome: steps tuned
+    ``reference`` needs to reach the optimizer's loss, over the budget; censored values
+    are lower bounds) and ``loss_ratio`` (the optimizer's best test loss over the
+    reference's). Intervals are percentile bootstraps over tasks
+    (:func:`lopt.analysis.aggregate.aggregate`), so with few tasks they are wide, as they
+    should be.
+    """
+    from lopt.analysis.aggregate import aggregate
+
+    m = metrics.copy()
+    ref = m[m["optimizer"] == reference].set_index("task")["best_loss"]
+    m["loss_ratio"] = m["best_loss"] / m["task"].map(ref)
+    m = pd.concat([m, m.assign(distribution="all")], ignore_index=True)
+    frames = []
+    for value in ("speedup", "loss_ratio"):
+        if value in m:
+            frames.append(aggregate(m, value, ["distribution", "optimizer"]).assign(metric=value))
+    return pd.concat(frames, ignore_index=True)
+
+
+def across_tasks_table(agg: pd.DataFrame, latex: bool = False) -> str:
+    """Markdown (or LaTeX) of :func:`across_tasks`: IQM [95 % CI] and median per cell."""
+    rows = []
+    for (dist, opt), grp in agg.groupby(["distribution", "optimizer"], sort=False):
+        row = {"distribution": dist, "optimizer": opt, "tasks": int(grp["n"].max())}
+        for r in grp.itertuples():
+            row[f"{r.metric} IQM [95% CI]"] = f"{r.iqm:.3g} [{r.iqm_low:.3g}, {r.iqm_high:.3g}]"
+            row[f"{r.metric} median"] = f"{r.median:.3g}"
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    order = {"in": 0, "out": 1, "all": 2}
+    frame = frame.sort_values("distribution", key=lambda d: d.map(order).fillna(3), kind="stable")
+    if latex:
+        return frame.to_latex(index=False, escape=True)
+    header = "| " + " | ".join(frame.columns) + " |"
+    lines = [header, "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def summary_latex(summary: pd.DataFrame, split: str = "test") -> str:
+    """LaTeX table of final ``split`` loss (mean ± sem) and accuracy per task and optimizer."""
+    s = summary[summary["split"] == split].copy()
+    for col in ("task", "optimizer"):
+        s[col] = s[col].astype(str).str.replace("_", r"\_", regex=False)
+    s["loss"] = [f"{m:.4f} $\\pm$ {e:.4f}" for m, e in zip(s["loss_mean"], s["loss_sem"])]
+    cols = ["task", "optimizer", "loss", "accuracy_mean"]
+    out = s[cols].rename(columns={"loss": f"final {split} loss", "accuracy_mean": f"{split} accuracy"})
+    return out.to_latex(index=False, escape=False, float_format="%.3f")
