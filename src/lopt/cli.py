@@ -70,8 +70,12 @@ def cmd_meta_train(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
     with _tracker(cfg, "meta-train", "meta-train") as tracker:
         state = meta_train(cfg, out, resume=args.resume, tracker=tracker, progress=not args.quiet)
         if cfg.tracking.log_artifacts:
-            tracker.log_artifact(out / "meta_params.npz", name=f"{cfg.name}-lopt", type="learned-optimizer",
-                                 metadata={"outer_steps": int(state.step)})
+            # everything `lopt evaluate --checkpoint wandb:...` needs: weights, metadata, card
+            files = [out / "meta_params.npz", out / "meta_params.npz.json", out / "model_card.md"]
+            meta = json.loads(files[1].read_text())
+            tracker.log_artifact(files, name=f"{cfg.name}-lopt", type="learned-optimizer",
+                                 metadata={"outer_steps": int(state.step), "sha256": meta["sha256"],
+                                           "estimator": meta["estimator"], "optimizer": meta["optimizer"]})
     print(f"meta-trained {cfg.name}: {int(state.step)} outer steps -> {out}")
 
 

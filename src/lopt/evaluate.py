@@ -55,6 +55,20 @@ def train_curves(
         :data:`EVAL_SPLITS` ``<split>_loss`` / ``<split>_accuracy``: ``[H, S, E]`` at steps
         ``0, eval_every, ..., num_steps`` (E = num_steps / eval_every + 1).
     """
+    run = training_run(task, make_opt, data, num_steps, eval_every)
+    over_seeds = jax.vmap(run, in_axes=(None, 0))
+    over_all = jax.jit(jax.vmap(over_seeds, in_axes=(0, None)))
+    return jax.device_get(over_all(hparams, jnp.asarray(seeds)))
+
+
+def training_run(
+    task: Task, make_opt: Callable[[Any], optax.GradientTransformation], data: Any, num_steps: int, eval_every: int
+) -> Callable[[Any, jax.Array], dict[str, jax.Array]]:
+    """``run(hparam, seed)``: one training run's curves (unbatched, not jitted).
+
+    :func:`train_curves` vmaps it over hyperparameters and seeds; the shapes are those of
+    ``train_curves`` without the leading ``[H, S]``.
+    """
     if num_steps % eval_every:
         raise ValueError(f"num_steps ({num_steps}) must be a multiple of eval_every ({eval_every})")
     num_chunks = num_steps // eval_every
@@ -94,9 +108,7 @@ def train_curves(
         out["train_batch"] = losses.reshape(-1)
         return out
 
-    over_seeds = jax.vmap(run, in_axes=(None, 0))
-    over_all = jax.jit(jax.vmap(over_seeds, in_axes=(0, None)))
-    return jax.device_get(over_all(hparams, jnp.asarray(seeds)))
+    return run
 
 
 def _tidy(
@@ -322,6 +334,7 @@ def run_evaluation(cfg: Any, task_name: str, meta_params_path: str | Path, out_d
     if tracker is not None:
         tracker.log_table(f"eval/{task_name}/summary", summary)
         tracker.log_table(f"eval/{task_name}/sweep", sweep)
+        tracker.log_table(f"eval/{task_name}/metrics", speed)
         for row in summary.itertuples():
             tracker.summary({f"eval/{task_name}/{row.optimizer}/{row.split}_loss": row.loss_mean})
     return summary

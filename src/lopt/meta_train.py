@@ -294,6 +294,12 @@ def meta_train(
             "meta_train_tasks": [t.model_dump() for t in mt.tasks()],
             "outer_steps": int(state.step),
             "num_meta_params": sum(int(x.size) for x in jax.tree.leaves(state.theta)),
+            "compute": {
+                # this process's share when resumed; metrics.csv's wall_time has the rest
+                "wall_seconds_this_process": round(time.perf_counter() - t0, 1),
+                "device": jax.devices()[0].device_kind,
+                "inner_steps_simulated": int(state.step) * trainer.estimator.unroll_steps,
+            },
         },
     )
     return state

@@ -435,7 +435,7 @@ class Tracker:
 
     def log_artifact(
         self,
-        path: Path | str,
+        path: Path | str | Sequence[Path | str],
         name: str,
         type: str,  # mirrors wandb.Artifact(type=...)
         metadata: Mapping[str, Any] | None = None,
@@ -443,16 +443,17 @@ class Tracker:
         aliases: Sequence[str] = (),
         immutable: bool = False,
     ) -> str | None:
-        """Log a file or directory as an artifact; returns the (sanitised) name used.
+        """Log a file, a directory, or a list of files as one artifact; returns its name.
 
         A missing ``path`` is a caller bug and raises :class:`FileNotFoundError`
         in every mode; W&B failures only warn (and return None). ``immutable``
         skips wandb's staging copy: use it for large outputs that will not
         change afterwards.
         """
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"artifact path does not exist: {path}")
+        paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+        for p in paths:
+            if not p.exists():
+                raise FileNotFoundError(f"artifact path does not exist: {p}")
         art_name = sanitize_artifact_name(name)
         if not self.active:
             return None
@@ -465,10 +466,11 @@ class Tracker:
                 metadata=_plain(dict(metadata)) if metadata else None,
             )
             policy = "immutable" if immutable else "mutable"
-            if path.is_dir():
-                art.add_dir(os.fspath(path), policy=policy)
-            else:
-                art.add_file(os.fspath(path), name=path.name, policy=policy)
+            for p in paths:
+                if p.is_dir():
+                    art.add_dir(os.fspath(p), policy=policy)
+                else:
+                    art.add_file(os.fspath(p), name=p.name, policy=policy)
             self._run.log_artifact(art, aliases=list(aliases) or None)
         except Exception as exc:  # noqa: BLE001
             self._swallow("log_artifact", exc)

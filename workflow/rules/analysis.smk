@@ -2,6 +2,7 @@
 rule analyze:
     input:
         metrics=ancient(f"{RESULTS}/meta/metrics.csv"),
+        card=ancient(f"{RESULTS}/meta/model_card.md"),
         curves=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/curves.csv", task=EVAL_TASKS)],
         summaries=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/summary.csv", task=EVAL_TASKS)],
         task_metrics=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/metrics.csv", task=EVAL_TASKS)],
@@ -17,6 +18,7 @@ rule analyze:
         across_latex=f"{RESULTS}/tables/across_tasks.tex",
         latex=f"{RESULTS}/tables/final_losses.tex",
         task_metrics=f"{RESULTS}/tables/metrics.csv",
+        model_card=report(f"{RESULTS}/model_card.md", caption="../report/model_card.rst", category="Learned optimizer"),
         speedups=report(f"{RESULTS}/figures/speedups.png", caption="../report/across_tasks.rst", category="Evaluation"),
         tradeoffs=report(f"{RESULTS}/tables/tradeoffs.md", caption="../report/tradeoffs.rst", category="Learned optimizers"),
     benchmark:

@@ -60,4 +60,5 @@ else:
         f"{RESULTS}/tables/final_losses.tex",
         f"{RESULTS}/tables/metrics.csv",
         f"{RESULTS}/figures/speedups.png",
+        f"{RESULTS}/model_card.md",
     ]

@@ -75,6 +75,16 @@ def analyze(
     paths["across_tasks_latex"].write_text(across_tasks_table(agg, latex=True))
     (out_dir / "tables" / "final_losses.tex").write_text(summary_latex(summary))
     plot_speedups(agg, paths["speedups"], dpi=dpi)
+    card = Path(meta_metrics).with_name("model_card.md")
+    if card.exists():  # the published card: architecture + training + how it evaluated
+        paths["model_card"] = out_dir / "model_card.md"
+        paths["model_card"].write_text(
+            card.read_text()
+            + "\n## Evaluation summary\n\n"
+            + paths["across_tasks"].read_text()
+            + "\n"
+            + paths["generalization"].read_text()
+        )
     if tradeoffs is not None:
         paths["tradeoffs"] = out_dir / "tables" / "tradeoffs.md"
         paths["tradeoffs"].write_text(tradeoffs_table(pd.read_csv(tradeoffs)))
