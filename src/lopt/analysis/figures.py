@@ -12,7 +12,17 @@ import numpy as np
 import pandas as pd
 
 # Fixed order and colours so every figure of every experiment reads the same way.
-_COLOURS = {"lopt": "C3", "sgd": "C0", "momentum": "C2", "adam": "C1", "rmsprop": "C4"}
+_COLOURS = {
+    "lopt": "C3",
+    "sgd": "C0",
+    "momentum": "C2",
+    "adam": "C1",
+    "rmsprop": "C4",
+    "adamw": "C5",
+    "nadamw": "C6",
+    "lion": "C7",
+    "adafactor": "C8",
+}
 
 
 def _band(values: pd.core.groupby.DataFrameGroupBy, kind: str) -> tuple[pd.Series, pd.Series, pd.Series]:
