@@ -39,6 +39,12 @@ two meta-parameter sets, ``theta_a`` for the steps of the episode current at the
 window start and ``theta_b`` for steps after a reset, and reports per step whether it
 was "fresh" (after a reset). PES passes the same perturbed theta twice; NRES passes
 the old and a newly drawn perturbation; everything else follows from that mask.
+
+Divergence: a system may define ``loss_cap``. A step whose loss is non-finite or at/above
+it restarts that particle's inner run from ``system.init`` (a key derived from the step
+key; same inner step and episode), reports the cap as the loss, and is flagged in
+``Window.diverged``. Inside jit, under a ``lax.cond`` taken only when some particle
+diverged, so meta-training never crashes on a blow-up and healthy steps pay nothing.
 """
 
 from __future__ import annotations
