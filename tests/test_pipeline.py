@@ -117,6 +117,14 @@ def test_pull_pretrained_then_pipeline_reruns_only_evaluation_and_analysis(smoke
         return set()
 
     shutil.copytree(repo, clone, ignore=outputs_and_caches)
+    proc, _ = run(["dvc", "pull", "data"], clone, env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # `lopt evaluate --checkpoint` on a DVC-tracked path that is not in the workspace pulls it
+    cmd = ["lopt", "evaluate", "--config", "configs/smoke.yaml", "--task", "digits_mlp16",
+           "--checkpoint", "results/smoke/meta", "--out", str(tmp_path / "adhoc"), "--quiet"]
+    proc, _ = run(cmd, clone, env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (tmp_path / "adhoc" / "metrics.csv").exists()
     proc, _ = run(["dvc", "pull", "data", "pretrained@smoke"], clone, env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _sha(clone / "results/smoke/meta/meta_params.npz") == meta_sha

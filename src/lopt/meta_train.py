@@ -289,6 +289,7 @@ def meta_train(
         state.theta,
         {
             "experiment": cfg.name,
+            "config": cfg.to_dict(),  # the resolved experiment config (every default filled)
             "optimizer": cfg.lopt.model_dump(),
             "estimator": mt.estimator,
             "meta_train_tasks": [t.model_dump() for t in mt.tasks()],
