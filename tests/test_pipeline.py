@@ -88,7 +88,7 @@ def test_dvc_push_pull_then_nothing_to_do(smoke):
     _push(repo, env, remote)
     for path in ("data", "results", ".dvc/cache"):
         shutil.rmtree(repo / path)
-    proc, _ = run(["dvc", "pull"], repo, env, timeout=300)
+    proc, _ = run(["dvc", "pull", "data", "pretrained@smoke", "experiment@smoke"], repo, env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for path, digest in before.items():
         assert _sha(repo / path) == digest, path

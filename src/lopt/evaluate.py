@@ -165,27 +165,39 @@ def tune_baseline(
     num_steps: int,
     eval_every: int,
     schedules: tuple[str, ...] = ("constant",),
-) -> tuple[float, str, pd.DataFrame]:
+    report_seeds: np.ndarray | None = None,
+) -> tuple[float, str, pd.DataFrame] | tuple[float, str, pd.DataFrame, dict[str, np.ndarray]]:
     """Pick ``name``'s (learning rate, schedule) by mean final inner-valid loss.
 
     One vmapped program per schedule covers the whole rate grid and every tuning seed.
-    Returns ``(learning_rate, schedule, sweep)``.
+    Returns ``(learning_rate, schedule, sweep)``. With ``report_seeds`` the same program
+    also trains every rate on those seeds (compilation, not training, dominates on small
+    tasks, so this is cheaper than a second program), selection still uses ``seeds``
+    only, and the selected setting's curves on ``report_seeds`` come back fourth
+    (``train_curves`` layout without the leading rate axis).
     """
-    frames = []
+    num_tune = len(seeds)
+    all_seeds = seeds if report_seeds is None else np.concatenate([seeds, report_seeds])
+    frames, reported = [], []
     for schedule in schedules:
         make = lambda lr, schedule=schedule: make_baseline(name, lr, schedule, num_steps)
-        curves = train_curves(task, make, jnp.asarray(grid), seeds, data, num_steps, eval_every)
-        final = curves["inner_valid_loss"][:, :, -1]
+        curves = train_curves(task, make, jnp.asarray(grid), all_seeds, data, num_steps, eval_every)
+        final = curves["inner_valid_loss"][:, :num_tune, -1]
         final = np.where(np.isfinite(final), final, np.inf)
         frames.append(
             pd.DataFrame(
                 {"optimizer": name, "schedule": schedule, "learning_rate": grid, "inner_valid_loss": final.mean(axis=1)}
             )
         )
+        reported.append({k: v[:, num_tune:] for k, v in curves.items()})
     sweep = pd.concat(frames, ignore_index=True)
     best = int(np.argmin(sweep["inner_valid_loss"].to_numpy()))
     sweep["selected"] = np.arange(len(sweep)) == best
-    return float(sweep["learning_rate"].iloc[best]), str(sweep["schedule"].iloc[best]), sweep
+    lr, schedule = float(sweep["learning_rate"].iloc[best]), str(sweep["schedule"].iloc[best])
+    if report_seeds is None:
+        return lr, schedule, sweep
+    chosen = {k: v[best % len(grid)] for k, v in reported[best // len(grid)].items()}
+    return lr, schedule, sweep, chosen
 
 
 def evaluate_task(
@@ -227,15 +239,16 @@ def evaluate_task(
         frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, np.nan, seeds, eval_every, "learned"))
     grid = lr_grid(grid_cfg.low, grid_cfg.high, grid_cfg.num)
     for name in baselines:
-        lr, schedule, sweep = tune_baseline(task, name, data, grid, tune_seeds, num_steps, eval_every, schedules)
+        lr, schedule, sweep, chosen = tune_baseline(
+            task, name, data, grid, tune_seeds, num_steps, eval_every, schedules, report_seeds=seeds
+        )
         sweeps.append(sweep)
-        runs = [(name, num_steps, frames)]
+        frames.append(_tidy(chosen, task_name, name, lr, seeds, eval_every, schedule))
         if name == reference:
-            runs.append((name, reference_mult * num_steps, long_frames))
-        for label, steps, out in runs:
+            steps = reference_mult * num_steps
             make = lambda lr_, name=name, steps=steps, schedule=schedule: make_baseline(name, lr_, schedule, steps)
             curves = train_curves(task, make, jnp.asarray([lr]), seeds, data, steps, eval_every)
-            out.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, label, lr, seeds, eval_every, schedule))
+            long_frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, lr, seeds, eval_every, schedule))
     sweep_df = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame()
     if not sweep_df.empty:
         sweep_df.insert(0, "task", task_name)
