@@ -38,3 +38,13 @@ def sandbox_env(tmp_path: Path) -> dict[str, str]:
     env["DVC_NO_ANALYTICS"] = "1"
     env["JAX_PLATFORMS"] = "cpu"
     return env
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory):
+    """scikit-learn's digits prepared once per test session (split seed 0); read-only."""
+    from lopt.data import prepare
+
+    root = tmp_path_factory.mktemp("digits_data")
+    prepare("digits", root, seed=0)
+    return root

@@ -25,13 +25,6 @@ from lopt.optimizers import load_pretrained
 FIXTURE = REPO / "tests" / "fixtures" / "old_run"
 
 
-@pytest.fixture(scope="module")
-def digits_root(tmp_path_factory):
-    from lopt.data import prepare
-
-    root = tmp_path_factory.mktemp("data")
-    prepare("digits", root)
-    return root
 
 
 def test_old_checkpoint_still_evaluates_to_the_same_losses(digits_root):

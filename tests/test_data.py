@@ -49,11 +49,6 @@ def _files(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
 
 
-@pytest.fixture(scope="module")
-def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("prepared")
-    prepare("digits", root, seed=0)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,6 @@ def _config(tmp_path, **meta):
     return path, validate_config(raw)
 
 
-@pytest.fixture(scope="module")
-def digits_root(tmp_path_factory):
-    from lopt.data import prepare
-
-    root = tmp_path_factory.mktemp("data")
-    prepare("digits", root)
-    return root
 
 
 def _run(args, tmp_path, **kwargs):

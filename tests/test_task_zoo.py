@@ -20,7 +20,7 @@ import optax
 import pytest
 
 from lopt.config import CharLMTaskConfig, ImageConvTaskConfig
-from lopt.data import load, prepare
+from lopt.data import load
 from lopt.tasks import SPLITS, CharLM, ImageConv, build_task, device_data
 from lopt.tasks.corpus import VOCAB, corpus_data, decode, encode, generate_corpus
 
@@ -52,11 +52,6 @@ def _num_params(params) -> int:
 # ---------------------------------------------------------------------------- data
 
 
-@pytest.fixture(scope="module")
-def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("prepared")
-    prepare("digits", root, seed=0)
-    return root
 
 
 @pytest.fixture(scope="module")

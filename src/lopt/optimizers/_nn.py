@@ -86,6 +86,21 @@ def lstm_step(
     return h, c
 
 
+def per_tensor_lstm(
+    params: dict, feats: jax.Array, time_feats: jax.Array, h_tree: Any, c_tree: Any, treedef: Any
+) -> tuple[jax.Array, jax.Array]:
+    """One LSTM step for every parameter tensor at once (shared weights).
+
+    ``feats`` is ``[T, F]`` (one row per tensor, in ``treedef`` order), ``time_feats``
+    ``[num_time_features]`` is appended to every row; ``h_tree`` / ``c_tree`` hold each
+    tensor's state in the params' tree structure. Returns the new ``(h, c)``, ``[T, H]``.
+    """
+    x = jnp.concatenate([feats, jnp.broadcast_to(time_feats, (feats.shape[0], time_feats.shape[-1]))], axis=-1)
+    h = jnp.stack(treedef.flatten_up_to(h_tree))
+    c = jnp.stack(treedef.flatten_up_to(c_tree))
+    return lstm_step(params, x, h, c)
+
+
 def log_rms(x: jax.Array, eps: float = 1e-16) -> jax.Array:
     """``0.5 log(mean(x^2) + eps)``: log of the RMS, finite (with finite gradient) at x = 0."""
     return 0.5 * jnp.log(jnp.mean(jnp.square(x)) + eps)

@@ -42,7 +42,7 @@ from lopt.optimizers._nn import (
     init_linear,
     init_lstm,
     log_rms,
-    lstm_step,
+    per_tensor_lstm,
     scaled_log_feature,
     time_features,
     unzip_tree,
@@ -169,12 +169,9 @@ class NNAdam:
                 )
 
             feats = jnp.stack([tensor_feats(*t) for t in zip(g_l, p_l, mu_l, nu_l)])
-            x = jnp.concatenate(
-                [feats, jnp.broadcast_to(time_feats, (len(g_l), self.num_time_features))], axis=-1
+            h, c = per_tensor_lstm(
+                meta_params["lstm"], feats, time_feats, state.lstm_h, state.lstm_c, treedef
             )
-            h = jnp.stack(treedef.flatten_up_to(state.lstm_h))
-            c = jnp.stack(treedef.flatten_up_to(state.lstm_c))
-            h, c = lstm_step(meta_params["lstm"], x, h, c)
             out = apply_linear(meta_params["head"], h)  # [T, 4]
 
             lr = self.initial_learning_rate * jnp.exp(out[:, 0])

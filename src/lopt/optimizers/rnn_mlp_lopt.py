@@ -46,7 +46,7 @@ from lopt.optimizers._nn import (
     init_lstm,
     init_mlp,
     log_rms,
-    lstm_step,
+    per_tensor_lstm,
     scaled_log_feature,
     time_features,
 )
@@ -222,12 +222,9 @@ class RNNMLPLOpt:
                 )
 
             feats = jnp.stack([tensor_feats(*t) for t in zip(new_g, p_l, new_m, new_v)])
-            x = jnp.concatenate(
-                [feats, jnp.broadcast_to(time_feats, (len(g_l), self.num_time_features))], axis=-1
+            h, c = per_tensor_lstm(
+                meta_params["lstm"], feats, time_feats, state.lstm_h, state.lstm_c, treedef
             )
-            h = jnp.stack(treedef.flatten_up_to(state.lstm_h))
-            c = jnp.stack(treedef.flatten_up_to(state.lstm_c))
-            h, c = lstm_step(meta_params["lstm"], x, h, c)
             embed = apply_linear(meta_params["embed"], h)  # [T, E]
 
             updates = []
