@@ -40,6 +40,7 @@ CROSS_FIELD = {
     "multiple of eval_every",
     "low (2.0) must be < high",
     "num_heads (3) must divide",
+    "must be a multiple of 2 x devices",
 }
 
 # (key path to corrupt, new value, text the message must contain besides file and key)
@@ -63,6 +64,8 @@ MALFORMED = [
     ("name", "x", "at least 2 characters"),
     ("name", _DELETE, "Field required"),
     ("data.valid_fraction", 0.7, "less than 0.5"),
+    ("meta_train.devices", 3, "must be a multiple of 2 x devices"),
+    ("meta_train.devices", "every", "'all'"),
     ("lopt.kind", "velo", "allowed values: mlp_lopt, adafac_mlp_lopt, nn_adam, rnn_mlp_lopt"),
     ("lopt.features", ["grad", "hessian"], "'param', 'grad', 'momentum'"),
     ("lopt.nominal", {"optimizer": "lion"}, "'adam', 'sgd' or 'momentum'"),

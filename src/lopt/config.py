@@ -360,6 +360,11 @@ class MetaTrainConfig(_Strict):
     sigma: PosFloat = Field(0.01, description="Std of the Gaussian perturbation.")
     step_unlock: bool = Field(True, description="Stagger particle starts over the horizon.")
     meta_loss_split: Literal["train", "outer_valid"] = "train"
+    devices: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
+        1,
+        description="Local devices the particles are sharded over ('all': every local device); "
+        "num_particles must divide evenly for the split to apply.",
+    )
     loss_diff_clip: PosFloat | None = Field(
         None, description="ES only: clip each per-step antithetic loss difference to [-c, c]."
     )
@@ -383,6 +388,11 @@ class MetaTrainConfig(_Strict):
         if self.num_particles % 2:
             raise ValueError(
                 f"num_particles must be even (antithetic pairs), got {self.num_particles}"
+            )
+        if isinstance(self.devices, int) and self.num_particles % (2 * self.devices) and self.devices > 1:
+            raise ValueError(
+                f"num_particles ({self.num_particles}) must be a multiple of 2 x devices "
+                f"({self.devices}) so particles and antithetic pairs split evenly"
             )
         if self.trunc_length > self.horizon:
             raise ValueError(

@@ -154,13 +154,32 @@ def meta_step_fn(
     return meta_step
 
 
-def make_meta_step(trainer: MetaTrainer):
-    """The jitted outer step ``(MetaState, data) -> (MetaState, metrics)``."""
-    return jax.jit(meta_step_fn(trainer.estimator, trainer.outer_opt, trainer.key, trainer.normalize_grad))
+def make_meta_step(trainer: MetaTrainer, mesh: Any = None):
+    """The jitted outer step ``(MetaState, data) -> (MetaState, metrics)``.
+
+    With a ``mesh`` (:func:`lopt.sharding.particle_mesh`) the estimator state's particle
+    axis is split over its devices and everything else replicated; pass the state through
+    :func:`meta_state_shardings` / :func:`lopt.sharding.place` first.
+    """
+    fn = meta_step_fn(trainer.estimator, trainer.outer_opt, trainer.key, trainer.normalize_grad)
+    if mesh is None:
+        return jax.jit(fn)
+    from lopt.sharding import jit_sharded
+
+    return jit_sharded(fn, meta_state_shardings(trainer, mesh), mesh)
+
+
+def meta_state_shardings(trainer: MetaTrainer, mesh: Any) -> Any:
+    """Shardings of the :class:`MetaState`: particle / pair axes of the estimator state split."""
+    from lopt.sharding import state_shardings
+
+    shapes = jax.eval_shape(trainer.init)
+    return state_shardings(shapes, mesh, lambda s: MetaState(False, False, True, False))
 
 
 # Fields that do not change what a step computes: a checkpoint stays valid across them.
-_NON_FINGERPRINT = {"outer_steps", "checkpoint_every", "max_to_keep", "log_every"}
+# `devices` only reorders floating-point sums: a run may resume on more or fewer devices.
+_NON_FINGERPRINT = {"outer_steps", "checkpoint_every", "max_to_keep", "log_every", "devices"}
 
 
 def fingerprint(cfg: ExperimentConfig) -> str:
@@ -246,7 +265,12 @@ def meta_train(
     ckpt_dir = out_dir / "checkpoints"
     _prepare_checkpoint_dir(ckpt_dir, cfg, resume)
     trainer = build_trainer(cfg)
-    meta_step = make_meta_step(trainer)
+    mesh = None
+    if mt.devices != 1:
+        from lopt.sharding import particle_mesh
+
+        mesh = particle_mesh(None if mt.devices == "all" else mt.devices)
+    meta_step = make_meta_step(trainer, mesh)
     state = trainer.init()
     checkpointer = Checkpointer(ckpt_dir, max_to_keep=mt.max_to_keep)
     start = 0
@@ -254,13 +278,23 @@ def meta_train(
     if latest is not None:
         state = checkpointer.restore(latest, state)
         start = int(state.step)
+    data = trainer.data
+    if mesh is not None:
+        from lopt.sharding import place, replicate
+
+        state = place(state, meta_state_shardings(trainer, mesh))
+        data = replicate(data, mesh)
     log = _MetricsLog(out_dir / "metrics.live.csv", start)
     pending: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     bar = tqdm(total=mt.outer_steps, initial=start, desc=f"meta-train {cfg.name}", disable=not progress)
     try:
         for step in range(start, mt.outer_steps):
-            state, metrics = meta_step(state, trainer.data)
+            state, metrics = meta_step(state, data)
+            if mesh is not None:
+                # Many queued multi-device calls can deadlock XLA's collectives on fake CPU
+                # devices (../shared/notes/stack.md); one host sync per outer step avoids it.
+                jax.block_until_ready(state.step)
             pending.append(dict(metrics, step=step + 1))
             done = step + 1
             if done % mt.log_every == 0 or done == mt.outer_steps:
