@@ -496,6 +496,45 @@ class TrackingConfig(_Strict):
     log_artifacts: bool = True
 
 
+class StageResources(_Strict):
+    """What one Snakemake job of a stage asks the scheduler for (SLURM, Kubernetes)."""
+
+    gpus: Annotated[int, Field(ge=0)] = Field(0, description="GPUs per job (SLURM: --gpus).")
+    gpu_model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+$")] | None = Field(
+        None, description="SLURM --gpus=<model>:<n>, e.g. a100."
+    )
+    mem_mb: PosInt = 4000
+    runtime: PosInt = Field(60, description="Wall-clock limit in minutes.")
+    partition: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="SLURM partition (default: the profile's)."
+    )
+
+    def snakemake(self) -> dict[str, Any]:
+        """The rule's ``resources:`` (names the SLURM executor plugin reads)."""
+        out: dict[str, Any] = {"mem_mb": self.mem_mb, "runtime": self.runtime, "gpu": self.gpus}
+        if self.gpu_model is not None:
+            out["gpu_model"] = self.gpu_model
+        if self.partition is not None:
+            out["slurm_partition"] = self.partition
+        return out
+
+
+def _stage(**kw: Any) -> Any:
+    return Field(default_factory=lambda: StageResources(**kw))
+
+
+class ResourcesConfig(_Strict):
+    """Per-stage job resources; every Snakemake rule declares its stage's."""
+
+    prepare_data: StageResources = _stage(mem_mb=2000, runtime=30)
+    meta_train: StageResources = _stage(mem_mb=8000, runtime=240)
+    evaluate: StageResources = _stage(mem_mb=4000, runtime=60)
+    analyze: StageResources = _stage(mem_mb=2000, runtime=15)
+    study_run: StageResources = _stage(mem_mb=8000, runtime=120)
+    study_analyze: StageResources = _stage(mem_mb=2000, runtime=15)
+    study_variance: StageResources = _stage(mem_mb=4000, runtime=60)
+
+
 class ExperimentConfig(_Strict):
     """One experiment: everything a pipeline run needs."""
 
@@ -507,6 +546,7 @@ class ExperimentConfig(_Strict):
     evaluation: EvaluationConfig
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     def datasets(self) -> list[str]:
         """Every dataset the experiment touches, in first-use order."""

@@ -25,5 +25,7 @@ rule analyze:
         f"{RESULTS}/benchmarks/analyze.tsv"
     params:
         spec=spec("analysis", "evaluation"),
+    resources:
+        **res("analyze"),
     shell:
         "lopt analyze --config {CONFIGFILE} --results {RESULTS} --tradeoffs {input.tradeoffs}"

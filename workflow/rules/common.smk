@@ -35,6 +35,11 @@ def spec(*sections):
     return json.dumps({s: resolved[s] for s in sections}, sort_keys=True)
 
 
+def res(stage):
+    """The rule's scheduler resources from the config's `resources.<stage>` (mem_mb, runtime, gpu, ...)."""
+    return getattr(CFG.resources, stage).snakemake()
+
+
 def dataset_files(*names):
     return [ancient(f"{DATA}/{n}/{f}") for n in sorted(filter(None, names)) for f in DATA_FILES]
 

@@ -9,6 +9,6 @@ rule prepare_data:
     wildcard_constraints:
         dataset="|".join(DATASET_NAMES),
     resources:
-        mem_mb=2000,
+        **res("prepare_data"),
     shell:
         "lopt prepare-data --config {CONFIGFILE} --dataset {wildcards.dataset}"

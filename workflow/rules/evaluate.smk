@@ -14,6 +14,8 @@ rule evaluate:
         spec=spec("data", "lopt", "evaluation"),
     wildcard_constraints:
         task="|".join(EVAL_TASKS),
+    resources:
+        **res("evaluate"),
     shell:
         "lopt evaluate --config {CONFIGFILE} --task {wildcards.task} "
         "--checkpoint {input.params} --out {RESULTS}/eval/{wildcards.task} --quiet"

@@ -13,5 +13,7 @@ rule meta_train:
         spec=spec("seed", "data", "lopt", "meta_train"),
         out=f"{RESULTS}/meta",
     threads: 64  # Snakemake caps this at --cores: meta-training gets the whole machine
+    resources:
+        **res("meta_train"),
     shell:
         "lopt meta-train --config {CONFIGFILE} --out {params.out} --resume"

@@ -20,6 +20,8 @@ rule study_run:
         method="|".join(METHODS),
         seed=r"\d+",
     threads: workflow.cores
+    resources:
+        **res("study_run"),
     shell:
         "lopt study-run --config {CONFIGFILE}{QUICK_FLAG} --method {wildcards.method} "
         "--seed {wildcards.seed} --out {RESULTS}/runs/{wildcards.method}/seed{wildcards.seed} --quiet"
@@ -34,6 +36,8 @@ rule study_analyze:
         f"{RESULTS}/benchmarks/study_analyze.tsv"
     params:
         spec=spec("analysis", "claims"),
+    resources:
+        **res("study_analyze"),
     shell:
         "lopt study-analyze --config {CONFIGFILE}{QUICK_FLAG} --results {RESULTS}"
 
@@ -49,5 +53,7 @@ rule study_variance:
     params:
         spec=spec("system", "data", "analysis"),
     threads: workflow.cores
+    resources:
+        **res("study_variance"),
     shell:
         "lopt variance --config {CONFIGFILE}{QUICK_FLAG} --out {RESULTS}"

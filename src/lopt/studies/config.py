@@ -33,6 +33,7 @@ from lopt.config import (
     MLPLOptConfig,
     PosFloat,
     PosInt,
+    ResourcesConfig,
     TaskConfig,
     TrackingConfig,
     _allowed,
@@ -257,6 +258,7 @@ class StudyConfig(_Strict):
     claims: list[ClaimConfig] = Field(default_factory=list)
     analysis: StudyAnalysisConfig = Field(default_factory=StudyAnalysisConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     quick: QuickConfig = Field(default_factory=QuickConfig)
 
     @model_validator(mode="after")

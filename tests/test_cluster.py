@@ -1,0 +1,105 @@
+"""Cluster execution through Snakemake's SLURM executor plugin, checked without a cluster.
+
+Every rule declares its stage's resources from the config (`resources.<stage>`); the
+`workflow/profiles/slurm` profile plans them, and the plugin turns them into an sbatch
+call. Fake `sbatch` / `sacct` / `squeue` / `scontrol` / `sacctmgr` / `sshare` scripts on
+PATH record what the plugin runs, so the test reads the exact submission command.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import sandbox_env
+from pipeline_utils import copy_repo, run
+
+CONFIG = {
+    "name": "quadslurm",
+    "meta_train": {"task": {"kind": "quadratic", "dim": 10}, "num_particles": 8,
+                   "trunc_length": 5, "horizon": 20, "outer_steps": 5},
+    "evaluation": {"tasks": [{"name": "quad", "task": {"kind": "quadratic"}}],
+                   "num_steps": 20, "eval_every": 10},
+    "resources": {"meta_train": {"gpus": 2, "gpu_model": "a100", "partition": "gpu",
+                                 "mem_mb": 16000, "runtime": 180}},
+}
+FAKES = {
+    "sbatch": 'echo "$@" >> "$FAKE_SLURM_LOG"\necho 12345',
+    "sacctmgr": "echo lopt",  # the account the profile names exists
+    "sshare": "echo lopt",
+    "sacct": "exit 0",
+    "squeue": "exit 0",
+    "scontrol": "exit 0",
+    "sinfo": "exit 0",
+}
+
+
+@pytest.fixture(scope="module")
+def cluster_repo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster")
+    repo = copy_repo(tmp / "repo")
+    (repo / "cfg.yaml").write_text(yaml.safe_dump(CONFIG))
+    fakes = tmp / "bin"
+    fakes.mkdir()
+    for name, body in FAKES.items():
+        path = fakes / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    env = sandbox_env(tmp)
+    env["PATH"] = f"{fakes}{os.pathsep}{env['PATH']}"
+    env["FAKE_SLURM_LOG"] = str(tmp / "sbatch.log")
+    return repo, env, tmp
+
+
+def _jobs(dry_run: str) -> dict[str, str]:
+    """rule name -> its `resources:` line, from a dry run's job listing."""
+    jobs, rule = {}, None
+    for line in dry_run.splitlines():
+        if line.startswith("rule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            jobs[rule] = line.strip()
+    return jobs
+
+
+def test_slurm_profile_plans_every_rule_with_configured_resources(cluster_repo):
+    repo, env, _ = cluster_repo
+    proc, _ = run(["snakemake", "-n", "--profile", "workflow/profiles/slurm", "--configfile", "cfg.yaml"], repo, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = _jobs(proc.stdout)
+    assert {"meta_train", "evaluate", "analyze"} <= set(jobs), jobs
+    meta = jobs["meta_train"]
+    for item in ("gpu=2", "gpu_model=a100", "slurm_partition=gpu", "mem_mb=16000", "runtime=180"):
+        assert item in meta, meta
+    # other stages keep the defaults: no GPU, the profile's partition
+    assert "gpu=0" in jobs["evaluate"] and "slurm_partition=cpu" in jobs["evaluate"], jobs["evaluate"]
+    assert "runtime=60" in jobs["evaluate"] and "mem_mb=4000" in jobs["evaluate"]
+
+
+def test_slurm_submission_requests_the_configured_gpus(cluster_repo):
+    repo, env, _ = cluster_repo
+    log = Path(env["FAKE_SLURM_LOG"])
+    cmd = ["snakemake", "results/quadslurm/meta/meta_params.npz",
+           "--profile", "workflow/profiles/slurm", "--configfile", "cfg.yaml"]
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (log.exists() and log.read_text().strip()):
+            assert proc.poll() is None, "snakemake exited before submitting"
+            assert time.time() < deadline, "no sbatch call within 120 s"
+            time.sleep(0.5)
+    finally:
+        proc.kill()
+        proc.wait()
+    call = log.read_text().splitlines()[0].split()
+    # the plugin's sbatch flags for the meta_train job, from resources.meta_train
+    assert "--gpus=a100:2" in call
+    assert call[call.index("-p") + 1] == "gpu"
+    assert call[call.index("-t") + 1] == "180"
+    assert call[call.index("--mem") + 1] == "16000"
+    assert call[call.index("-A") + 1] == "lopt"
+    assert "--comment" in call and call[call.index("--comment") + 1] == "rule_meta_train"
