@@ -25,7 +25,7 @@ CONFIG = {
     "evaluation": {"tasks": [{"name": "quad", "task": {"kind": "quadratic"}}],
                    "num_steps": 20, "eval_every": 10},
     "resources": {"meta_train": {"gpus": 2, "gpu_model": "a100", "partition": "gpu",
-                                 "mem_mb": 16000, "runtime": 180}},
+                                 "mem_mb": 16000, "runtime": 180, "cpus": 16, "nodes": 2}},
 }
 FAKES = {
     "sbatch": 'echo "$@" >> "$FAKE_SLURM_LOG"\necho 12345',
@@ -68,15 +68,20 @@ def _jobs(dry_run: str) -> dict[str, str]:
 
 def test_slurm_profile_plans_every_rule_with_configured_resources(cluster_repo):
     repo, env, _ = cluster_repo
-    proc, _ = run(["snakemake", "-n", "--profile", "workflow/profiles/slurm", "--configfile", "cfg.yaml"], repo, env)
+    proc, _ = run(["snakemake", "-n", "-p", "--profile", "workflow/profiles/slurm", "--configfile", "cfg.yaml"], repo, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = _jobs(proc.stdout)
+    # resources.meta_train.nodes = 2: srun starts one lopt process per host; others run once
+    commands = [line for line in proc.stdout.splitlines() if line.startswith("Shell command:")]
+    assert any(c.startswith("Shell command: srun -n 2 lopt meta-train --config") for c in commands), commands
+    assert any(c.startswith("Shell command: lopt evaluate") for c in commands), commands
     assert {"meta_train", "evaluate", "analyze"} <= set(jobs), jobs
     meta = jobs["meta_train"]
-    for item in ("gpu=2", "gpu_model=a100", "slurm_partition=gpu", "mem_mb=16000", "runtime=180"):
+    for item in ("gpu=2", "gpu_model=a100", "slurm_partition=gpu", "mem_mb=16000", "runtime=180",
+                 "nodes=2", "tasks=2", "mpi=srun"):
         assert item in meta, meta
     # other stages keep the defaults: no GPU, the profile's partition
-    assert "gpu=0" in jobs["evaluate"] and "slurm_partition=cpu" in jobs["evaluate"], jobs["evaluate"]
+    assert "gpu=" not in jobs["evaluate"] and "slurm_partition=cpu" in jobs["evaluate"], jobs["evaluate"]
     assert "runtime=60" in jobs["evaluate"] and "mem_mb=4000" in jobs["evaluate"]
 
 
@@ -102,4 +107,7 @@ def test_slurm_submission_requests_the_configured_gpus(cluster_repo):
     assert call[call.index("-t") + 1] == "180"
     assert call[call.index("--mem") + 1] == "16000"
     assert call[call.index("-A") + 1] == "lopt"
+    # two hosts, one process each (the rule's command starts with `srun -n 2`), 16 cores each
+    assert "--nodes=2" in call and "--ntasks=2" in call and "--cpus-per-task=16" in call
+    assert not any(flag.startswith("--ntasks-per-gpu") for flag in call)
     assert "--comment" in call and call[call.index("--comment") + 1] == "rule_meta_train"

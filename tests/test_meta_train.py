@@ -91,16 +91,26 @@ def test_existing_checkpoints_are_never_overwritten(tmp_path, digits_root):
         meta_train(cfg, tmp_path / "out", progress=False)
 
 
-def test_nres_meta_training_lowers_meta_loss(tmp_path, digits_root):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_nres_meta_training_lowers_meta_loss(tmp_path, digits_root, precision):
     """200 outer steps of NRES on digits: the windowed meta-loss falls well below its start.
 
     The untrained optimizer is a no-op (zero output layer), so the first windows sit at
-    the initial loss (~2.3 = log 10); a working estimator + outer loop must cut it.
+    the initial loss (~2.3 = log 10); a working estimator + outer loop must cut it, also
+    with the inner task computed in bfloat16 (``compute.precision``).
     """
-    from lopt.meta_train import meta_train
+    from lopt.meta_train import build_trainer, fingerprint, make_meta_step, meta_train
 
     _, cfg = _config(tmp_path, outer_steps=200, checkpoint_every=200, log_every=50, horizon=40, trunc_length=10)
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(digits_root)})})
+    cfg = cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"root": str(digits_root)}),
+        "compute": cfg.compute.model_copy(update={"precision": precision}),
+    })
+    trainer = build_trainer(cfg)
+    traced = str(jax.make_jaxpr(make_meta_step(trainer))(trainer.init(), trainer.data))
+    assert ("bf16" in traced) == (precision == "bfloat16")  # the inner task's dtype, from config
+    as_float32 = cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"precision": "float32"})})
+    assert (fingerprint(cfg) != fingerprint(as_float32)) == (precision == "bfloat16")  # no stale resume
     meta_train(cfg, tmp_path / "out", progress=False)
     metrics = pd.read_csv(tmp_path / "out" / "metrics.csv")
     first = metrics["meta_loss"].iloc[:10].mean()

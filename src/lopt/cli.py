@@ -34,7 +34,7 @@ def _results(cfg: ExperimentConfig) -> Path:
     return Path("results") / cfg.name
 
 
-def _tracker(cfg: ExperimentConfig, job_type: str, name: str):
+def _tracker(cfg: ExperimentConfig, job_type: str, name: str, primary: bool = True):
     from lopt.tracking import Tracker
 
     return Tracker(
@@ -44,7 +44,7 @@ def _tracker(cfg: ExperimentConfig, job_type: str, name: str):
         job_type=job_type,
         config=cfg.to_dict(),
         dir=Path(os.environ.get("WANDB_DIR", ".")),
-        mode=cfg.tracking.mode,
+        mode=cfg.tracking.mode if primary else "disabled",  # one W&B run per multi-host job
     )
 
 
@@ -64,22 +64,30 @@ def cmd_prepare_data(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_meta_train(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
+    from lopt.runtime import setup
+
+    launch = setup(cfg.compute, process_id=args.process_id)  # before any JAX work
     from lopt.meta_train import meta_train
 
+    primary = launch.process_id == 0
     out = Path(args.out or _results(cfg) / "meta")
-    with _tracker(cfg, "meta-train", "meta-train") as tracker:
+    with _tracker(cfg, "meta-train", "meta-train", primary) as tracker:
         state = meta_train(cfg, out, resume=args.resume, tracker=tracker, progress=not args.quiet)
-        if cfg.tracking.log_artifacts:
+        if cfg.tracking.log_artifacts and primary:
             # everything `lopt evaluate --checkpoint wandb:...` needs: weights, metadata, card
             files = [out / "meta_params.npz", out / "meta_params.npz.json", out / "model_card.md"]
             meta = json.loads(files[1].read_text())
             tracker.log_artifact(files, name=f"{cfg.name}-lopt", type="learned-optimizer",
                                  metadata={"outer_steps": int(state.step), "sha256": meta["sha256"],
                                            "estimator": meta["estimator"], "optimizer": meta["optimizer"]})
-    print(f"meta-trained {cfg.name}: {int(state.step)} outer steps -> {out}")
+    if primary:
+        print(f"meta-trained {cfg.name}: {int(state.step)} outer steps -> {out}")
 
 
 def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
+    from lopt.runtime import setup
+
+    setup(cfg.compute, distributed=False)  # evaluation is one process per task
     from lopt.artifacts import resolve_checkpoint
     from lopt.evaluate import run_evaluation
 
@@ -189,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "meta-train":
             p.add_argument("--out", type=Path, help="output directory (default results/<name>/meta)")
             p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+            p.add_argument(
+                "--process-id",
+                type=int,
+                help="multi-host runs started by hand: this process's rank (else LOPT_PROCESS_ID, "
+                "else the launcher's: SLURM / Open MPI); see compute.distributed",
+            )
         if name == "evaluate":
             p.add_argument("--task", required=True, help="evaluation task name from the config")
             p.add_argument(
@@ -242,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command](cfg, args)
     except FileNotFoundError as exc:  # e.g. an unresolvable --checkpoint (lopt.artifacts)
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        from lopt.runtime import SetupError
+
+        if not isinstance(exc, SetupError):
+            raise
+        print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2
     return 0
 

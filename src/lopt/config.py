@@ -38,8 +38,10 @@ from pydantic import (
 )
 
 __all__ = [
+    "ComputeConfig",
     "ConfigError",
     "DataConfig",
+    "DistributedConfig",
     "ExperimentConfig",
     "LOptConfig",
     "MetaTrainConfig",
@@ -362,8 +364,9 @@ class MetaTrainConfig(_Strict):
     meta_loss_split: Literal["train", "outer_valid"] = "train"
     devices: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
         1,
-        description="Local devices the particles are sharded over ('all': every local device); "
-        "num_particles must divide evenly for the split to apply.",
+        description="Devices per process the particles are sharded over ('all': every local "
+        "device; a multi-host job uses this many on each host); num_particles must be a "
+        "multiple of 2 x the run's devices.",
     )
     loss_diff_clip: PosFloat | None = Field(
         None, description="ES only: clip each per-step antithetic loss difference to [-c, c]."
@@ -496,6 +499,51 @@ class TrackingConfig(_Strict):
     log_artifacts: bool = True
 
 
+class DistributedConfig(_Strict):
+    """Multi-host JAX: one process per host, joined by ``jax.distributed.initialize``.
+
+    The config file is shared by every process, so it never holds a process id: that
+    comes from the launcher (SLURM ``srun``, Open MPI ``mpirun``) or, for hand-started
+    processes, ``LOPT_PROCESS_ID`` / ``lopt meta-train --process-id``.
+    """
+
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="auto: join when a launcher started more than one process (SLURM, Open MPI) "
+        "or coordinator_address is set; on: always join; off: single process.",
+    )
+    coordinator_address: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-\[\]:]+:[0-9]+$")] | None = Field(
+        None, description="host:port of process 0 (default: detected from the launcher)."
+    )
+    num_processes: PosInt | None = Field(None, description="Processes in the job (default: detected).")
+    local_device_ids: list[Annotated[int, Field(ge=0)]] | Literal["all"] = Field(
+        "all",
+        description="Accelerators this process drives; 'all': every accelerator of the host "
+        "(one process per host).",
+    )
+    initialization_timeout: PosInt = Field(300, description="Seconds to wait for every process.")
+
+    @model_validator(mode="after")
+    def _explicit(self) -> DistributedConfig:
+        if (self.coordinator_address is None) != (self.num_processes is None):
+            raise ValueError("give coordinator_address and num_processes together (or neither: detected)")
+        return self
+
+
+class ComputeConfig(_Strict):
+    """Where and how the numerics run: platform, inner-task precision, processes."""
+
+    platform: Literal["auto", "cpu", "gpu", "tpu"] = Field(
+        "auto", description="JAX backend: auto (the best available), cpu, gpu or tpu."
+    )
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Inner-task compute dtype (forward/backward); parameters, optimizer "
+        "states and losses stay float32.",
+    )
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+
 class StageResources(_Strict):
     """What one Snakemake job of a stage asks the scheduler for (SLURM, Kubernetes)."""
 
@@ -508,31 +556,84 @@ class StageResources(_Strict):
     partition: Annotated[str, Field(min_length=1)] | None = Field(
         None, description="SLURM partition (default: the profile's)."
     )
+    cpus: PosInt | None = Field(
+        None,
+        description="CPU cores per job: the rule's threads (capped by --cores locally; "
+        "SLURM --cpus-per-task, Kubernetes cpu request). Unset: every core of --cores; "
+        "on a cluster executor (no --cores) 4.",
+    )
+    nodes: PosInt = Field(
+        1,
+        description="Hosts per job, one process each (meta_train only: multi-host JAX; "
+        "SLURM --nodes N --ntasks N, launched with srun).",
+    )
 
     def snakemake(self) -> dict[str, Any]:
         """The rule's ``resources:`` (names the SLURM executor plugin reads)."""
-        out: dict[str, Any] = {"mem_mb": self.mem_mb, "runtime": self.runtime, "gpu": self.gpus}
+        out: dict[str, Any] = {"mem_mb": self.mem_mb, "runtime": self.runtime}
+        if self.gpus:  # never `gpu: 0`: Kubernetes would still tolerate GPU nodes for the pod
+            out["gpu"] = self.gpus
         if self.gpu_model is not None:
             out["gpu_model"] = self.gpu_model
         if self.partition is not None:
             out["slurm_partition"] = self.partition
+        if self.nodes > 1:
+            # The plugin's MPI path: sbatch --nodes N --ntasks N, and the rule starts its
+            # command with `srun -n N` (resources.mpi), one process per host. tasks_per_gpu
+            # 0 stops the plugin from turning `tasks` into --ntasks-per-gpu on GPU jobs.
+            out.update(nodes=self.nodes, tasks=self.nodes, mpi="srun", tasks_per_gpu=0)
         return out
 
+    def threads(self, default: int) -> int:
+        """The rule's ``threads:`` (``cpus`` if set, else ``default``)."""
+        return self.cpus if self.cpus is not None else default
 
-def _stage(**kw: Any) -> Any:
-    return Field(default_factory=lambda: StageResources(**kw))
+
+# Each stage's defaults; a config's `resources.<stage>` overrides them key by key.
+# Study runs leave `cpus` unset: every core (their figures time one run, not contention).
+_STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "prepare_data": {"mem_mb": 2000, "runtime": 30, "cpus": 1},
+    "meta_train": {"mem_mb": 8000, "runtime": 240, "cpus": 8},
+    "evaluate": {"mem_mb": 4000, "runtime": 60, "cpus": 1},
+    "analyze": {"mem_mb": 2000, "runtime": 15, "cpus": 1},
+    "study_run": {"mem_mb": 8000, "runtime": 120},
+    "study_analyze": {"mem_mb": 2000, "runtime": 15, "cpus": 1},
+    "study_variance": {"mem_mb": 4000, "runtime": 60},
+}
+
+
+def _stage(name: str) -> Any:
+    return Field(default_factory=lambda: StageResources(**_STAGE_DEFAULTS[name]))
 
 
 class ResourcesConfig(_Strict):
     """Per-stage job resources; every Snakemake rule declares its stage's."""
 
-    prepare_data: StageResources = _stage(mem_mb=2000, runtime=30)
-    meta_train: StageResources = _stage(mem_mb=8000, runtime=240)
-    evaluate: StageResources = _stage(mem_mb=4000, runtime=60)
-    analyze: StageResources = _stage(mem_mb=2000, runtime=15)
-    study_run: StageResources = _stage(mem_mb=8000, runtime=120)
-    study_analyze: StageResources = _stage(mem_mb=2000, runtime=15)
-    study_variance: StageResources = _stage(mem_mb=4000, runtime=60)
+    prepare_data: StageResources = _stage("prepare_data")
+    meta_train: StageResources = _stage("meta_train")
+    evaluate: StageResources = _stage("evaluate")
+    analyze: StageResources = _stage("analyze")
+    study_run: StageResources = _stage("study_run")
+    study_analyze: StageResources = _stage("study_analyze")
+    study_variance: StageResources = _stage("study_variance")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, raw: Any) -> Any:
+        # `meta_train: {gpus: 2}` keeps meta_train's mem_mb, runtime and cpus defaults
+        if not isinstance(raw, dict):
+            return raw
+        return {
+            k: {**_STAGE_DEFAULTS[k], **v} if k in _STAGE_DEFAULTS and isinstance(v, dict) else v
+            for k, v in raw.items()
+        }
+
+    @model_validator(mode="after")
+    def _single_host(self) -> ResourcesConfig:
+        for stage in type(self).model_fields:
+            if stage != "meta_train" and getattr(self, stage).nodes > 1:
+                raise ValueError(f"{stage}.nodes: only meta_train runs on several hosts (nodes must be 1)")
+        return self
 
 
 class ExperimentConfig(_Strict):
@@ -547,6 +648,7 @@ class ExperimentConfig(_Strict):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     def datasets(self) -> list[str]:
         """Every dataset the experiment touches, in first-use order."""

@@ -92,7 +92,7 @@ def build_trainer(cfg: ExperimentConfig) -> MetaTrainer:
         extra["loss_diff_clip"] = mt.loss_diff_clip
     estimators, datas = [], []
     for task_cfg in mt.tasks():
-        task, data = build_task(task_cfg, cfg.data.root)
+        task, data = build_task(task_cfg, cfg.data.root, precision=cfg.compute.precision)
         system = InnerTraining(task, lopt.to_optax, mt.horizon, mt.meta_loss_split)
         estimators.append(
             make_estimator(
@@ -187,27 +187,43 @@ def fingerprint(cfg: ExperimentConfig) -> str:
     resolved = cfg.to_dict()
     meta = {k: v for k, v in resolved["meta_train"].items() if k not in _NON_FINGERPRINT}
     spec = {"seed": resolved["seed"], "data": resolved["data"], "lopt": resolved["lopt"], "meta_train": meta}
+    if cfg.compute.precision != "float32":  # absent when float32: older checkpoints stay valid
+        spec["precision"] = cfg.compute.precision
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _barrier(name: str) -> None:
+    """Wait for every process of a multi-host job (a no-op in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
-    """Refuse to overwrite, or move aside checkpoints of a different configuration."""
+    """Refuse to overwrite, or move aside checkpoints of a different configuration.
+
+    Every process reads (so all raise alike); only process 0 changes the directory.
+    """
     stamp = ckpt_dir / "fingerprint.json"
     current = fingerprint(cfg)
-    if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
-        if not resume:
-            raise FileExistsError(
-                f"{ckpt_dir} already holds checkpoints; pass --resume to continue or delete it"
-            )
-        previous = json.loads(stamp.read_text())["fingerprint"] if stamp.exists() else "unknown"
-        if previous != current:
+    exists = ckpt_dir.exists() and any(ckpt_dir.iterdir())
+    if exists and not resume:
+        raise FileExistsError(
+            f"{ckpt_dir} already holds checkpoints; pass --resume to continue or delete it"
+        )
+    previous = json.loads(stamp.read_text())["fingerprint"] if stamp.exists() else "unknown"
+    _barrier("lopt-checkpoint-dir-read")
+    if jax.process_index() == 0:
+        if exists and previous != current:
             stale = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{previous}")
             if stale.exists():
                 shutil.rmtree(stale)
             ckpt_dir.rename(stale)
             warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and starting afresh")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"fingerprint": current, "experiment": cfg.name}))
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps({"fingerprint": current, "experiment": cfg.name}))
+    _barrier("lopt-checkpoint-dir-ready")
 
 
 class _MetricsLog:
@@ -257,37 +273,41 @@ def meta_train(
     """
     from tqdm.auto import tqdm
 
-    from lopt.checkpoint import Checkpointer, save_meta_params
+    from lopt.checkpoint import Checkpointer
 
     mt = cfg.meta_train
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    primary = jax.process_index() == 0  # the one process that writes files and tracks
+    if primary:
+        out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
     _prepare_checkpoint_dir(ckpt_dir, cfg, resume)
     trainer = build_trainer(cfg)
     mesh = None
-    if mt.devices != 1:
+    if mt.devices != 1 or jax.process_count() > 1:
         from lopt.sharding import particle_mesh
 
         mesh = particle_mesh(None if mt.devices == "all" else mt.devices)
+        _check_split(mt.num_particles, mesh.devices.size)
     meta_step = make_meta_step(trainer, mesh)
     state = trainer.init()
+    data = trainer.data
+    if mesh is not None:
+        from lopt.sharding import place, replicate
+
+        # placed before a restore, so orbax restores straight into the sharded layout
+        state = place(state, meta_state_shardings(trainer, mesh))
+        data = replicate(data, mesh)
     checkpointer = Checkpointer(ckpt_dir, max_to_keep=mt.max_to_keep)
     start = 0
     latest = checkpointer.latest_step() if resume else None
     if latest is not None:
         state = checkpointer.restore(latest, state)
         start = int(state.step)
-    data = trainer.data
-    if mesh is not None:
-        from lopt.sharding import place, replicate
-
-        state = place(state, meta_state_shardings(trainer, mesh))
-        data = replicate(data, mesh)
-    log = _MetricsLog(out_dir / "metrics.live.csv", start)
+    log = _MetricsLog(out_dir / "metrics.live.csv", start) if primary else None
     pending: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    bar = tqdm(total=mt.outer_steps, initial=start, desc=f"meta-train {cfg.name}", disable=not progress)
+    bar = tqdm(total=mt.outer_steps, initial=start, desc=f"meta-train {cfg.name}", disable=not (progress and primary))
     try:
         for step in range(start, mt.outer_steps):
             state, metrics = meta_step(state, data)
@@ -300,26 +320,45 @@ def meta_train(
             if done % mt.log_every == 0 or done == mt.outer_steps:
                 rows = _flush(pending, time.perf_counter() - t0)
                 pending = []
-                log.write(rows)
+                if log is not None:
+                    log.write(rows)
                 if tracker is not None:
                     for row in rows:
                         tracker.log({f"meta/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
                 bar.set_postfix(meta_loss=f"{rows[-1]['meta_loss']:.4f}")
             bar.update(1)
             if done % mt.checkpoint_every == 0 or done == mt.outer_steps:
-                checkpointer.save(done, state)
+                checkpointer.save(done, state)  # every process: orbax writes each array once
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
         checkpointer.close()
-    # Publish the finished run: the log and model card first, the meta-parameters last.
+    if primary:
+        _publish(out_dir, cfg, trainer, state, time.perf_counter() - t0)
+    _barrier("lopt-published")
+    return state
+
+
+def _check_split(num_particles: int, num_devices: int) -> None:
+    if num_particles % (2 * num_devices):
+        raise ValueError(
+            f"meta_train.num_particles ({num_particles}) must be a multiple of 2 x the "
+            f"{num_devices} devices of the run (all processes) so antithetic pairs split evenly"
+        )
+
+
+def _publish(out_dir: Path, cfg: ExperimentConfig, trainer: MetaTrainer, state: MetaState, wall: float) -> None:
+    """Publish the finished run: the log and model card first, the meta-parameters last."""
+    from lopt.checkpoint import save_meta_params
+
+    mt = cfg.meta_train
     tmp = out_dir / ".metrics.csv.tmp"
     shutil.copyfile(out_dir / "metrics.live.csv", tmp)
     tmp.replace(out_dir / "metrics.csv")
     _write_model_card(out_dir / "model_card.md", trainer.lopt, cfg, int(state.step))
-    theta_path = out_dir / "meta_params.npz"
     save_meta_params(
-        theta_path,
+        out_dir / "meta_params.npz",
         state.theta,
         {
             "experiment": cfg.name,
@@ -331,13 +370,15 @@ def meta_train(
             "num_meta_params": sum(int(x.size) for x in jax.tree.leaves(state.theta)),
             "compute": {
                 # this process's share when resumed; metrics.csv's wall_time has the rest
-                "wall_seconds_this_process": round(time.perf_counter() - t0, 1),
+                "wall_seconds_this_process": round(wall, 1),
                 "device": jax.devices()[0].device_kind,
+                "devices": jax.device_count(),
+                "processes": jax.process_count(),
+                "precision": cfg.compute.precision,
                 "inner_steps_simulated": int(state.step) * trainer.estimator.unroll_steps,
             },
         },
     )
-    return state
 
 
 def _write_model_card(path: Path, lopt: LearnedOptimizer, cfg: ExperimentConfig, steps: int) -> None:

@@ -11,7 +11,12 @@ the vmapped unroll locally and turns the sums over particles into all-reduces, s
 estimator changes. Perturbations are drawn from the same keys as on one device, so the
 result equals the single-device one up to the order of floating-point sums.
 
-Multi-device CPU testing: ``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
+The same code spans several hosts: after :func:`lopt.runtime.setup` joined them, the mesh
+holds every process's devices, each process places the slices its devices own, and the
+jitted step is one SPMD program across hosts.
+
+Multi-device CPU testing: ``XLA_FLAGS=--xla_force_host_platform_device_count=4``; several
+processes on one machine with gloo collectives (tests/test_multihost.py).
 """
 
 from __future__ import annotations
@@ -27,12 +32,22 @@ AXIS = "particles"
 
 
 def particle_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh named ``particles`` over the first ``num_devices`` local devices (all)."""
-    devices = jax.local_devices()
-    n = len(devices) if num_devices is None else num_devices
-    if not 1 <= n <= len(devices):
-        raise ValueError(f"num_devices={num_devices}: this host has {len(devices)} local devices")
-    return Mesh(np.asarray(devices[:n]), (AXIS,))
+    """A 1-D mesh named ``particles`` over ``num_devices`` local devices of every process.
+
+    ``num_devices`` counts devices *per process* (None: all of them), so one config runs
+    unchanged on one host or many: in a multi-host job (:mod:`lopt.runtime`) the mesh
+    spans the first ``num_devices`` local devices of each process.
+    """
+    local = jax.local_device_count()
+    n = local if num_devices is None else num_devices
+    if not 1 <= n <= local:
+        raise ValueError(f"meta_train.devices={num_devices}: this process has {local} local devices")
+    devices = [
+        d
+        for p in range(jax.process_count())
+        for d in [d for d in jax.devices() if d.process_index == p][:n]
+    ]
+    return Mesh(np.asarray(devices), (AXIS,))
 
 
 def _leaf_sharding(mesh: Mesh, leaf: Any, split: bool) -> NamedSharding:
@@ -67,11 +82,21 @@ def jit_sharded(fn: Callable, state_sharding: Any, mesh: Mesh) -> Callable:
     return jax.jit(fn, in_shardings=(state_sharding, replicated), out_shardings=(state_sharding, replicated))
 
 
+def _put(leaf: Any, sharding: NamedSharding) -> jax.Array:
+    if jax.process_count() == 1:
+        return jax.device_put(leaf, sharding)
+    # Multi-host: every process holds the same value (same seed, same data) and
+    # contributes the slices its own devices own.
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def place(tree: Any, shardings: Any) -> Any:
-    """``jax.device_put`` every leaf of ``tree`` onto its sharding (once, before the loop)."""
-    return jax.tree_util.tree_map(jax.device_put, tree, shardings)
+    """Every leaf of ``tree`` onto its sharding (once, before the loop)."""
+    return jax.tree_util.tree_map(_put, tree, shardings)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """``tree`` copied onto every device of ``mesh`` (e.g. the task data)."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.tree_util.tree_map(lambda leaf: _put(leaf, replicated), tree)

@@ -6,7 +6,9 @@ rule analyze:
         curves=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/curves.csv", task=EVAL_TASKS)],
         summaries=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/summary.csv", task=EVAL_TASKS)],
         task_metrics=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/metrics.csv", task=EVAL_TASKS)],
-        tradeoffs="benchmarks/lopt_overhead.csv",  # committed output of benchmarks/lopt_overhead.py
+        # committed output of benchmarks/lopt_overhead.py; local(): read from the source
+        # tree, not from a cluster's default storage
+        tradeoffs=local("benchmarks/lopt_overhead.csv"),
     output:
         meta=report(f"{RESULTS}/figures/meta_training.png", caption="../report/meta_training.rst", category="Meta-training"),
         curves=report(f"{RESULTS}/figures/eval_curves.png", caption="../report/eval_curves.rst", category="Evaluation"),
@@ -25,6 +27,7 @@ rule analyze:
         f"{RESULTS}/benchmarks/analyze.tsv"
     params:
         spec=spec("analysis", "evaluation"),
+    threads: stage_threads("analyze")
     resources:
         **res("analyze"),
     shell:

@@ -30,14 +30,32 @@ EVAL_TASKS = [] if IS_STUDY else [t.name for t in CFG.evaluation.tasks]
 
 
 def spec(*sections):
-    """The config sections a stage depends on, as a stable string for the params trigger."""
+    """The config sections (or `section.key`s) a stage depends on, as a stable string for the params trigger."""
     resolved = CFG.to_dict()
-    return json.dumps({s: resolved[s] for s in sections}, sort_keys=True)
+
+    def get(path):
+        value = resolved
+        for key in path.split("."):
+            value = value[key]
+        return value
+
+    return json.dumps({s: get(s) for s in sections}, sort_keys=True)
 
 
 def res(stage):
     """The rule's scheduler resources from the config's `resources.<stage>` (mem_mb, runtime, gpu, ...)."""
     return getattr(CFG.resources, stage).snakemake()
+
+
+def stage_threads(stage):
+    """The rule's threads: `resources.<stage>.cpus`, else every core of --cores (4 on a cluster executor, which has no --cores)."""
+    return getattr(CFG.resources, stage).threads(workflow.resource_settings.cores or 4)
+
+
+def launcher(stage):
+    """Command prefix starting one process per host (`srun -n N`) when `resources.<stage>.nodes` > 1."""
+    r = res(stage)
+    return f"{r['mpi']} -n {r['tasks']} " if "mpi" in r else ""
 
 
 def dataset_files(*names):

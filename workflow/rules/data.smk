@@ -8,6 +8,7 @@ rule prepare_data:
         spec=spec("data"),
     wildcard_constraints:
         dataset="|".join(DATASET_NAMES),
+    threads: stage_threads("prepare_data")
     resources:
         **res("prepare_data"),
     shell:

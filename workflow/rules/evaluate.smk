@@ -11,9 +11,10 @@ rule evaluate:
     benchmark:
         f"{RESULTS}/benchmarks/evaluate_{{task}}.tsv"
     params:
-        spec=spec("data", "lopt", "evaluation"),
+        spec=spec("data", "lopt", "evaluation", "compute.precision"),
     wildcard_constraints:
         task="|".join(EVAL_TASKS),
+    threads: stage_threads("evaluate")
     resources:
         **res("evaluate"),
     shell:

@@ -10,10 +10,12 @@ rule meta_train:
     benchmark:
         f"{RESULTS}/benchmarks/meta_train.tsv"
     params:
-        spec=spec("seed", "data", "lopt", "meta_train"),
+        spec=spec("seed", "data", "lopt", "meta_train", "compute.precision"),
         out=f"{RESULTS}/meta",
-    threads: 64  # Snakemake caps this at --cores: meta-training gets the whole machine
+    threads: stage_threads("meta_train")
     resources:
         **res("meta_train"),
     shell:
-        "lopt meta-train --config {CONFIGFILE} --out {params.out} --resume"
+        # resources.meta_train.nodes > 1: `srun -n N` starts one process per host; they
+        # join through jax.distributed (lopt.runtime) and process 0 writes the outputs.
+        launcher("meta_train") + "lopt meta-train --config {CONFIGFILE} --out {params.out} --resume"

@@ -1,6 +1,6 @@
 # Estimator studies (configs/paper/*.yaml): one job per (method, seed), then the analysis.
 #
-# A run job gets every core (threads: workflow.cores) so jobs never share the CPU:
+# A run job gets every core (resources.study_run.cpus unset) so jobs never share the CPU:
 # the wall-clock axis of the study's figures must measure one run, not contention.
 # `--config quick=1` selects the study's CI-sized variant (results/<name>_quick).
 METHODS = [m.name for m in CFG.methods]
@@ -19,7 +19,7 @@ rule study_run:
     wildcard_constraints:
         method="|".join(METHODS),
         seed=r"\d+",
-    threads: workflow.cores
+    threads: stage_threads("study_run")
     resources:
         **res("study_run"),
     shell:
@@ -36,6 +36,7 @@ rule study_analyze:
         f"{RESULTS}/benchmarks/study_analyze.tsv"
     params:
         spec=spec("analysis", "claims"),
+    threads: stage_threads("study_analyze")
     resources:
         **res("study_analyze"),
     shell:
@@ -52,7 +53,7 @@ rule study_variance:
         f"{RESULTS}/benchmarks/study_variance.tsv"
     params:
         spec=spec("system", "data", "analysis"),
-    threads: workflow.cores
+    threads: stage_threads("study_variance")
     resources:
         **res("study_variance"),
     shell:

@@ -10,11 +10,13 @@ from lopt.tasks.build import build_task
 from lopt.tasks.char_lm import CharLM
 from lopt.tasks.image_conv import ImageConv
 from lopt.tasks.image_mlp import ImageMLP, ImageMLPFamily, device_data
+from lopt.tasks.precision import PRECISIONS, cast_floating, check_precision
 from lopt.tasks.quadratic import NoisyQuadratic
 from lopt.tasks.systems import InfluenceBalancing, Lorenz, ToySchedule
 from lopt.tasks.training import InnerTraining
 
 __all__ = [
+    "PRECISIONS",
     "SPLITS",
     "CharLM",
     "ImageConv",
@@ -27,5 +29,7 @@ __all__ = [
     "Task",
     "ToySchedule",
     "build_task",
+    "cast_floating",
+    "check_precision",
     "device_data",
 ]

@@ -8,11 +8,17 @@ from typing import Any
 import numpy as np
 
 from lopt.tasks.base import Task, TaskData
+from lopt.tasks.precision import check_precision
 
 
-def build_task(cfg: Any, data_root: str | Path, eval_batch_size: int = 512) -> tuple[Task, TaskData]:
+def build_task(
+    cfg: Any, data_root: str | Path, eval_batch_size: int = 512, precision: str = "float32"
+) -> tuple[Task, TaskData]:
     """Return ``(task, data)`` for a task config from :mod:`lopt.config`.
 
+    ``precision`` (``float32`` or ``bfloat16``, else ``ValueError``) becomes the task's
+    ``compute_dtype``: the dtype its forward pass runs in (see
+    :mod:`lopt.tasks.precision`); data stays as loaded (float32 inputs, int labels).
     Image tasks load ``data_root/<dataset>`` (prepared by ``lopt prepare-data``) and
     move it to device; ``char_lm`` generates its corpus (no files) and moves the token
     splits to device; data-free tasks return ``data=None``.
@@ -20,6 +26,7 @@ def build_task(cfg: Any, data_root: str | Path, eval_batch_size: int = 512) -> t
     from lopt.tasks.image_mlp import ImageMLP, device_data
     from lopt.tasks.quadratic import NoisyQuadratic
 
+    precision = check_precision(precision)
     if cfg.kind in ("image_mlp", "image_conv"):
         from lopt.data import load
 
@@ -33,6 +40,7 @@ def build_task(cfg: Any, data_root: str | Path, eval_batch_size: int = 512) -> t
                 batch_size=cfg.batch_size,
                 init_scale=cfg.init_scale,
                 eval_batch_size=eval_batch_size,
+                compute_dtype=precision,
                 name=f"{cfg.dataset}_mlp_{'x'.join(map(str, cfg.hidden_sizes))}",
             )
         else:
@@ -47,6 +55,7 @@ def build_task(cfg: Any, data_root: str | Path, eval_batch_size: int = 512) -> t
                 batch_size=cfg.batch_size,
                 init_scale=cfg.init_scale,
                 eval_batch_size=eval_batch_size,
+                compute_dtype=precision,
                 name=f"{cfg.dataset}_conv_{'x'.join(map(str, cfg.channels))}",
             )
         return task, device_data(ds)
@@ -67,6 +76,7 @@ def build_task(cfg: Any, data_root: str | Path, eval_batch_size: int = 512) -> t
             batch_size=cfg.batch_size,
             init_scale=cfg.init_scale,
             eval_batch_size=eval_batch_size,
+            compute_dtype=precision,
             name=f"charlm_{cfg.model}_{cfg.hidden_size}x{cfg.num_layers}",
         )
         splits = corpus_data(cfg.corpus_seed, cfg.corpus_chars)
@@ -78,7 +88,9 @@ def build_task(cfg: Any, data_root: str | Path, eval_batch_size: int = 512) -> t
             )
         return task, {s: jnp.asarray(t) for s, t in splits.items()}
     if cfg.kind == "quadratic":
-        return NoisyQuadratic(cfg.dim, cfg.condition_number, cfg.noise_std), None
+        return NoisyQuadratic(
+            cfg.dim, cfg.condition_number, cfg.noise_std, compute_dtype=precision
+        ), None
     raise ValueError(
         f"unknown task kind {cfg.kind!r}; allowed: image_mlp, image_conv, quadratic, char_lm"
     )

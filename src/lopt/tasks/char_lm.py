@@ -5,6 +5,9 @@
 ``seq_len + 1`` consecutive tokens: inputs are the first ``seq_len``, targets the
 last ``seq_len`` (the next character at every position). The loss is the mean
 next-character cross-entropy in nats.
+
+The forward pass runs in the task's ``compute_dtype`` (:mod:`lopt.tasks.precision`);
+LayerNorm statistics, the attention softmax, the logits and the loss are float32.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 
 from lopt.tasks.base import Batch, Params, TaskData
 from lopt.tasks.image_mlp import classification_metrics, softmax_xent
+from lopt.tasks.precision import cast_floating, check_precision, to_float32
 
 # The head is LeCun-normal x init_scale x HEAD_SCALE, so initial logits are small and the
 # initial loss is close to log(vocab_size) (a uniform prediction).
@@ -30,9 +34,13 @@ def _dense(key: jax.Array, fan_in: int, fan_out: int, scale: float) -> dict[str,
 
 
 def _layer_norm(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+    """LayerNorm over the last axis, in float32; the result has ``x``'s dtype."""
+    dtype = x.dtype
+    x = to_float32(x)
     mean = jnp.mean(x, -1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * p["scale"] + p["bias"]
+    out = (x - mean) * jax.lax.rsqrt(var + LN_EPS) * p["scale"] + p["bias"]
+    return cast_floating(out, dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +63,8 @@ class CharLM:
         eval_batch_size: windows for ``evaluate``; a split whose non-overlapping windows
             number at most this is evaluated exactly on those windows.
         cell: recurrent cell of the ``rnn`` model: ``gru`` or ``tanh`` (Elman).
+        compute_dtype: ``float32`` or ``bfloat16``: dtype of the forward pass; params,
+            gradients, logits and the loss stay float32 (see :mod:`lopt.tasks.precision`).
     """
 
     vocab_size: int
@@ -68,8 +78,10 @@ class CharLM:
     eval_batch_size: int = 512
     name: str = "char_lm"
     cell: str = "gru"
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        check_precision(self.compute_dtype)
         if self.model not in ("rnn", "transformer"):
             raise ValueError(f"model must be 'rnn' or 'transformer', got {self.model!r}")
         if self.cell not in ("gru", "tanh"):
@@ -144,7 +156,8 @@ class CharLM:
         scores = jnp.einsum("bqnd,bknd->bnqk", q, k) / np.sqrt(dh)
         causal = jnp.tril(jnp.ones((t, t), dtype=bool))
         scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
-        out = jnp.einsum("bnqk,bknd->bqnd", jax.nn.softmax(scores, axis=-1), v)
+        probs = cast_floating(jax.nn.softmax(to_float32(scores), axis=-1), v.dtype)
+        out = jnp.einsum("bnqk,bknd->bqnd", probs, v)
         return out.reshape(b, t, h) @ p["proj"]["w"] + p["proj"]["b"]
 
     def _block(self, p: Params, x: jax.Array) -> jax.Array:
@@ -153,7 +166,8 @@ class CharLM:
         return x + hid @ p["mlp_out"]["w"] + p["mlp_out"]["b"]
 
     def logits(self, params: Params, tokens: jax.Array) -> jax.Array:
-        """``tokens: int[B, T]`` (``T <= seq_len``) -> next-token logits ``[B, T, V]``."""
+        """``tokens: int[B, T]`` (``T <= seq_len``) -> float32 next-token logits ``[B, T, V]``."""
+        params = cast_floating(params, self.compute_dtype)
         x = params["embed"][tokens]
         if self.model == "rnn":
             for i in range(self.num_layers):
@@ -163,7 +177,7 @@ class CharLM:
             for i in range(self.num_layers):
                 x = self._block(params[f"block_{i}"], x)
             x = _layer_norm(params["ln_f"], x)
-        return x @ params["head"]["w"] + params["head"]["b"]
+        return to_float32(x @ params["head"]["w"] + params["head"]["b"])
 
     # ------------------------------------------------------------------ task protocol
 

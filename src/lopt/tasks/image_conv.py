@@ -16,6 +16,7 @@ from lopt.tasks.image_mlp import (
     eval_examples,
     softmax_xent,
 )
+from lopt.tasks.precision import cast_floating, check_precision, to_float32
 
 # (input, kernel, output) layouts of lax.conv_general_dilated by number of spatial axes
 _DIMENSION_NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
@@ -39,6 +40,8 @@ class ImageConv:
         batch_size: training batch size B; batches are drawn with replacement.
         init_scale: multiplier on LeCun-normal weights (biases start at zero).
         eval_batch_size: examples drawn for ``evaluate`` (whole split if it is smaller).
+        compute_dtype: ``float32`` or ``bfloat16``: dtype of the forward pass; params,
+            gradients, logits and the loss stay float32 (see :mod:`lopt.tasks.precision`).
     """
 
     input_shape: tuple[int, ...]
@@ -50,8 +53,10 @@ class ImageConv:
     init_scale: float = 1.0
     eval_batch_size: int = 512
     name: str = "image_conv"
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        check_precision(self.compute_dtype)
         if len(self.input_shape) not in (1, 2, 3):
             raise ValueError(
                 f"input_shape must be (L,), (L, C) or (H, W, C); got {self.input_shape}"
@@ -90,6 +95,8 @@ class ImageConv:
         return params
 
     def logits(self, params: Params, x: jax.Array) -> jax.Array:
+        """Float32 logits ``[B, num_classes]``, computed in ``compute_dtype``."""
+        params, x = cast_floating((params, x), self.compute_dtype)
         d = self.num_spatial
         h = x.reshape((x.shape[0], *self._example_shape))
         act = _ACTIVATIONS[self.activation]
@@ -104,7 +111,7 @@ class ImageConv:
             )
             h = act(h + layer["b"])
         h = jnp.mean(h, axis=tuple(range(1, 1 + d)))  # global average pooling
-        return h @ params["head"]["w"] + params["head"]["b"]
+        return to_float32(h @ params["head"]["w"] + params["head"]["b"])
 
     def loss(self, params: Params, batch: Batch) -> jax.Array:
         x, y = batch

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.tasks.base import SPLITS, Batch, Params, TaskData
+from lopt.tasks.precision import cast_floating, check_precision, to_float32
 
 _ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -57,6 +58,8 @@ class ImageMLP:
         batch_size: training batch size B; batches are drawn with replacement.
         init_scale: multiplier on LeCun-normal weights (biases start at zero).
         eval_batch_size: examples drawn for ``evaluate`` (capped by the split size).
+        compute_dtype: ``float32`` or ``bfloat16``: dtype of the forward pass; params,
+            gradients, logits and the loss stay float32 (see :mod:`lopt.tasks.precision`).
     """
 
     input_dim: int
@@ -67,6 +70,10 @@ class ImageMLP:
     init_scale: float = 1.0
     eval_batch_size: int = 512
     name: str = "image_mlp"
+    compute_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        check_precision(self.compute_dtype)
 
     def init(self, key: jax.Array) -> Params:
         sizes = (self.input_dim, *self.hidden_sizes, self.num_classes)
@@ -78,6 +85,8 @@ class ImageMLP:
         return params
 
     def logits(self, params: Params, x: jax.Array) -> jax.Array:
+        """Float32 logits ``[B, num_classes]``, computed in ``compute_dtype``."""
+        params, x = cast_floating((params, x), self.compute_dtype)
         h = x.reshape((x.shape[0], -1))
         act = _ACTIVATIONS[self.activation]
         num = len(params)
@@ -86,7 +95,7 @@ class ImageMLP:
             h = h @ layer["w"] + layer["b"]
             if i < num - 1:
                 h = act(h)
-        return h
+        return to_float32(h)
 
     def loss(self, params: Params, batch: Batch) -> jax.Array:
         x, y = batch
@@ -122,6 +131,10 @@ class ImageMLPFamily:
     hidden_sizes: Sequence[tuple[int, ...]] = ((32,), (64,), (32, 32))
     activations: Sequence[str] = ("relu", "tanh")
     batch_sizes: Sequence[int] = (32, 64, 128)
+    compute_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        check_precision(self.compute_dtype)
 
     def sample(self, rng: np.random.Generator) -> ImageMLP:
         return ImageMLP(
@@ -130,4 +143,5 @@ class ImageMLPFamily:
             hidden_sizes=tuple(self.hidden_sizes[rng.integers(len(self.hidden_sizes))]),
             activation=str(self.activations[rng.integers(len(self.activations))]),
             batch_size=int(self.batch_sizes[rng.integers(len(self.batch_sizes))]),
+            compute_dtype=self.compute_dtype,
         )

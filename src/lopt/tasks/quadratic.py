@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from lopt.tasks.base import Batch, Params, TaskData
+from lopt.tasks.precision import cast_floating, check_precision, to_float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,12 +19,20 @@ class NoisyQuadratic:
     the minimum 0. The batch is Gaussian noise of std ``noise_std`` whose inner product
     with ``x`` gives the stochastic gradient ``h * x + noise`` (unbiased). The initial
     point is ``N(0, I)``.
+
+    ``compute_dtype`` (``float32`` or ``bfloat16``) is the dtype the loss is evaluated
+    in; ``x``, its gradient and the returned loss stay float32 (see
+    :mod:`lopt.tasks.precision`).
     """
 
     dim: int = 10
     condition_number: float = 10.0
     noise_std: float = 0.1
     name: str = "quadratic"
+    compute_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        check_precision(self.compute_dtype)
 
     @property
     def curvature(self) -> jax.Array:
@@ -33,8 +42,8 @@ class NoisyQuadratic:
         return {"x": jax.random.normal(key, (self.dim,))}
 
     def loss(self, params: Params, batch: Batch) -> jax.Array:
-        x = params["x"]
-        return 0.5 * jnp.sum(self.curvature * x**2) + jnp.dot(batch, x)
+        h, x, noise = cast_floating((self.curvature, params["x"], batch), self.compute_dtype)
+        return to_float32(0.5 * jnp.sum(h * x**2) + jnp.dot(noise, x))
 
     def batch(self, data: TaskData, key: jax.Array, split: str) -> Batch:
         del data, split
