@@ -53,7 +53,9 @@ class Remote:
 # sha256 of the original files. MNIST and Fashion-MNIST: tensorflow/datasets
 # url_checksums/{mnist,fashion_mnist}.txt (MNIST there is listed at the cvdf mirror; the
 # ossci mirror serves the same bytes: same sizes and the same md5s torchvision pins for
-# both mirrors). CIFAR-10 (python version): keras/datasets/cifar10.py ``file_hash``.
+# both mirrors). The four Fashion-MNIST sha256 also agree with the pins of several
+# unrelated public projects (checked 2026-11; no download is possible from CI here).
+# CIFAR-10 (python version): keras/datasets/cifar10.py ``file_hash``.
 # fmt: off
 MNIST = Remote(
     name="mnist",
