@@ -49,7 +49,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path, digits_root):
     and every PRNG key is a function of the step, so we demand bit-identical results.
     """
     os.symlink(digits_root, tmp_path / "data")
-    cfg_path, _ = _config(tmp_path, outer_steps=400, checkpoint_every=10, log_every=10)
+    cfg_path, _ = _config(tmp_path, outer_steps=200, checkpoint_every=10, log_every=10)
 
     full = _run(["meta-train", "--config", str(cfg_path), "--out", "full"], tmp_path)
     assert full.wait(timeout=600) == 0, full.stdout.read()
@@ -65,7 +65,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path, digits_root):
     killed.wait()
     assert not (tmp_path / "killed" / "meta_params.npz").exists(), "killed too late to test resume"
     steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
-    assert steps and steps[-1] < 400
+    assert steps and steps[-1] < 200
 
     resumed = _run(["meta-train", "--config", str(cfg_path), "--out", "killed", "--resume"], tmp_path)
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
@@ -78,7 +78,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path, digits_root):
     ma = pd.read_csv(tmp_path / "full" / "metrics.csv").drop(columns="wall_time")
     mb = pd.read_csv(tmp_path / "killed" / "metrics.csv").drop(columns="wall_time")
     pd.testing.assert_frame_equal(ma, mb)
-    assert list(mb["step"]) == list(range(1, 401))
+    assert list(mb["step"]) == list(range(1, 201))
 
 
 def test_existing_checkpoints_are_never_overwritten(tmp_path, digits_root):
