@@ -161,9 +161,3 @@ def setup(compute: Any, *, distributed: bool = True, process_id: int | None = No
     )
     return launch
 
-
-def is_primary() -> bool:
-    """True on the process that writes files, logs and tracks (process 0)."""
-    import jax
-
-    return jax.process_index() == 0
