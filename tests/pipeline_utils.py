@@ -43,3 +43,14 @@ def run_pipeline(tmp_path: Path, config: str, cores: int = 2):
     proc, seconds = run(["snakemake", "--cores", str(cores), "--configfile", config], repo, env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return repo, env, seconds, proc
+
+
+def planned_resources(dry_run: str) -> dict[str, str]:
+    """rule name -> its `resources:` line, from a dry run's job listing."""
+    jobs, rule = {}, None
+    for line in dry_run.splitlines():
+        if line.startswith("rule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            jobs[rule] = line.strip()
+    return jobs

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import sandbox_env
-from pipeline_utils import copy_repo, run
+from pipeline_utils import copy_repo, planned_resources, run
 
 CONFIG = {
     "name": "quadslurm",
@@ -55,22 +55,11 @@ def cluster_repo(tmp_path_factory):
     return repo, env, tmp
 
 
-def _jobs(dry_run: str) -> dict[str, str]:
-    """rule name -> its `resources:` line, from a dry run's job listing."""
-    jobs, rule = {}, None
-    for line in dry_run.splitlines():
-        if line.startswith("rule "):
-            rule = line.split()[1].rstrip(":")
-        elif line.strip().startswith("resources:") and rule:
-            jobs[rule] = line.strip()
-    return jobs
-
-
 def test_slurm_profile_plans_every_rule_with_configured_resources(cluster_repo):
     repo, env, _ = cluster_repo
     proc, _ = run(["snakemake", "-n", "-p", "--profile", "workflow/profiles/slurm", "--configfile", "cfg.yaml"], repo, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = _jobs(proc.stdout)
+    jobs = planned_resources(proc.stdout)
     # resources.meta_train.nodes = 2: srun starts one lopt process per host; others run once
     commands = [line for line in proc.stdout.splitlines() if line.startswith("Shell command:")]
     assert any(c.startswith("Shell command: srun -n 2 lopt meta-train --config") for c in commands), commands

@@ -24,7 +24,7 @@ from xml.sax.saxutils import escape
 import pytest
 import yaml
 from conftest import REPO, sandbox_env
-from pipeline_utils import copy_repo, run
+from pipeline_utils import copy_repo, planned_resources, run
 
 PROFILE = "workflow/profiles/kubernetes"
 BUCKET, PREFIX = "my-bucket", "lopt"  # the profile's default-storage-prefix
@@ -192,22 +192,11 @@ def k8s_repo(tmp_path_factory):
         server.server_close()
 
 
-def _jobs(dry_run: str) -> dict[str, str]:
-    """rule name -> its `resources:` line, from a dry run's job listing."""
-    jobs, rule = {}, None
-    for line in dry_run.splitlines():
-        if line.startswith("rule "):
-            rule = line.split()[1].rstrip(":")
-        elif line.strip().startswith("resources:") and rule:
-            jobs[rule] = line.strip()
-    return jobs
-
-
 def test_kubernetes_profile_plans_every_rule_in_storage_with_configured_resources(k8s_repo):
     repo, env, _, _ = k8s_repo
     proc, _ = run(["snakemake", "-n", "--profile", PROFILE, "--configfile", "cfg.yaml"], repo, env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    jobs = _jobs(proc.stdout)
+    jobs = planned_resources(proc.stdout)
     assert {"meta_train", "evaluate", "analyze"} <= set(jobs), jobs
     meta = jobs["meta_train"].split(": ", 1)[1].split(", ")
     for item in ("gpu=2", "mem_mb=16000", "gpu_manufacturer=nvidia", "scale=0", "disk_mb=10000"):
