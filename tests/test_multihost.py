@@ -3,10 +3,12 @@
 Two ``lopt meta-train`` processes, each with 2 fake CPU devices, are started the way
 SLURM's ``srun -n 2`` starts them: the same command, with SLURM_* variables giving each
 its rank (JAX reads them itself; lopt decides to join because SLURM_NTASKS > 1). They
-join through ``jax.distributed`` (gloo collectives on CPU) into one 4-device mesh.
-Checked: the result matches a single process on 4 devices; only process 0 writes
-the outputs; the checkpoints they write together resume exactly, in two processes or
-in one. The launcher-detection logic is unit-tested on fake environments.
+join through ``jax.distributed`` (gloo collectives on CPU) into one 4-device mesh. The
+first run goes through the pipeline itself: Snakemake's meta_train rule with
+``resources.meta_train.nodes: 2`` calls ``srun -n 2 lopt meta-train ...``, answered by a
+fake ``srun`` that starts the copies. Checked: the result matches a single process on
+4 devices; only process 0 writes the outputs; the checkpoints they write together resume,
+in two processes or in one. The launcher detection is unit-tested on fake environments.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import sandbox_env
+from pipeline_utils import copy_repo, run
 
 from lopt.config import DistributedConfig, validate_config
 from lopt.runtime import SetupError, detect_launch, distributed_args
@@ -63,6 +66,25 @@ def _env(tmp: Path, devices: int) -> dict[str, str]:
     return env
 
 
+# `srun -n N CMD...` on one machine: N copies of CMD with the variables SLURM gives each
+# task of a step (JAX derives the coordinator from them); fails if any copy fails.
+FAKE_SRUN = """#!/bin/sh
+[ "$1" = "-n" ] || { echo "fake srun: expected -n N" >&2; exit 2; }
+n=$2; shift 2
+pids=""
+i=0
+while [ $i -lt $n ]; do
+  SLURM_JOB_ID=4242 SLURM_STEP_NODELIST=localhost SLURM_NTASKS=$n SLURM_PROCID=$i \\
+    SLURM_LOCALID=$i "$@" &
+  pids="$pids $!"
+  i=$((i + 1))
+done
+status=0
+for pid in $pids; do wait $pid || status=1; done
+exit $status
+"""
+
+
 def _srun(cfg: Path, out: Path, tmp: Path, num_processes: int = 2, resume: bool = False) -> list[str]:
     """Start ``num_processes`` copies as ``srun -n N`` would; returns their outputs."""
     port = _free_port()
@@ -99,11 +121,28 @@ def _theta(out: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multihost")
-    # a 2-host job preempted after 6 steps, then resubmitted: resumes from the checkpoints
-    # both processes wrote together
-    _srun(_config(tmp, "six", outer_steps=6), tmp / "hosts", tmp)
-    shutil.copytree(tmp / "hosts", tmp / "one_device")
-    logs = _srun(_config(tmp, "twelve"), tmp / "hosts", tmp, resume=True)
+    # the pipeline's meta_train job on 2 "hosts" for 6 steps (as if preempted there) ...
+    repo = copy_repo(tmp / "repo")
+    raw = yaml.safe_load(_config(tmp, "six", outer_steps=6).read_text())
+    raw["resources"] = {"meta_train": {"nodes": 2}}
+    (repo / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    fakes = tmp / "bin"
+    fakes.mkdir()
+    (fakes / "srun").write_text(FAKE_SRUN)
+    (fakes / "srun").chmod(0o755)
+    env = _env(tmp, 2)
+    env.update(PATH=f"{fakes}:{env['PATH']}", JAX_COORDINATOR_PORT=str(_free_port()))
+    target = "results/multihost/meta/meta_params.npz"
+    proc, _ = run(["snakemake", "--cores", "2", "--configfile", "cfg.yaml", "-p", target], repo, env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "srun -n 2 lopt meta-train" in proc.stdout + proc.stderr
+    hosts = tmp / "hosts"
+    shutil.copytree(repo / "results" / "multihost" / "meta", hosts)
+    compute = yaml.safe_load((hosts / "meta_params.npz.json").read_text())["compute"]
+    assert (compute["processes"], compute["devices"]) == (2, 4), compute
+    shutil.copytree(hosts, tmp / "one_device")
+    # ... then resubmitted for 12: resumes from the checkpoints both processes wrote together
+    logs = _srun(_config(tmp, "twelve"), hosts, tmp, resume=True)
     # the reference: one process, the same 4 devices, straight through
     _single(_config(tmp, "twelve"), tmp / "one_process", tmp, devices=4)
     # the 2-host checkpoint resumed by one process on one device (resharded on restore)
