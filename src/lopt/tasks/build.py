@@ -27,6 +27,13 @@ def build_task(
     from lopt.tasks.quadratic import NoisyQuadratic
 
     precision = check_precision(precision)
+    if cfg.kind in ("image_mlp", "image_conv", "char_lm"):  # what every network task shares
+        common = {
+            "batch_size": cfg.batch_size,
+            "init_scale": cfg.init_scale,
+            "eval_batch_size": eval_batch_size,
+            "compute_dtype": precision,
+        }
     if cfg.kind in ("image_mlp", "image_conv"):
         from lopt.data import load
 
@@ -37,10 +44,7 @@ def build_task(
                 num_classes=ds.num_classes,
                 hidden_sizes=tuple(cfg.hidden_sizes),
                 activation=cfg.activation,
-                batch_size=cfg.batch_size,
-                init_scale=cfg.init_scale,
-                eval_batch_size=eval_batch_size,
-                compute_dtype=precision,
+                **common,
                 name=f"{cfg.dataset}_mlp_{'x'.join(map(str, cfg.hidden_sizes))}",
             )
         else:
@@ -52,10 +56,7 @@ def build_task(
                 channels=tuple(cfg.channels),
                 kernel_size=cfg.kernel_size,
                 activation=cfg.activation,
-                batch_size=cfg.batch_size,
-                init_scale=cfg.init_scale,
-                eval_batch_size=eval_batch_size,
-                compute_dtype=precision,
+                **common,
                 name=f"{cfg.dataset}_conv_{'x'.join(map(str, cfg.channels))}",
             )
         return task, device_data(ds)
@@ -73,10 +74,7 @@ def build_task(
             hidden_size=cfg.hidden_size,
             num_layers=cfg.num_layers,
             num_heads=cfg.num_heads,
-            batch_size=cfg.batch_size,
-            init_scale=cfg.init_scale,
-            eval_batch_size=eval_batch_size,
-            compute_dtype=precision,
+            **common,
             name=f"charlm_{cfg.model}_{cfg.hidden_size}x{cfg.num_layers}",
         )
         splits = corpus_data(cfg.corpus_seed, cfg.corpus_chars)
