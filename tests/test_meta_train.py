@@ -144,6 +144,34 @@ def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, digits_
     assert len(stale) == 1 and any(p.name == "9" for p in stale[0].iterdir())
 
 
+def test_nres_new_episodes_draw_new_noise(tmp_path, digits_root):
+    """A pair starting a new episode gets noise unlike its last episode's.
+
+    Guards the run's key layout: the estimator's init draws (the first episodes' noise)
+    must not come from a key an outer step reuses (once they did: the step-1 key).
+    """
+    from lopt.meta_train import build_trainer, make_meta_step
+
+    _, cfg = _config(tmp_path, num_particles=32)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(digits_root)})})
+    trainer = build_trainer(cfg)
+    step = make_meta_step(trainer)
+    state = trainer.init()
+    renewed = 0
+    for _ in range(8):  # two horizons: every pair starts at least one new episode
+        before = state.estimator_state
+        state, _ = step(state, trainer.data)
+        after = state.estimator_state
+        reset = np.asarray(after.particles.episode[:16] > before.particles.episode[:16])
+        # a repeated draw matches to rounding (jit may fuse sigma * normal differently)
+        same = [np.isclose(a, b, rtol=1e-5, atol=0).reshape(16, -1).all(axis=1)
+                for a, b in zip(jax.tree.leaves(after.noise), jax.tree.leaves(before.noise))]
+        changed = ~np.logical_and.reduce(same)
+        np.testing.assert_array_equal(changed, reset)
+        renewed += int(reset.sum())
+    assert renewed >= 16
+
+
 def test_normalized_meta_gradient_makes_sgd_steps_of_length_lr(tmp_path, digits_root):
     import optax
 

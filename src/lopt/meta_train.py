@@ -57,6 +57,12 @@ METRIC_FIELDS = (
 )
 
 
+# fold_in tags of a run's PRNG key: one branch per use. (``split(key)[i]`` equals
+# ``fold_in(key, i)`` under JAX's partitionable threefry, so two uses must never take
+# split/fold_in index i of the same key.)
+KEY_THETA, KEY_STEPS, KEY_ESTIMATOR_INIT = 0, 1, 2
+
+
 class MetaState(NamedTuple):
     """Everything the outer loop carries; exactly what a checkpoint stores."""
 
@@ -77,9 +83,10 @@ class MetaTrainer(NamedTuple):
     normalize_grad: bool = False
 
     def init(self) -> MetaState:
-        key_theta, key_est = jax.random.split(self.key)
-        theta = self.lopt.init(key_theta)
-        est_state = self.estimator.init(theta, key_est, self.data)
+        # Key layout (see meta_step_fn): 0 -> theta, 1 -> every outer step, 2 -> estimator
+        # init. Disjoint branches, so no init draw can repeat a step's draw.
+        theta = self.lopt.init(jax.random.fold_in(self.key, KEY_THETA))
+        est_state = self.estimator.init(theta, jax.random.fold_in(self.key, KEY_ESTIMATOR_INIT), self.data)
         return MetaState(theta, self.outer_opt.init(theta), est_state, jnp.zeros([], jnp.int32))
 
 
@@ -136,11 +143,13 @@ def meta_step_fn(
     """The pure outer step ``(MetaState, data) -> (MetaState, metrics)`` (not jitted).
 
     ``outer_opt`` must come from :func:`outer_optimizer` (its state counts skipped
-    non-finite updates). The step's key is ``fold_in(fold_in(key, 1), step)``.
+    non-finite updates). The step's key is ``fold_in(fold_in(key, KEY_STEPS), step)``;
+    initialisation draws from the other branches of ``key`` (:data:`KEY_THETA`,
+    :data:`KEY_ESTIMATOR_INIT`), never from a step's.
     """
 
     def meta_step(state: MetaState, data: Any) -> tuple[MetaState, dict[str, jax.Array]]:
-        step_key = jax.random.fold_in(jax.random.fold_in(key, 1), state.step)
+        step_key = jax.random.fold_in(jax.random.fold_in(key, KEY_STEPS), state.step)
         grad, est_state, metrics = estimator.estimate(state.theta, state.estimator_state, step_key, data)
         grad_norm = optax.global_norm(grad)
         if normalize_grad:

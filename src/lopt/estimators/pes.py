@@ -8,8 +8,11 @@ that shaped the state it was computed from:
     g_tau = 1 / (P sigma^2) * sum_i sum_j xi_{i,j} L_{i,j} / K
 
 with ``xi_{i,j} = xi_i + eps_i`` for steps of the ongoing episode and ``eps_i`` for
-steps after a reset inside the window (the new episode saw only ``eps_i``). ``xi`` is
-reset to ``eps`` when an episode ends. Unbiased for the gradient of the smoothed
+steps after a reset inside the window (the new episode saw only ``eps_i``). ``xi``
+restarts at 0 when an episode ends and collects the noise of the steps the new episode
+has run: ``eps_i`` when the reset fell inside the window, nothing when it fell on the
+window's last step. As in the paper, this assumes a new episode's initial state does not
+depend on theta (true of every lopt system). Unbiased for the gradient of the smoothed
 objective; its variance grows with the number of windows per episode.
 """
 
@@ -24,6 +27,7 @@ from lopt.estimators.base import (
     Estimator,
     antithetic,
     es_scale,
+    pair_differences,
     sample_noise,
     tree_where,
     window_gradient,
@@ -63,7 +67,9 @@ def pes(
         particles, window = unroll(system, thetas, thetas, state.particles, trunc_length, data)
         accumulated = jax.tree.map(jnp.add, state.accumulator, eps)
         grad = window_gradient(accumulated, eps, window, scale, loss_diff_clip)
-        accumulator = tree_where(window.done[:num_pairs], eps, accumulated)
+        _, fresh, done = pair_differences(window)
+        restarted = tree_where(fresh.any(axis=1), eps, jax.tree.map(jnp.zeros_like, eps))
+        accumulator = tree_where(done, restarted, accumulated)
         return grad, PESState(particles, accumulator), window_metrics(window)
 
     return Estimator(init, estimate, unroll_steps=num_particles * trunc_length)

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from lopt.estimators import make_estimator
-from lopt.meta_train import MetaState, meta_step_fn, outer_optimizer
+from lopt.meta_train import KEY_ESTIMATOR_INIT, MetaState, meta_step_fn, outer_optimizer
 from lopt.studies.config import MethodConfig, StudyConfig
 from lopt.studies.systems import StudySystem, build_system
 
@@ -100,7 +100,7 @@ def run_method(
     key = jax.random.PRNGKey(seed)
     theta = system.theta0
     state = MetaState(
-        theta, outer.init(theta), estimator.init(theta, jax.random.fold_in(key, 2), system.data), jnp.zeros([], jnp.int32)
+        theta, outer.init(theta), estimator.init(theta, jax.random.fold_in(key, KEY_ESTIMATOR_INIT), system.data), jnp.zeros([], jnp.int32)
     )
     step = meta_step_fn(estimator, outer, key)
     data = system.data
