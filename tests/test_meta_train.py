@@ -49,7 +49,8 @@ def test_resume_after_kill_is_bit_identical(tmp_path, digits_root):
     and every PRNG key is a function of the step, so we demand bit-identical results.
     """
     os.symlink(digits_root, tmp_path / "data")
-    cfg_path, _ = _config(tmp_path, outer_steps=200, checkpoint_every=10, log_every=10)
+    # log_every does not divide checkpoint_every: rows up to a checkpoint must still survive
+    cfg_path, _ = _config(tmp_path, outer_steps=200, checkpoint_every=10, log_every=4)
 
     full = _run(["meta-train", "--config", str(cfg_path), "--out", "full"], tmp_path)
     assert full.wait(timeout=600) == 0, full.stdout.read()
@@ -75,9 +76,10 @@ def test_resume_after_kill_is_bit_identical(tmp_path, digits_root):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    ma = pd.read_csv(tmp_path / "full" / "metrics.csv").drop(columns="wall_time")
-    mb = pd.read_csv(tmp_path / "killed" / "metrics.csv").drop(columns="wall_time")
-    pd.testing.assert_frame_equal(ma, mb)
+    ma = pd.read_csv(tmp_path / "full" / "metrics.csv")
+    mb = pd.read_csv(tmp_path / "killed" / "metrics.csv")
+    assert mb["wall_time"].is_monotonic_increasing  # cumulative across the resume
+    pd.testing.assert_frame_equal(ma.drop(columns="wall_time"), mb.drop(columns="wall_time"))
     assert list(mb["step"]) == list(range(1, 201))
 
 
@@ -137,11 +139,29 @@ def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, digits_
         np.testing.assert_array_equal(a, b)
 
     changed = longer.model_copy(update={"meta_train": longer.meta_train.model_copy(update={"sigma": 0.05})})
-    with pytest.warns(UserWarning, match="config changed"):
+    with pytest.warns(UserWarning, match="starting afresh"):
         state = meta_train(changed, out, resume=True, progress=False)
     assert int(state.step) == 9
     stale = list(tmp_path.joinpath("out").glob("checkpoints.stale-*"))
     assert len(stale) == 1 and any(p.name == "9" for p in stale[0].iterdir())
+    changed_metrics = pd.read_csv(out / "metrics.csv")
+
+    # back to the first config: its run is put back and continued, the other kept aside
+    longest = cfg.model_copy(update={"meta_train": cfg.meta_train.model_copy(update={"outer_steps": 12})})
+    with pytest.warns(UserWarning, match="resuming this config's earlier run"):
+        state = meta_train(longest, out, resume=True, progress=False)
+    assert int(state.step) == 12
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics["step"]) == list(range(1, 13))
+    assert not np.allclose(metrics["meta_loss"].iloc[:9], changed_metrics["meta_loss"])  # its own log, not sigma 0.05's
+    stale = list(tmp_path.joinpath("out").glob("checkpoints.stale-*"))
+    assert len(stale) == 1 and any(p.name == "9" for p in stale[0].iterdir())
+    with pytest.warns(UserWarning, match="resuming"):  # and forth again: nothing deleted
+        meta_train(changed, out, resume=True, progress=False)
+    last = lambda d: max(int(p.name) for p in d.iterdir() if p.name.isdigit())
+    assert last(out / "checkpoints") == 9  # sigma 0.05's run, put back
+    (stale,) = tmp_path.joinpath("out").glob("checkpoints.stale-*")
+    assert last(stale) == 12  # the first config's, moved aside again
 
 
 def test_nres_new_episodes_draw_new_noise(tmp_path, digits_root):

@@ -12,8 +12,9 @@ computes bit-identical meta-parameters on the same machine.
 
 Outputs (``out_dir``):
     checkpoints/        run state: orbax steps of the whole MetaState every
-                        ``checkpoint_every``, plus ``fingerprint.json``
-    metrics.live.csv    run state: the per-step log, appended as training goes
+                        ``checkpoint_every``, ``fingerprint.json``, and
+                        ``metrics.live.csv``, the per-step log appended as training
+                        goes (kept with the checkpoints it belongs to)
     metrics.csv         final: one row per outer step (step, meta_loss, grad_norm, ...)
     model_card.md       final: architecture card + how it was meta-trained
     meta_params.npz     final: meta-parameters (+ .json with sha256 and config)
@@ -56,6 +57,8 @@ METRIC_FIELDS = (
     "wall_time",
 )
 
+
+LIVE_METRICS = "metrics.live.csv"
 
 # fold_in tags of a run's PRNG key: one branch per use. (``split(key)[i]`` equals
 # ``fold_in(key, i)`` under JAX's partitionable threefry, so two uses must never take
@@ -212,7 +215,11 @@ def _barrier(name: str) -> None:
 def _prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
     """Refuse to overwrite, or move aside checkpoints of a different configuration.
 
-    Every process reads (so all raise alike); only process 0 changes the directory.
+    A resume under a changed config moves the old checkpoints to
+    ``checkpoints.stale-<their fingerprint>`` and, when an earlier run of the current
+    config was moved aside that way, puts it back so the resume continues it. Nothing
+    is deleted: a name already taken gets a numbered suffix. Every process reads (so all
+    raise alike); only process 0 changes the directory.
     """
     stamp = ckpt_dir / "fingerprint.json"
     current = fingerprint(cfg)
@@ -225,14 +232,27 @@ def _prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool)
     _barrier("lopt-checkpoint-dir-read")
     if jax.process_index() == 0:
         if exists and previous != current:
-            stale = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{previous}")
-            if stale.exists():
-                shutil.rmtree(stale)
+            stale = _free_name(ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{previous}"))
             ckpt_dir.rename(stale)
-            warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and starting afresh")
+            earlier = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{current}")
+            if earlier.exists():
+                earlier.rename(ckpt_dir)
+                warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and "
+                              f"resuming this config's earlier run from {earlier}")
+            else:
+                warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and starting afresh")
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps({"fingerprint": current, "experiment": cfg.name}))
     _barrier("lopt-checkpoint-dir-ready")
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path.1``, ``path.2``, ... whichever does not exist yet."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 class _MetricsLog:
@@ -244,6 +264,7 @@ class _MetricsLog:
         if resume_step > 0 and path.exists():
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        self.last_wall_time = float(rows[-1]["wall_time"]) if rows else 0.0
         # Rewrite (dropping rows past the checkpoint a killed run may have logged).
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w", newline="") as f:
@@ -313,9 +334,11 @@ def meta_train(
     if latest is not None:
         state = checkpointer.restore(latest, state)
         start = int(state.step)
-    log = _MetricsLog(out_dir / "metrics.live.csv", start) if primary else None
+    log = _MetricsLog(ckpt_dir / LIVE_METRICS, start) if primary else None
     pending: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+    # metrics' wall_time is cumulative over resumes: continue from the last logged row
+    wall_before = log.last_wall_time if log is not None else 0.0
     bar = tqdm(total=mt.outer_steps, initial=start, desc=f"meta-train {cfg.name}", disable=not (progress and primary))
     try:
         for step in range(start, mt.outer_steps):
@@ -326,8 +349,10 @@ def meta_train(
                 jax.block_until_ready(state.step)
             pending.append(dict(metrics, step=step + 1))
             done = step + 1
-            if done % mt.log_every == 0 or done == mt.outer_steps:
-                rows = _flush(pending, time.perf_counter() - t0)
+            checkpoint_due = done % mt.checkpoint_every == 0 or done == mt.outer_steps
+            # rows up to a checkpoint are on disk before it is, so a resume loses none
+            if done % mt.log_every == 0 or checkpoint_due:
+                rows = _flush(pending, wall_before + time.perf_counter() - t0)
                 pending = []
                 if log is not None:
                     log.write(rows)
@@ -336,7 +361,7 @@ def meta_train(
                         tracker.log({f"meta/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
                 bar.set_postfix(meta_loss=f"{rows[-1]['meta_loss']:.4f}")
             bar.update(1)
-            if done % mt.checkpoint_every == 0 or done == mt.outer_steps:
+            if checkpoint_due:
                 checkpointer.save(done, state)  # every process: orbax writes each array once
     finally:
         bar.close()
@@ -363,7 +388,7 @@ def _publish(out_dir: Path, cfg: ExperimentConfig, trainer: MetaTrainer, state: 
 
     mt = cfg.meta_train
     tmp = out_dir / ".metrics.csv.tmp"
-    shutil.copyfile(out_dir / "metrics.live.csv", tmp)
+    shutil.copyfile(out_dir / "checkpoints" / LIVE_METRICS, tmp)
     tmp.replace(out_dir / "metrics.csv")
     _write_model_card(out_dir / "model_card.md", trainer.lopt, cfg, int(state.step))
     save_meta_params(
@@ -378,7 +403,7 @@ def _publish(out_dir: Path, cfg: ExperimentConfig, trainer: MetaTrainer, state: 
             "outer_steps": int(state.step),
             "num_meta_params": sum(int(x.size) for x in jax.tree.leaves(state.theta)),
             "compute": {
-                # this process's share when resumed; metrics.csv's wall_time has the rest
+                # this process's share when resumed; metrics.csv's wall_time is the total
                 "wall_seconds_this_process": round(wall, 1),
                 "device": jax.devices()[0].device_kind,
                 "devices": jax.device_count(),
