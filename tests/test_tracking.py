@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO
 
 from lopt import tracking
 from lopt.tracking import (
@@ -67,23 +68,48 @@ def test_resolve_mode_env_var_wins(mode, tmp_path):
 
 def test_resolve_mode_without_key_is_offline(tmp_path):
     assert resolve_mode({"HOME": str(tmp_path)}) == "offline"
-    assert resolve_mode({"HOME": str(tmp_path), "WANDB_API_KEY": "  "}) == "offline"
+    assert resolve_mode({"HOME": str(tmp_path), "WANDB_MODE": "  "}) == "offline"
 
 
-def test_resolve_mode_with_key_is_online(tmp_path):
-    assert resolve_mode({"HOME": str(tmp_path), "WANDB_API_KEY": FAKE_KEY}) == "online"
-
-
-def test_resolve_mode_with_netrc_entry_is_online(tmp_path):
+def test_resolve_mode_with_key_is_still_offline(tmp_path):
+    """A configured API key never turns tracking online by itself: online is opt-in."""
+    assert resolve_mode({"HOME": str(tmp_path), "WANDB_API_KEY": FAKE_KEY}) == "offline"
     netrc = tmp_path / ".netrc"
     netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")
     netrc.chmod(0o600)
-    assert resolve_mode({"HOME": str(tmp_path)}) == "online"
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / ".netrc").write_text("machine example.com\n  login u\n  password p\n")
-    (other / ".netrc").chmod(0o600)
-    assert resolve_mode({"HOME": str(other)}) == "offline"
+    assert resolve_mode({"HOME": str(tmp_path), "WANDB_API_KEY": FAKE_KEY}) == "offline"
+    asked = {"HOME": str(tmp_path), "WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": "online"}
+    assert resolve_mode(asked) == "online"
+
+
+def test_tracker_with_key_but_no_mode_runs_offline(wandb_env, monkeypatch):
+    """Default Tracker (no mode argument, no WANDB_MODE) with a key present: offline, no network."""
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    tr = _tracker(wandb_env)
+    try:
+        assert tr.requested_mode == "offline"
+        assert tr.mode == "offline"
+    finally:
+        tr.finish()
+
+
+def test_config_tracking_mode_is_the_explicit_switch(wandb_env, monkeypatch):
+    """`tracking.mode` reaches the Tracker as its mode; unset, the default is offline."""
+    from lopt.cli import _tracker as cli_tracker
+    from lopt.config import load_config
+
+    seen = []
+    monkeypatch.setattr(tracking, "Tracker", lambda **kw: seen.append(kw["mode"]))
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    cfg = load_config(REPO / "configs" / "smoke.yaml")
+    assert cfg.tracking.mode is None
+    cli_tracker(cfg, "evaluate", "x")
+    online = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"mode": "online"})})
+    cli_tracker(online, "evaluate", "x")
+    assert seen == [None, "online"]
+    assert resolve_mode() == "offline"  # what the Tracker does with None
 
 
 def test_resolve_mode_invalid_lists_allowed_values(tmp_path):

@@ -490,11 +490,11 @@ class AnalysisConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    """Weights & Biases tracking (offline unless an API key is present)."""
+    """Weights & Biases tracking (offline unless asked for online; `wandb sync` uploads later)."""
 
     project: Annotated[str, Field(min_length=2)] = "lopt"
     mode: Literal["online", "offline", "disabled"] | None = Field(
-        None, description="Overrides WANDB_MODE; default offline without an API key."
+        None, description="Overrides WANDB_MODE; unset and without WANDB_MODE, runs are offline."
     )
     log_artifacts: bool = True
 

@@ -15,8 +15,10 @@ Two halves:
   Python values, so tests of the pipeline can check exactly what a run logged.
   wandb itself ships no reader for it.
 
-The mode is chosen by :func:`resolve_mode`: ``WANDB_MODE`` if set, otherwise
-``online`` when an API key is available and ``offline`` when not.
+The mode is a config's ``tracking.mode`` if set, else :func:`resolve_mode`:
+``WANDB_MODE`` if set, otherwise ``offline`` (whether or not an API key is
+configured). Runs go online only when asked to; offline runs are uploaded
+later with ``wandb sync``.
 """
 
 from __future__ import annotations
@@ -60,8 +62,6 @@ DEFAULT_FINISH_TIMEOUT = 120.0
 INIT_TIMEOUT_ENV = "LOPT_WANDB_INIT_TIMEOUT"
 FINISH_TIMEOUT_ENV = "LOPT_WANDB_FINISH_TIMEOUT"
 
-_API_HOST = "api.wandb.ai"
-
 # Set once an online ``wandb.init`` failed in this process, so later trackers
 # go straight to offline instead of stalling for the init timeout again.
 _online_unreachable = False
@@ -72,42 +72,14 @@ _online_unreachable = False
 # --------------------------------------------------------------------------- #
 
 
-def _netrc_has_key(env: Mapping[str, str]) -> bool:
-    import netrc
-
-    if env.get("NETRC"):
-        path = Path(env["NETRC"]).expanduser()
-    else:
-        home = env.get("HOME")
-        path = (Path(home) if home else Path.home()) / ".netrc"
-    if not path.is_file():
-        return False
-    hosts = {_API_HOST}
-    base_url = env.get("WANDB_BASE_URL")
-    if base_url:
-        from urllib.parse import urlparse
-
-        host = urlparse(base_url).hostname
-        if host:
-            hosts.add(host)
-    try:
-        parsed = netrc.netrc(os.fspath(path))
-    except (OSError, netrc.NetrcParseError):
-        return False
-    for host in hosts:
-        auth = parsed.authenticators(host)
-        if auth and auth[2]:
-            return True
-    return False
-
-
 def resolve_mode(env: Mapping[str, str] = os.environ) -> str:
     """Return the W&B mode a run should use: ``online``, ``offline`` or ``disabled``.
 
-    ``WANDB_MODE`` wins when set (it must be one of :data:`MODES`, else
-    :class:`ValueError`). Otherwise the mode is ``online`` only if an API key
-    is available (``WANDB_API_KEY``, or a netrc entry for ``api.wandb.ai`` or
-    the host of ``WANDB_BASE_URL``), and ``offline`` if not.
+    ``WANDB_MODE`` when set (it must be one of :data:`MODES`, else
+    :class:`ValueError`); otherwise ``offline``, always. A configured API key
+    (``WANDB_API_KEY``, ``wandb login``) never turns a run online by itself:
+    online needs ``WANDB_MODE=online`` or a config's ``tracking.mode: online``.
+    Offline runs are uploaded later with ``wandb sync``.
     """
     raw = env.get("WANDB_MODE")
     if raw is not None and raw.strip():
@@ -117,8 +89,6 @@ def resolve_mode(env: Mapping[str, str] = os.environ) -> str:
                 f"WANDB_MODE={raw!r} is not supported; allowed values: {', '.join(MODES)}"
             )
         return mode
-    if env.get("WANDB_API_KEY", "").strip() or _netrc_has_key(env):
-        return "online"
     return "offline"
 
 
