@@ -130,7 +130,7 @@ def test_lorenz_start_noise_and_overflow_guard():
 
 SYSTEMS = [
     ("influence", InfluenceBalancing(horizon=10**9), jnp.array([0.5])),
-    ("influence_reset", InfluenceBalancing(horizon=7), jnp.array([0.5])),
+    ("influence_reset", InfluenceBalancing(horizon=15), jnp.array([0.5])),  # every particle resets
     ("toy", ToySchedule(horizon=25), jnp.array([-4.0, -4.0])),
     ("lorenz", Lorenz(horizon=40), jnp.array([3.116, 3.7])),
     ("lorenz_noise", Lorenz(horizon=40, start_noise=1.0), jnp.array([3.116, 3.7])),
@@ -153,6 +153,9 @@ def test_runs_in_engine(name, system, theta):
     assert not np.allclose(window.losses[:3], window.losses[3:])
     state, window = run(thetas, thetas, state)
     assert np.all(np.isfinite(window.losses))
+    # a window longer than an episode would need two resets: refused, not silently wrong
+    with pytest.raises(ValueError, match="longer than the horizon"):
+        unroll(system, thetas, thetas, state, system.horizon + 1)
 
 
 @pytest.mark.parametrize("name,system,theta", SYSTEMS, ids=[s[0] for s in SYSTEMS])

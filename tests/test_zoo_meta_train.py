@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pandas as pd
 import pytest
 from conftest import REPO, sandbox_env
 
@@ -184,6 +185,23 @@ def test_task_family_meta_training_averages_tasks(tmp_path):
     # every drawn task improves: the averaged gradient serves all of them
     for s0, s1 in zip(start, end):
         assert s1 < 0.8 * s0, (start, end)
+
+    # meta_train logs the per-task meta-losses to the tracker (metrics.csv keeps its columns)
+    class Recorder:
+        def __init__(self):
+            self.rows = []
+
+        def log(self, values, step):
+            self.rows.append((step, values))
+
+    raw["meta_train"].update(outer_steps=3, log_every=1, checkpoint_every=3)
+    recorder = Recorder()
+    meta_train(validate_config(raw), tmp_path / "run", tracker=recorder, progress=False)
+    assert [step for step, _ in recorder.rows] == [1, 2, 3]
+    for _, values in recorder.rows:
+        per_task = [values[f"meta/meta_loss/{i}"] for i in range(3)]
+        np.testing.assert_allclose(np.mean(per_task), values["meta/meta_loss"], rtol=1e-5)
+    assert "meta_loss/0" not in pd.read_csv(tmp_path / "run" / "metrics.csv").columns
 
 
 def test_divergence_is_restarted_inside_the_unroll_and_counted():

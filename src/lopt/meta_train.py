@@ -273,7 +273,8 @@ class _MetricsLog:
             writer.writerows(rows)
         tmp.replace(path)
         self._file = open(path, "a", newline="")  # noqa: SIM115 -- held open for the run, closed in close()
-        self._writer = csv.DictWriter(self._file, fieldnames=METRIC_FIELDS)
+        # extra metrics (a task family's per-task meta_loss/<i>) go to the tracker only
+        self._writer = csv.DictWriter(self._file, fieldnames=METRIC_FIELDS, extrasaction="ignore")
 
     def write(self, rows: list[dict[str, float]]) -> None:
         self._writer.writerows(rows)
@@ -437,6 +438,6 @@ def _write_model_card(path: Path, lopt: LearnedOptimizer, cfg: ExperimentConfig,
 def _flush(pending: list[dict[str, Any]], wall: float) -> list[dict[str, float]]:
     rows = []
     for item in jax.device_get(pending):
-        row = {k: float(item[k]) for k in METRIC_FIELDS[1:-1]}
+        row = {k: float(v) for k, v in item.items() if k != "step"}
         rows.append({"step": int(item["step"]), **row, "wall_time": round(wall, 3)})
     return rows

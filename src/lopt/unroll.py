@@ -173,6 +173,8 @@ def unroll(
         The new state and the :class:`Window` (losses and masks, shape ``[P, K]``).
     """
     horizon = system.horizon
+    if num_steps > horizon:  # the reset state below covers one reset per window
+        raise ValueError(f"a window of {num_steps} steps is longer than the horizon ({horizon})")
 
     # A window of K <= T steps holds at most one reset per particle, so the state a reset
     # installs -- episode + 1 initialised under theta_b -- is known at the window start.

@@ -101,6 +101,14 @@ def window_gradient(
     return jax.tree.map(jnp.add, before, after)
 
 
+def num_pairs_of(num_particles: int) -> int:
+    """``M = P / 2``: the antithetic pairs of ``P`` perturbed copies (``P`` even, >= 2)."""
+    if num_particles < 2 or num_particles % 2:
+        raise ValueError(f"num_particles counts the + and - copies of antithetic pairs: "
+                         f"an even number >= 2, got {num_particles}")
+    return num_particles // 2
+
+
 def es_scale(num_pairs: int, sigma: float, num_steps: int) -> float:
     """``1 / (2 M sigma^2 K)``: the normaliser of the antithetic window estimate."""
     return 1.0 / (2.0 * num_pairs * sigma**2 * num_steps)

@@ -20,6 +20,7 @@ from lopt.estimators.base import (
     Estimator,
     antithetic,
     es_scale,
+    num_pairs_of,
     sample_noise,
     window_gradient,
     window_metrics,
@@ -45,7 +46,7 @@ def full_es(
     if trunc_length not in (None, horizon):
         raise ValueError(f"full_es unrolls whole episodes: set trunc_length = horizon ({horizon}), got {trunc_length}")
     del step_unlock  # episodes always start at step 0
-    num_pairs = num_particles // 2
+    num_pairs = num_pairs_of(num_particles)
     scale = es_scale(num_pairs, sigma, horizon)
 
     def init(theta, key, data=None) -> FullESState:

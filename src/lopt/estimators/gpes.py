@@ -6,7 +6,9 @@ in its episode. The loss of a step is weighted by the ``xi`` of the state it cam
 
     g_tau = 1 / (P sigma^2) sum_i sum_j xi_{i,j} L_{i,j} / K
 
-K' = K gives PES (a new draw every window); K' >= T gives NRES (one draw per episode).
+K' = K draws anew every window like PES (identical in distribution while episodes end
+on window boundaries; after a reset inside a window the new episode keeps its first
+draw until K steps have run under it); K' >= T gives NRES (one draw per episode).
 K' must be a multiple of K so draws happen at window starts; a reset inside a window
 starts the new episode with its own fresh draw (weights switch to it via the engine's
 fresh mask).
@@ -23,6 +25,7 @@ from lopt.estimators.base import (
     Estimator,
     antithetic,
     es_scale,
+    num_pairs_of,
     pair_differences,
     sample_noise,
     tree_where,
@@ -58,7 +61,7 @@ def gpes(
         )
     else:
         reuse = noise_reuse_steps
-    num_pairs = num_particles // 2
+    num_pairs = num_pairs_of(num_particles)
     scale = es_scale(num_pairs, sigma, trunc_length)
 
     def init(theta, key, data=None) -> GPESState:

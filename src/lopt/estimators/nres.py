@@ -21,6 +21,7 @@ from lopt.estimators.base import (
     Estimator,
     antithetic,
     es_scale,
+    num_pairs_of,
     sample_noise,
     tree_where,
     window_gradient,
@@ -44,7 +45,7 @@ def nres(
     loss_diff_clip: float | None = None,
 ) -> Estimator:
     """NRES with ``num_particles`` perturbed copies (``num_particles / 2`` pairs)."""
-    num_pairs = num_particles // 2
+    num_pairs = num_pairs_of(num_particles)
     scale = es_scale(num_pairs, sigma, trunc_length)
 
     def init(theta, key, data=None) -> NRESState:

@@ -27,6 +27,7 @@ from lopt.estimators.base import (
     Estimator,
     antithetic,
     es_scale,
+    num_pairs_of,
     pair_differences,
     sample_noise,
     tree_where,
@@ -51,7 +52,7 @@ def pes(
     loss_diff_clip: float | None = None,
 ) -> Estimator:
     """PES with ``num_particles`` perturbed copies (``num_particles / 2`` pairs)."""
-    num_pairs = num_particles // 2
+    num_pairs = num_pairs_of(num_particles)
     scale = es_scale(num_pairs, sigma, trunc_length)
 
     def init(theta, key, data=None) -> PESState:

@@ -8,6 +8,13 @@ steps only, treating the carried state as a constant:
 
 Cheap and low-variance, but biased: it ignores theta's influence on the state it
 starts from (wrong sign on influence balancing for K <= 10).
+
+Divergence: the engine caps a diverged particle's loss and restarts it, but
+backpropagating through its non-finite forward values still yields NaN (0 x inf), so the
+gradient is taken per particle (w.r.t. each particle's copy of theta, one joint unroll)
+and a particle whose gradient is non-finite is left out: the estimate is the mean over
+the remaining ones. Only when every particle's is non-finite is the gradient NaN (and
+the outer optimizer skips the step).
 """
 
 from __future__ import annotations
@@ -45,12 +52,17 @@ def tbptt(
         del key  # deterministic given the state: the engine's keys come from the particles
         particles = jax.lax.stop_gradient(state.particles)
 
-        def window_loss(theta):
-            thetas = broadcast_theta(theta, num_particles)
+        def window_loss(thetas):
             new, window = unroll(system, thetas, thetas, particles, trunc_length, data)
             return jnp.mean(window.losses), (new, window)
 
-        grad, (new, window) = jax.grad(window_loss, has_aux=True)(theta)
+        # d/d thetas_i is particle i's share of the gradient (sum_i = grad of the mean)
+        per_particle, (new, window) = jax.grad(window_loss, has_aux=True)(broadcast_theta(theta, num_particles))
+        rows = lambda g: g.reshape(num_particles, -1)
+        finite = jnp.all(jnp.stack([jnp.isfinite(rows(g)).all(axis=1) for g in jax.tree.leaves(per_particle)]), axis=0)
+        rescale = num_particles / jnp.sum(finite)  # inf when none is finite: a NaN gradient
+        grad = jax.tree.map(lambda g: rescale * jnp.where(finite[:, None], rows(g), 0.0).sum(0).reshape(g.shape[1:]),
+                            per_particle)
         return grad, TBPTTState(jax.lax.stop_gradient(new)), window_metrics(window)
 
     return Estimator(init, estimate, unroll_steps=num_particles * trunc_length)

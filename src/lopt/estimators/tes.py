@@ -21,6 +21,7 @@ from lopt.estimators.base import (
     Estimator,
     antithetic,
     es_scale,
+    num_pairs_of,
     sample_noise,
     window_gradient,
     window_metrics,
@@ -42,7 +43,7 @@ def tes(
     loss_diff_clip: float | None = None,
 ) -> Estimator:
     """TES with ``num_particles`` perturbed copies (``num_particles / 2`` pairs)."""
-    num_pairs = num_particles // 2
+    num_pairs = num_pairs_of(num_particles)
     scale = es_scale(num_pairs, sigma, trunc_length)
 
     def init(theta, key, data=None) -> TESState:

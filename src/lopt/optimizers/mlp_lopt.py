@@ -58,7 +58,6 @@ from lopt.optimizers._nn import (
 from lopt.optimizers.base import MetaParams
 
 _EPS = 1e-8
-_second_moment_normalise = second_moment_normalise  # backwards-compatible name
 
 MLP_FEATURES: tuple[str, ...] = (
     "param",
