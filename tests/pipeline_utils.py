@@ -54,3 +54,18 @@ def planned_resources(dry_run: str) -> dict[str, str]:
         elif line.strip().startswith("resources:") and rule:
             jobs[rule] = line.strip()
     return jobs
+
+
+def planned_jobs(dry_run: str) -> dict[str, int]:
+    """rule -> job count from a dry run's "Job stats" table ({} when nothing is to be done)."""
+    if "Nothing to be done" in dry_run:
+        return {}
+    lines = dry_run.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats"))
+    jobs = {}
+    for line in lines[start + 3 :]:
+        parts = line.split()
+        if not parts or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs

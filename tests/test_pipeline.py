@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pipeline_utils import run, run_pipeline
+from pipeline_utils import planned_jobs, run, run_pipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -80,6 +80,20 @@ def _push(repo, env, remote):
         assert proc.returncode == 0, (cmd, proc.stdout, proc.stderr)
 
 
+def _fresh_clone(repo: Path, dest: Path) -> Path:
+    """Copy ``repo`` as a clone would have it: no outputs, DVC cache or Snakemake metadata."""
+
+    def outputs_and_caches(directory, names):
+        if Path(directory) == repo:
+            return {"data", "results", ".snakemake"} & set(names)
+        if Path(directory) == repo / ".dvc":
+            return {"cache", "tmp"} & set(names)
+        return set()
+
+    shutil.copytree(repo, dest, ignore=outputs_and_caches)
+    return dest
+
+
 def test_dvc_push_pull_then_nothing_to_do(smoke):
     repo, env, _, tmp = smoke
     remote = tmp / "remote"
@@ -108,15 +122,7 @@ def test_pull_pretrained_then_pipeline_reruns_only_evaluation_and_analysis(smoke
     remote = tmp / "remote_pretrained"
     _push(repo, env, remote)
     meta_sha = _sha(repo / "results/smoke/meta/meta_params.npz")
-    clone = tmp_path / "clone"
-    def outputs_and_caches(directory, names):  # a clone has neither
-        if Path(directory) == repo:
-            return {"data", "results", ".snakemake"} & set(names)
-        if Path(directory) == repo / ".dvc":
-            return {"cache", "tmp"} & set(names)
-        return set()
-
-    shutil.copytree(repo, clone, ignore=outputs_and_caches)
+    clone = _fresh_clone(repo, tmp_path / "clone")
     proc, _ = run(["dvc", "pull", "data"], clone, env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # `lopt evaluate --checkpoint` on a DVC-tracked path that is not in the workspace pulls it
@@ -138,6 +144,49 @@ def test_pull_pretrained_then_pipeline_reruns_only_evaluation_and_analysis(smoke
     assert _sha(clone / "results/smoke/meta/meta_params.npz") == meta_sha
     summary = pd.read_csv(clone / "results/smoke/tables/summary.csv")
     assert "lopt" in set(summary["optimizer"])
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "planned"),
+    [
+        # an upstream job that reruns forces every job that reads its outputs
+        ("outer_steps: 20", "outer_steps: 21", {"meta_train", "evaluate", "analyze"}),
+        ("data: {root: data}", "data: {root: data, valid_fraction: 0.2}",
+         {"prepare_data", "meta_train", "evaluate", "analyze"}),
+        ("num_seeds: 2", "num_seeds: 3", {"evaluate", "analyze"}),
+    ],
+    ids=["meta_train", "data", "evaluation"],
+)
+def test_config_edit_reruns_the_stage_and_everything_downstream(smoke, old, new, planned):
+    """Dry runs on the completed smoke pipeline: an edit plans its stage and all dependents."""
+    repo, env, _, _ = smoke
+    config = repo / "configs" / "smoke.yaml"
+    text = config.read_text()
+    assert old in text
+    try:
+        config.write_text(text.replace(old, new))
+        proc, _ = run(["snakemake", "-n", "--configfile", "configs/smoke.yaml"], repo, env, timeout=300)
+    finally:
+        config.write_text(text)
+    assert proc.returncode == 0, proc.stderr
+    jobs = planned_jobs(proc.stdout)
+    assert set(jobs) == planned | {"all"}, proc.stdout
+    assert jobs["evaluate"] == 1  # every evaluation task of configs/smoke.yaml (one)
+
+
+def test_fresh_clone_lopt_pull_everything_then_nothing_to_do(smoke, tmp_path):
+    """`dvc pull` writes files in parallel in any order; `lopt pull` gives them one mtime,
+    so a clone without Snakemake metadata plans nothing (Snakemake always compares times)."""
+    repo, env, _, tmp = smoke
+    _push(repo, env, tmp / "remote_everything")
+    clone = _fresh_clone(repo, tmp_path / "clone")
+    proc, _ = run(["lopt", "pull", "data", "pretrained@smoke", "experiment@smoke"], clone, env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pulled = [p for d in ("data", "results/smoke") for p in (clone / d).rglob("*") if p.is_file()]
+    assert len({p.stat().st_mtime_ns for p in pulled}) == 1
+    proc, _ = run(["snakemake", "-n", "--configfile", "configs/smoke.yaml"], clone, env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
 
 
 def _planned_rules(dry_run_stdout: str) -> set[str]:

@@ -140,7 +140,7 @@ def test_influence_balancing_truncation_bias(tmp_path):
 @pytest.mark.e2e
 def test_lorenz_quick_pipeline_nres_and_pes_lower_the_loss(tmp_path):
     from conftest import sandbox_env
-    from pipeline_utils import copy_repo, run
+    from pipeline_utils import copy_repo, planned_jobs, run
 
     repo = copy_repo(tmp_path / "repo")
     env = sandbox_env(tmp_path)
@@ -165,3 +165,14 @@ def test_lorenz_quick_pipeline_nres_and_pes_lower_the_loss(tmp_path):
     # rerunning plans nothing: the study is complete and fresh
     dry, _ = run([*cmd, "-n"], repo, env)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
+    # one method's setting changed: its runs and the analysis are replanned, nothing else
+    config = repo / "configs" / "paper" / "nres_lorenz.yaml"
+    text = config.read_text()
+    pes = "{name: pes, label: PES, estimator: pes, num_particles: 400, trunc_length: 100, sigma: 0.04,"
+    assert pes in text
+    config.write_text(text.replace(pes, pes.replace("sigma: 0.04", "sigma: 0.05")))
+    dry, _ = run([*cmd, "-n"], repo, env)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert planned_jobs(dry.stdout) == {"study_run": 1, "study_analyze": 1, "all": 1}, dry.stdout[-3000:]
+    log = dry.stdout + dry.stderr
+    assert "wildcards: method=pes, seed=0" in log and "method=nres" not in log, log[-3000:]

@@ -1,11 +1,11 @@
 # Stage 4: figures and tables from result files only (no training code runs here).
 rule analyze:
     input:
-        metrics=ancient(f"{RESULTS}/meta/metrics.csv"),
-        card=ancient(f"{RESULTS}/meta/model_card.md"),
-        curves=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/curves.csv", task=EVAL_TASKS)],
-        summaries=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/summary.csv", task=EVAL_TASKS)],
-        task_metrics=[ancient(f) for f in expand(f"{RESULTS}/eval/{{task}}/metrics.csv", task=EVAL_TASKS)],
+        metrics=f"{RESULTS}/meta/metrics.csv",
+        card=f"{RESULTS}/meta/model_card.md",
+        curves=expand(f"{RESULTS}/eval/{{task}}/curves.csv", task=EVAL_TASKS),
+        summaries=expand(f"{RESULTS}/eval/{{task}}/summary.csv", task=EVAL_TASKS),
+        task_metrics=expand(f"{RESULTS}/eval/{{task}}/metrics.csv", task=EVAL_TASKS),
         # committed output of benchmarks/lopt_overhead.py; local(): read from the source
         # tree, not from a cluster's default storage
         tradeoffs=local("benchmarks/lopt_overhead.csv"),

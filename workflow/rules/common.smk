@@ -4,11 +4,15 @@
 # lopt.config validates it (unknown keys, wrong types, out-of-range values fail here,
 # naming the file, key path and allowed values). Each rule's `params.spec` holds the
 # config sections it depends on, so with the params rerun trigger an edit reruns exactly
-# the stages it affects.
+# the stages it affects, and every job downstream of them: a job also reruns when a job
+# it reads from reruns.
 #
-# Every rule input is wrapped in ancient(): freshness is defined by config (params) and
-# code, never by file times, which `dvc pull` sets in arbitrary order. A job still
-# reruns when its output is missing or an upstream job reruns.
+# No input is ancient(): in Snakemake 9 a job whose inputs from a rerun job are all
+# ancient() is not rerun with it (stale evaluations after a meta-training change).
+# Snakemake also always reruns a job whose input is newer than its outputs, unless the
+# input's recorded checksum still matches (files up to 1 MB, only where this checkout ran
+# the job); the profile's rerun-triggers cannot turn that off. `dvc pull` writes files in
+# arbitrary order, so pull with `lopt pull TARGETS`: it gives the pulled files one time.
 #
 # A study config (kind: study, configs/paper/*.yaml) selects the study rules instead of
 # meta-train/evaluate/analyze; `--config quick=1` selects its CI-sized variant.
@@ -59,7 +63,7 @@ def launcher(stage):
 
 
 def dataset_files(*names):
-    return [ancient(f"{DATA}/{n}/{f}") for n in sorted(filter(None, names)) for f in DATA_FILES]
+    return [f"{DATA}/{n}/{f}" for n in sorted(filter(None, names)) for f in DATA_FILES]
 
 
 def eval_task_dataset(task_name):

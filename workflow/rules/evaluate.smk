@@ -1,7 +1,7 @@
 # Stage 3: evaluate the learned optimizer and LR-tuned baselines on one held-out task.
 rule evaluate:
     input:
-        params=ancient(f"{RESULTS}/meta/meta_params.npz"),
+        params=f"{RESULTS}/meta/meta_params.npz",
         data=lambda w: dataset_files(eval_task_dataset(w.task)),
     output:
         curves=f"{RESULTS}/eval/{{task}}/curves.csv",

@@ -29,7 +29,7 @@ rule study_run:
 
 rule study_analyze:
     input:
-        [ancient(f"{RESULTS}/runs/{m}/seed{s}/curve.csv") for m in METHODS for s in CFG.seed_list()],
+        [f"{RESULTS}/runs/{m}/seed{s}/curve.csv" for m in METHODS for s in CFG.seed_list()],
     output:
         [f"{RESULTS}/{f}" for f in CFG.output_files()],
     benchmark:
