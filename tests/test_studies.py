@@ -110,12 +110,69 @@ def test_claim_checks_can_fail():
     study = StudyConfig.model_validate(raw)
     curves = _curves({"pes": [10, 3, 1.5, 1.0], "nres": [10, 8, 7, 6]},
                      {"pes": [0.5, 0.2, 0.0, -0.16], "nres": [0.5, 0.6, 0.7, 0.8]})
-    verdicts = [ok for _, ok, _ in check_claims(study, curves, summarise(study, curves))]
-    assert verdicts == [True, True, False, True, True]
+    verdicts = [v for _, v, _ in check_claims(study, curves, summarise(study, curves))]
+    assert verdicts == ["yes", "yes", "no", "yes", "yes"]  # one seed: no s.e., the means decide
     # swap the roles: every pairwise claim must now fail
     curves2 = curves.assign(method=curves["method"].map({"pes": "nres", "nres": "pes"}))
-    verdicts2 = [ok for _, ok, _ in check_claims(study, curves2, summarise(study, curves2))]
-    assert verdicts2[:2] == [False, False] and verdicts2[3:] == [False, False]
+    verdicts2 = [v for _, v, _ in check_claims(study, curves2, summarise(study, curves2))]
+    assert verdicts2[:2] == ["no", "no"] and verdicts2[3:] == ["no", "no"]
+
+
+def _seeded(finals: dict[str, list[float]], start: float = 1.0) -> pd.DataFrame:
+    """Per seed: loss `start` at outer step 0, halfway at step 10, `final` at step 20;
+    wall-clock 1 s per 10 steps plus 0.1 s per seed index."""
+    rows = []
+    for method, values in finals.items():
+        for seed, final in enumerate(values):
+            for i, loss in enumerate((start, (start + final) / 2, final)):
+                rows.append({"method": method, "seed": seed, "outer_step": 10 * i, "unroll_steps": 1000 * i,
+                             "wall_time": i * (1.0 + 0.1 * seed), "eval_loss": loss, "theta_0": 0.5 - 0.1 * i})
+    return pd.DataFrame(rows)
+
+
+def test_claim_verdicts_need_two_standard_errors():
+    """yes / no only beyond 2 combined standard errors of the seed means, else inconclusive."""
+    from lopt.studies.analysis import MARGIN, _verdict, check_claims, claims_markdown, summarise
+
+    assert MARGIN == 2.0
+    # the review's case (nres_lopt_cpu): 0.2769 ± 0.0046 vs 0.2779 ± 0.0060 is a tie
+    assert _verdict(0.2779 - 0.2769, math.hypot(0.0046, 0.0060)) == "inconclusive"
+    assert _verdict(0.03, 0.01) == "yes" and _verdict(-0.03, 0.01) == "no" and _verdict(0.019, 0.01) == "inconclusive"
+    assert _verdict(0.001, math.nan) == "yes"  # one seed: the means decide
+
+    raw = _base()
+    raw["methods"] = raw["methods"][:2]  # pes, nres
+    raw["seeds"] = 3
+    raw["claims"] = [
+        {"text": "a", "check": "lower_final", "better": "pes", "worse": ["nres"]},
+        {"text": "b", "check": "reduces_loss", "methods": ["pes"], "factor": 0.5},
+        {"text": "c", "check": "reaches_first", "better": "pes", "worse": ["nres"], "threshold": 0.7,
+         "axis": "wall_time"},
+    ]
+    study = StudyConfig.model_validate(raw)
+
+    def verdicts(finals):
+        curves = _seeded(finals)
+        return [v for _, v, _ in check_claims(study, curves, summarise(study, curves))]
+
+    # means 0.28 vs 0.285, each sem 0.0058: difference 0.005 < 2 x 0.0082 -> inconclusive;
+    # pes 0.28 vs 0.5 x start = 0.5 -> yes; halfway losses 0.64 vs 0.6425, both reach 0.7 at
+    # step 10 (wall-clock 1.1 ± 0.058 s each) -> inconclusive
+    close = {"pes": [0.27, 0.28, 0.29], "nres": [0.275, 0.285, 0.295]}
+    assert verdicts(close) == ["inconclusive", "yes", "inconclusive"]
+    # nres 0.05 higher: 0.05 > 0.016 -> yes; nres's halfway 0.6675 still reaches 0.7 at step 10
+    apart = {"pes": [0.27, 0.28, 0.29], "nres": [0.325, 0.335, 0.345]}
+    assert verdicts(apart)[0] == "yes"
+    # roles swapped: clearly the other way
+    assert verdicts({"pes": apart["nres"], "nres": apart["pes"]})[0] == "no"
+    # reduces_loss right at the bar: 0.495 ± 0.0029 vs 0.5 -> inconclusive; 0.6 -> no
+    assert verdicts({"pes": [0.49, 0.495, 0.5], "nres": close["nres"]})[1] == "inconclusive"
+    assert verdicts({"pes": [0.59, 0.6, 0.61], "nres": close["nres"]})[1] == "no"
+    # reaches_first: nres's halfway 0.75 misses 0.7 at step 10 by > 2 sem; it reaches at step 20
+    assert verdicts({"pes": close["pes"], "nres": [0.49, 0.5, 0.51]})[2] == "yes"
+    assert verdicts({"pes": [0.49, 0.5, 0.51], "nres": close["pes"]})[2] == "no"
+    md = claims_markdown(study, check_claims(study, _seeded(close), summarise(study, _seeded(close))))
+    assert "| inconclusive |" in md and "2 standard errors" in md
 
 
 def test_influence_balancing_truncation_bias(tmp_path):

@@ -9,7 +9,9 @@ Outputs (``results/<study>/``):
                           mean trajectory (``analysis.surface``)
     tables/summary.csv    one row per method: settings, budget, start/final loss, theta
     tables/summary.md     the same as a Markdown table
-    claims.md             each paper claim, the measured evidence and the verdict
+    claims.md             each paper claim, the measured evidence and the verdict: yes / no /
+                          inconclusive, decided with a margin of MARGIN (2) standard errors
+                          of the seed means (VERDICT_RULE)
 """
 
 from __future__ import annotations
@@ -125,6 +127,12 @@ def plot_surface(study: StudyConfig, curves: pd.DataFrame, path: Path) -> None:
     _save(fig, path, study.analysis.dpi)
 
 
+def _sem(values: pd.Series) -> float:
+    """Standard error of the mean over seeds (NaN for one seed)."""
+    n = len(values)
+    return float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+
+
 def summarise(study: StudyConfig, curves: pd.DataFrame) -> pd.DataFrame:
     """One row per method: settings, budget, start and final eval loss (mean, sem)."""
     rows = []
@@ -146,8 +154,9 @@ def summarise(study: StudyConfig, curves: pd.DataFrame) -> pd.DataFrame:
             "unroll_steps": int(last["unroll_steps"].iloc[0]),
             "seeds": n,
             "start_loss": float(first["eval_loss"].mean()),
+            "start_loss_sem": _sem(first["eval_loss"]),
             "final_loss": float(last["eval_loss"].mean()),
-            "final_loss_sem": float(last["eval_loss"].std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+            "final_loss_sem": _sem(last["eval_loss"]),
             "best_loss": float(d.groupby("seed")["eval_loss"].min().mean()),
             "wall_time_s": float(last["wall_time"].mean()),
         }
@@ -159,20 +168,74 @@ def summarise(study: StudyConfig, curves: pd.DataFrame) -> pd.DataFrame:
 
 def first_reach(curves: pd.DataFrame, method: str, threshold: float, axis: str) -> float:
     """The ``axis`` value where ``method``'s seed-mean eval loss first is <= ``threshold``."""
+    return _reach(curves, method, threshold, axis)[0]
+
+
+#: Verdict margin in standard errors (of the seed means): a claim is "yes" only when the
+#: measured difference exceeds MARGIN x its standard error, "no" when it is that far the
+#: other way, "inconclusive" in between.
+MARGIN = 2.0
+VERDICT_RULE = (
+    f"yes: the claimed difference exceeds {MARGIN:g} standard errors of the seed means "
+    f"(combined: sqrt(sem_a^2 + sem_b^2)); no: it is reversed by that margin; inconclusive "
+    f"otherwise. Reaching a loss first: yes when even the better method's pessimistic band "
+    f"(mean loss + {MARGIN:g} sem, axis value + {MARGIN:g} sem over seeds) reaches the threshold "
+    f"before the other's optimistic band (both - {MARGIN:g} sem) does; no when the same holds "
+    f"the other way round. With one seed there is no standard error and the means decide."
+)
+
+
+def _verdict(diff: float, se: float) -> str:
+    """``diff`` > 0 supports the claim; compared with ``MARGIN`` x ``se`` (0 when NaN)."""
+    margin = MARGIN * (0.0 if math.isnan(se) else se)
+    if diff > margin:
+        return "yes"
+    if diff < -margin:
+        return "no"
+    return "inconclusive"
+
+
+def _combine(verdicts: list[str]) -> str:
+    """All parts yes -> yes; any part no -> no; else inconclusive."""
+    if "no" in verdicts:
+        return "no"
+    return "yes" if all(v == "yes" for v in verdicts) else "inconclusive"
+
+
+def _reach(curves: pd.DataFrame, method: str, threshold: float, axis: str) -> tuple[float, float, float]:
+    """(seed-mean, optimistic, pessimistic) ``axis`` value at which ``method`` reaches ``threshold``.
+
+    Optimistic: the first evaluation where mean loss - MARGIN sem <= threshold, at its mean
+    axis value - MARGIN sem; pessimistic: mean loss + MARGIN sem, axis value + MARGIN sem.
+    Infinity where the curve never gets there.
+    """
     d = curves[curves["method"] == method].groupby("outer_step")
-    mean = d["eval_loss"].mean()
-    x = d[axis].mean()
-    hit = mean.to_numpy() <= threshold
-    return float(x.to_numpy()[hit.argmax()]) if hit.any() else math.inf
+    n = d["eval_loss"].count().to_numpy()
+    root_n = np.sqrt(np.maximum(n, 1))
+    loss, loss_se = d["eval_loss"].mean().to_numpy(), np.nan_to_num(d["eval_loss"].std(ddof=1).to_numpy() / root_n)
+    x, x_se = d[axis].mean().to_numpy(), np.nan_to_num(d[axis].std(ddof=1).to_numpy() / root_n)
+
+    def first(hit: np.ndarray, xs: np.ndarray) -> float:
+        return float(xs[hit.argmax()]) if hit.any() else math.inf
+
+    return (
+        first(loss <= threshold, x),
+        first(loss - MARGIN * loss_se <= threshold, x - MARGIN * x_se),
+        first(loss + MARGIN * loss_se <= threshold, x + MARGIN * x_se),
+    )
 
 
-def check_claim(claim: ClaimConfig, curves: pd.DataFrame, summary: pd.DataFrame) -> tuple[bool, str]:
-    """Whether the measured curves support ``claim``, and the evidence in words."""
+def check_claim(claim: ClaimConfig, curves: pd.DataFrame, summary: pd.DataFrame) -> tuple[str, str]:
+    """The verdict on ``claim`` ("yes", "no" or "inconclusive", see VERDICT_RULE) and the evidence."""
     s = summary.set_index("method")
 
     def loss(name: str) -> str:
         sem = s.at[name, "final_loss_sem"]
         return f"{s.at[name, 'final_loss']:.4g}" + ("" if np.isnan(sem) else f" ± {sem:.2g}")
+
+    def final_last(m: str) -> pd.DataFrame:
+        d = curves[curves["method"] == m]
+        return d[d["outer_step"] == d["outer_step"].max()].sort_values("seed")
 
     cols = _theta_cols(curves)
     start = curves[curves["outer_step"] == 0].groupby("method")[cols].mean()
@@ -180,49 +243,86 @@ def check_claim(claim: ClaimConfig, curves: pd.DataFrame, summary: pd.DataFrame)
     def theta(name: str) -> np.ndarray:
         return np.asarray([s.at[name, f"final_{c}"] for c in cols], dtype=float)
 
+    def per_method(names: list[str], verdicts: list[str]) -> str:
+        """The verdict per compared method, when they differ."""
+        return "" if len(set(verdicts)) < 2 else " (" + ", ".join(f"{m}: {v}" for m, v in zip(names, verdicts)) + ")"
+
     if claim.check == "lower_final":
-        ok = all(s.at[claim.better, "final_loss"] < s.at[w, "final_loss"] for w in claim.worse)
-        ev = f"final loss {claim.better} {loss(claim.better)} vs " + ", ".join(f"{w} {loss(w)}" for w in claim.worse)
-        return ok, ev
+        b = claim.better
+        parts = [
+            _verdict(s.at[w, "final_loss"] - s.at[b, "final_loss"],
+                     math.hypot(s.at[b, "final_loss_sem"], s.at[w, "final_loss_sem"]))
+            for w in claim.worse
+        ]
+        ev = f"final loss {b} {loss(b)} vs " + ", ".join(f"{w} {loss(w)}" for w in claim.worse)
+        return _combine(parts), ev + per_method(claim.worse, parts)
     if claim.check == "reaches_first":
-        reach = {m: first_reach(curves, m, claim.threshold, claim.axis) for m in [claim.better, *claim.worse]}
-        ok = all(reach[claim.better] < reach[w] for w in claim.worse)
-        ev = ", ".join(f"{m} {v:.3g}" for m, v in reach.items())
-        return ok, f"{claim.axis.replace('_', ' ')} to reach loss {claim.threshold:g}: {ev}"
+        reach = {m: _reach(curves, m, claim.threshold, claim.axis) for m in [claim.better, *claim.worse]}
+        b = reach[claim.better]
+        parts = []
+        for w in claim.worse:
+            if b[2] < reach[w][1]:
+                parts.append("yes")
+            elif reach[w][2] < b[1]:
+                parts.append("no")
+            else:
+                parts.append("inconclusive")
+
+        def show(r: tuple[float, float, float]) -> str:
+            return f"{r[0]:.3g}" + ("" if r[1] == r[0] == r[2] else f" [{r[1]:.3g}, {r[2]:.3g}]")
+
+        ev = ", ".join(f"{m} {show(r)}" for m, r in reach.items())
+        band = f" (brackets: optimistic, pessimistic at ± {MARGIN:g} sem)" if any(r[1] != r[2] for r in reach.values()) else ""
+        ev = f"{claim.axis.replace('_', ' ')} to reach loss {claim.threshold:g}: {ev}{band}"
+        return _combine(parts), ev + per_method(claim.worse, parts)
     if claim.check == "reduces_loss":
-        ok = all(s.at[m, "final_loss"] < claim.factor * s.at[m, "start_loss"] for m in claim.methods)
+        parts = [
+            _verdict(claim.factor * s.at[m, "start_loss"] - s.at[m, "final_loss"],
+                     math.hypot(s.at[m, "final_loss_sem"], claim.factor * np.nan_to_num(s.at[m, "start_loss_sem"])))
+            for m in claim.methods
+        ]
         ev = "; ".join(f"{m}: {s.at[m, 'start_loss']:.4g} -> {loss(m)}" for m in claim.methods)
-        return ok, ev + f" (needs < {claim.factor:g} x start)"
+        return _combine(parts), ev + f" (needs < {claim.factor:g} x start)" + per_method(claim.methods, parts)
     target = np.asarray(claim.target, dtype=float)
-    oks, parts = [], []
+    verdicts, parts = [], []
     for m in claim.methods:
         th0, th = start.loc[m].to_numpy(dtype=float), theta(m)
         parts.append(f"{m}: {np.array2string(th0, precision=4)} -> {np.array2string(th, precision=4)}")
+        last = final_last(m)
         if claim.check == "theta_near":
-            oks.append(bool(np.all(np.abs(th - target) <= claim.tol)))
-        else:  # theta_moves_away
-            oks.append(bool(np.linalg.norm(th - target) > np.linalg.norm(th0 - target)))
+            sem = np.asarray([_sem(last[c]) for c in cols], dtype=float)
+            # per coordinate: tol - |mean - target| must exceed MARGIN sem of the mean
+            verdicts.append(_combine([_verdict(claim.tol - abs(t - g), e) for t, g, e in zip(th, target, sem)]))
+        else:  # theta_moves_away: per seed, distance to target at the end minus at the start
+            first = curves[(curves["method"] == m) & (curves["outer_step"] == 0)].sort_values("seed")
+            moved = (np.linalg.norm(last[cols].to_numpy(float) - target, axis=1)
+                     - np.linalg.norm(first[cols].to_numpy(float) - target, axis=1))
+            sem = float(moved.std(ddof=1) / math.sqrt(len(moved))) if len(moved) > 1 else math.nan
+            verdicts.append(_verdict(float(moved.mean()), sem))
     tol = f", tol {claim.tol:g}" if claim.check == "theta_near" else ""
-    return all(oks), "; ".join(parts) + f" (target {target.tolist()}{tol})"
+    ev = "; ".join(parts) + f" (target {target.tolist()}{tol})"
+    return _combine(verdicts), ev + per_method(claim.methods, verdicts)
 
 
-def check_claims(study: StudyConfig, curves: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[ClaimConfig, bool, str]]:
-    """Every claim of the study with its verdict and evidence."""
+def check_claims(study: StudyConfig, curves: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[ClaimConfig, str, str]]:
+    """Every claim of the study with its verdict ("yes", "no", "inconclusive") and evidence."""
     return [(claim, *check_claim(claim, curves, summary)) for claim in study.claims]
 
 
-def claims_markdown(study: StudyConfig, verdicts: list[tuple[ClaimConfig, bool, str]]) -> str:
+def claims_markdown(study: StudyConfig, verdicts: list[tuple[ClaimConfig, str, str]]) -> str:
     lines = [f"# {study.name}: paper claims vs this run", ""]
     if study.reference:
         lines += [f"Reference: {study.reference}", ""]
     lines += [
         f"Seeds: {study.seeds}; numbers are seed means of the final unperturbed eval loss (± sem).",
         "",
+        f"Verdicts: {VERDICT_RULE}",
+        "",
         "| claim | source | measured | reproduced |",
         "|---|---|---|---|",
     ]
-    for claim, ok, ev in verdicts:
-        lines.append(f"| {claim.text} | {claim.source} | {ev} | {'yes' if ok else 'no'} |")
+    for claim, verdict, ev in verdicts:
+        lines.append(f"| {claim.text} | {claim.source} | {ev} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
