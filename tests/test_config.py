@@ -162,3 +162,26 @@ def test_snakemake_rejects_bad_config_at_parse_time(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert str(cfg_path) in out and "meta_train.estimator" in out
+
+
+@pytest.mark.parametrize(
+    ("configfile", "overrides", "fragments"),
+    [
+        ("configs/smoke.yaml", ["seed=3"], ["--config seed: unexpected key", "none (quick applies to study configs only)"]),
+        ("configs/smoke.yaml", ["quick=1"], ["--config quick: unexpected key"]),
+        ("configs/paper/nres_lorenz.yaml", ["quick=1", "seeds=2", "name=x"],
+         ["--config name, seeds: unexpected key", "allowed --config keys: quick."]),
+        ("configs/paper/nres_lorenz.yaml", ["quick=maybe"], ["--config quick='maybe'", "allowed values"]),
+    ],
+    ids=["experiment", "quick-on-experiment", "study", "study-quick-value"],
+)
+def test_snakemake_rejects_unexpected_config_overrides(tmp_path, configfile, overrides, fragments):
+    """`--config KEY=VALUE` is never silently ignored: unknown keys fail at parse time."""
+    proc = subprocess.run(
+        ["snakemake", "-n", "--cores", "1", "--configfile", configfile, "--config", *overrides],
+        cwd=REPO, capture_output=True, text=True, env=sandbox_env(tmp_path), check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    for fragment in fragments:
+        assert fragment in out, out

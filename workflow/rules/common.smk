@@ -15,15 +15,29 @@
 # arbitrary order, so pull with `lopt pull TARGETS`: it gives the pulled files one time.
 #
 # A study config (kind: study, configs/paper/*.yaml) selects the study rules instead of
-# meta-train/evaluate/analyze; `--config quick=1` selects its CI-sized variant.
+# meta-train/evaluate/analyze; `--config quick=1` selects its CI-sized variant. That is
+# the only --config key: settings live in the YAML, so any other key fails here instead
+# of being silently ignored.
 import json
+from snakemake.exceptions import WorkflowError
 from lopt.config import DATASET_NAMES, load_config
 from lopt.studies.config import is_study, load_study
 
 CONFIGFILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "configs/default.yaml"
 IS_STUDY = is_study(CONFIGFILE)
-# A study YAML has its own `quick:` mapping; only a scalar from --config turns it on.
-QUICK = IS_STUDY and not isinstance(config.get("quick"), dict) and str(config.get("quick", "")).lower() in ("1", "true", "yes")
+OVERRIDES = dict(workflow.config_settings.config)  # --config KEY=VALUE only, not the YAML
+ALLOWED_OVERRIDES = ("quick",) if IS_STUDY else ()
+_unexpected = sorted(set(OVERRIDES) - set(ALLOWED_OVERRIDES))
+if _unexpected:
+    raise WorkflowError(
+        f"--config {', '.join(_unexpected)}: unexpected key(s) for {CONFIGFILE}; allowed --config keys: "
+        + (", ".join(ALLOWED_OVERRIDES) if ALLOWED_OVERRIDES else "none (quick applies to study configs only)")
+        + ". Experiment settings are read from the config file only: edit it, or pass another --configfile."
+    )
+_quick = str(OVERRIDES.get("quick", "0")).strip().lower()
+if _quick not in ("1", "true", "yes", "0", "false", "no"):
+    raise WorkflowError(f"--config quick={OVERRIDES['quick']!r}: allowed values 1/true/yes or 0/false/no")
+QUICK = IS_STUDY and _quick in ("1", "true", "yes")
 QUICK_FLAG = " --quick" if QUICK else ""
 CFG = load_study(CONFIGFILE, quick=QUICK) if IS_STUDY else load_config(CONFIGFILE)
 EXP = CFG.name
