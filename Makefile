@@ -9,7 +9,7 @@ CORES  ?= all
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test test-slow setup lock report clean-results
+.PHONY: run test test-slow setup lock report
 
 setup: $(STAMP)
 

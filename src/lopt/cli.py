@@ -1,14 +1,15 @@
 """``lopt <command>``: a thin command line over the library (argparse, stdlib).
 
-Every command takes ``--config`` (an experiment YAML), validates it before importing
-JAX, and writes under the experiment's directories by default:
+Every command but ``schema`` and ``pull`` takes ``--config`` (an experiment YAML),
+validates it before importing JAX, and writes under the experiment's directories by
+default; each also takes ``--quiet`` (no progress bar):
 
     lopt validate     --config C                      check a config, print the resolved one
     lopt schema                                       print the config JSON schema
     lopt prepare-data --config C [--dataset NAME]     data/<name>/
-    lopt meta-train   --config C [--out DIR] [--resume]
-    lopt evaluate     --config C --task NAME [--meta-params P] [--out DIR]
-    lopt analyze      --config C [--results DIR]
+    lopt meta-train   --config C [--out DIR] [--resume] [--process-id N]
+    lopt evaluate     --config C --task NAME [--checkpoint REF] [--out DIR]
+    lopt analyze      --config C [--results DIR] [--tradeoffs CSV]
 
 Estimator studies (``configs/paper/*.yaml``, ``kind: study``; ``--quick`` selects the
 study's CI-sized variant, results in ``results/<name>_quick``):
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = is_study(args.config)
         if study and args.command not in STUDY_ONLY | BOTH:
-            raise ConfigError(f"{args.config}: a study config (kind: study) needs study-run or study-analyze, not {args.command}")
+            raise ConfigError(f"{args.config}: a study config (kind: study) needs study-run, study-analyze or variance (or validate, prepare-data), not {args.command}")
         if not study and args.command in STUDY_ONLY:
             raise ConfigError(f"{args.config}: {args.command} needs a study config (kind: study, configs/paper/*.yaml)")
         cfg = load_study(args.config, quick=args.quick) if study else load_config(args.config)
