@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.config import ImageMLPTaskConfig
-from lopt.evaluate import training_run
+from lopt.evaluate import curves_program, training_run
 from lopt.optimizers import lr_grid, make_baseline
 from lopt.tasks import build_task
 
@@ -54,16 +54,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     def make(lr):
         return make_baseline("adam", lr)
 
-    run = training_run(task, make, data, args.steps, args.eval_every)
-    # exactly train_curves' program, built once so the second call is compile-free
-    every = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0)), in_axes=(0, None)))
-    one = jax.jit(run)  # compiled once, called per run
+    every = curves_program(task, make, args.steps, args.eval_every)  # exactly train_curves' program
+    one = jax.jit(training_run(task, make, args.steps, args.eval_every))  # compiled once, called per run
 
     def vectorised():
-        return every(grid, jnp.asarray(seeds))["train_batch"]
+        return every(grid, jnp.asarray(seeds), data)["train_batch"]
 
     def looped():
-        return [one(grid[i], jnp.int32(j))["train_batch"] for i in range(args.rates) for j in range(args.seeds)]
+        return [one(grid[i], jnp.int32(j), data)["train_batch"] for i in range(args.rates) for j in range(args.seeds)]
 
     v_first, v_steady = timed(vectorised)
     l_first, l_steady = timed(looped)

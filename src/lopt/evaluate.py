@@ -55,25 +55,37 @@ def train_curves(
         :data:`EVAL_SPLITS` ``<split>_loss`` / ``<split>_accuracy``: ``[H, S, E]`` at steps
         ``0, eval_every, ..., num_steps`` (E = num_steps / eval_every + 1).
     """
-    run = training_run(task, make_opt, data, num_steps, eval_every)
-    over_seeds = jax.vmap(run, in_axes=(None, 0))
-    over_all = jax.jit(jax.vmap(over_seeds, in_axes=(0, None)))
-    return jax.device_get(over_all(hparams, jnp.asarray(seeds)))
+    program = curves_program(task, make_opt, num_steps, eval_every)
+    return jax.device_get(program(hparams, jnp.asarray(seeds), data))
+
+
+def curves_program(
+    task: Task, make_opt: Callable[[Any], optax.GradientTransformation], num_steps: int, eval_every: int
+) -> Callable[[Any, jax.Array, Any], dict[str, jax.Array]]:
+    """The jitted ``(hparams [H], seeds [S], data) -> curves`` program of :func:`train_curves`.
+
+    ``data`` is an argument, not a closure: a closed-over dataset would be baked into the
+    program as constants (the digits program's HLO is 5x larger that way) and a new
+    dataset of the same shapes would need a new compile.
+    """
+    run = training_run(task, make_opt, num_steps, eval_every)
+    over_seeds = jax.vmap(run, in_axes=(None, 0, None))
+    return jax.jit(jax.vmap(over_seeds, in_axes=(0, None, None)))
 
 
 def training_run(
-    task: Task, make_opt: Callable[[Any], optax.GradientTransformation], data: Any, num_steps: int, eval_every: int
-) -> Callable[[Any, jax.Array], dict[str, jax.Array]]:
-    """``run(hparam, seed)``: one training run's curves (unbatched, not jitted).
+    task: Task, make_opt: Callable[[Any], optax.GradientTransformation], num_steps: int, eval_every: int
+) -> Callable[[Any, jax.Array, Any], dict[str, jax.Array]]:
+    """``run(hparam, seed, data)``: one training run's curves (unbatched, not jitted).
 
-    :func:`train_curves` vmaps it over hyperparameters and seeds; the shapes are those of
-    ``train_curves`` without the leading ``[H, S]``.
+    :func:`curves_program` vmaps it over hyperparameters and seeds; the shapes are those
+    of ``train_curves`` without the leading ``[H, S]``.
     """
     if num_steps % eval_every:
         raise ValueError(f"num_steps ({num_steps}) must be a multiple of eval_every ({eval_every})")
     num_chunks = num_steps // eval_every
 
-    def run(hparam, seed):
+    def run(hparam, seed, data):
         key = jax.random.PRNGKey(seed)
         key_init, key_steps, key_eval = jax.random.split(key, 3)
         params = task.init(key_init)
