@@ -149,7 +149,10 @@ class MethodConfig(_Strict):
 class ClaimConfig(_Strict):
     """A paper claim and the check that decides whether this run reproduced it.
 
-    Checks use the seed-mean of each method's final evaluation loss / final theta:
+    Checks compare seed-means of each method's final evaluation loss / final theta with a
+    margin of 2 combined standard errors of those means (verdict ``yes`` beyond it in the
+    claimed direction, ``no`` beyond it the other way, ``inconclusive`` in between; one
+    seed: the means decide; :mod:`lopt.studies.analysis`):
 
     - ``lower_final``: ``better`` ends below every method in ``worse``.
     - ``reaches_first``: ``better``'s seed-mean curve reaches ``threshold`` at a smaller
