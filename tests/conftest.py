@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,32 @@ REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["DVC_NO_ANALYTICS"] = "1"
+
+
+def pytest_configure(config):
+    """One JAX persistent compilation cache per test session, shared by the xdist workers
+    and every subprocess (lopt, Snakemake jobs) through the environment.
+
+    Many tests compile the same program in several processes (a killed run and its
+    resume, the hosts of a multi-host run, a pipeline re-run after ``lopt pull``); XLA's
+    CPU compile dominates those tests. The cache starts empty every session, so nothing
+    carries over between CI runs, and a cached executable is the very program a fresh
+    compile produces (bit-identical results). A size limit turns on JAX's file lock, so
+    concurrent processes never read a half-written entry.
+    """
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # set by the user, or by the xdist controller
+        return
+    cache = tempfile.mkdtemp(prefix="lopt-test-jax-cache-")
+    config._lopt_jax_cache = cache
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 * 2**30)
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_lopt_jax_cache", None)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture
