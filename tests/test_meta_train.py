@@ -129,6 +129,8 @@ def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, digits_
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(digits_root)})})
     out = tmp_path / "out"
     meta_train(cfg, out, progress=False)
+    # a run from before the live log moved into checkpoints/ resumes with its log
+    (out / "checkpoints" / "metrics.live.csv").replace(out / "metrics.live.csv")
     longer = cfg.model_copy(update={"meta_train": cfg.meta_train.model_copy(update={"outer_steps": 9})})
     state = meta_train(longer, out, resume=True, progress=False)
     assert int(state.step) == 9

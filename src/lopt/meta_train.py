@@ -228,6 +228,9 @@ def _prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool)
         raise FileExistsError(
             f"{ckpt_dir} already holds checkpoints; pass --resume to continue or delete it"
         )
+    legacy_log = ckpt_dir.parent / LIVE_METRICS  # where runs before the log moved kept it
+    if exists and legacy_log.exists() and not (ckpt_dir / LIVE_METRICS).exists() and jax.process_index() == 0:
+        legacy_log.replace(ckpt_dir / LIVE_METRICS)
     previous = json.loads(stamp.read_text())["fingerprint"] if stamp.exists() else "unknown"
     _barrier("lopt-checkpoint-dir-read")
     if jax.process_index() == 0:
