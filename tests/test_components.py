@@ -67,6 +67,27 @@ def test_train_curves_vectorises_hparams_and_seeds():
     np.testing.assert_allclose(curves["train_batch"][1, :, 0], curves["train_batch"][2, :, 0])
 
 
+def test_one_program_serves_every_baseline_like_its_own():
+    """baseline_curves' shared program (lax.switch over candidates) trains each candidate
+    as its own program does: same curves to float rounding (stable rates on a quadratic,
+    where rounding differences cannot grow), for optimizers with different state
+    structures, schedules included."""
+    from lopt.evaluate import baseline_curves
+
+    task = NoisyQuadratic(dim=4, noise_std=0.0)
+    lrs = jnp.asarray([0.01, 0.05])
+    candidates = [("sgd", "constant"), ("adam", "cosine"), ("lion", "constant"), ("adafactor", "constant")]
+    shared = baseline_curves(task, candidates, None, 20, 5)
+    for name, schedule in candidates:
+        own = train_curves(task, lambda lr, n=name, s=schedule: make_baseline(n, lr, s, 20), lrs, np.arange(2), None, 20, 5)
+        got = shared(name, schedule, lrs, np.arange(2))
+        for k in own:
+            np.testing.assert_allclose(got[k], own[k], rtol=1e-5, atol=1e-7, err_msg=f"{name} {k}")
+    # and the candidates differ (the index picks the branch)
+    assert not np.allclose(shared("sgd", "constant", lrs, np.arange(2))["test_loss"],
+                           shared("adam", "cosine", lrs, np.arange(2))["test_loss"])
+
+
 def test_tuning_selects_the_best_rate_and_avoids_divergence():
     task = NoisyQuadratic(dim=4, condition_number=10.0, noise_std=0.0)
     # with curvature up to 10, sgd diverges for lr > 0.2; 0.1 is the best stable rate

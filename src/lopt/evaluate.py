@@ -16,7 +16,7 @@ Outputs are tidy tables (one observation per row) so analysis never re-runs trai
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy as np
 import optax
 import pandas as pd
 
-from lopt.optimizers import lr_grid, make_baseline
+from lopt.optimizers import lr_grid, make_baseline, select_optimizer
 from lopt.tasks.base import Task
 
 EVAL_SPLITS = ("train", "inner_valid", "test")
@@ -68,9 +68,41 @@ def curves_program(
     program as constants (the digits program's HLO is 5x larger that way) and a new
     dataset of the same shapes would need a new compile.
     """
-    run = training_run(task, make_opt, num_steps, eval_every)
-    over_seeds = jax.vmap(run, in_axes=(None, 0, None))
-    return jax.jit(jax.vmap(over_seeds, in_axes=(0, None, None)))
+    return jax.jit(_over_hparams_and_seeds(training_run(task, make_opt, num_steps, eval_every)))
+
+
+def _over_hparams_and_seeds(run: Callable) -> Callable:
+    return jax.vmap(jax.vmap(run, in_axes=(None, 0, None)), in_axes=(0, None, None))
+
+
+BaselineCurves = Callable[[str, str, Any, np.ndarray], dict[str, np.ndarray]]
+
+
+def baseline_curves(
+    task: Task, candidates: Sequence[tuple[str, str]], data: Any, num_steps: int, eval_every: int
+) -> BaselineCurves:
+    """``curves(name, schedule, hparams [H], seeds [S])`` for any (baseline, schedule) in
+    ``candidates``, all from one compiled program (:func:`train_curves` layout).
+
+    Compilation, not training, dominates evaluation on small tasks (benchmarks/RESULTS.md),
+    and most of a program is the task (init, forward/backward, batches, evaluations),
+    so the candidates share one program and differ in a ``lax.switch`` branch
+    (:func:`lopt.optimizers.select_optimizer`); each call runs only its candidate.
+    """
+    index = {c: i for i, c in enumerate(candidates)}
+
+    def program(choice, hparams, seeds, data):
+        def make(lr):
+            return select_optimizer(choice, [make_baseline(n, lr, s, num_steps) for n, s in candidates])
+
+        return _over_hparams_and_seeds(training_run(task, make, num_steps, eval_every))(hparams, seeds, data)
+
+    compiled = jax.jit(program)
+
+    def curves(name: str, schedule: str, hparams: Any, seeds: np.ndarray) -> dict[str, np.ndarray]:
+        return jax.device_get(compiled(jnp.int32(index[name, schedule]), hparams, jnp.asarray(seeds), data))
+
+    return curves
 
 
 def training_run(
@@ -178,10 +210,13 @@ def tune_baseline(
     eval_every: int,
     schedules: tuple[str, ...] = ("constant",),
     report_seeds: np.ndarray | None = None,
+    curves_fn: BaselineCurves | None = None,
 ) -> tuple[float, str, pd.DataFrame] | tuple[float, str, pd.DataFrame, dict[str, np.ndarray]]:
     """Pick ``name``'s (learning rate, schedule) by mean final inner-valid loss.
 
-    One vmapped program per schedule covers the whole rate grid and every tuning seed.
+    One vmapped call per schedule covers the whole rate grid and every tuning seed, all
+    schedules from one compiled program (``curves_fn``: a :func:`baseline_curves` shared
+    with other baselines, built here when absent).
     Returns ``(learning_rate, schedule, sweep)``. With ``report_seeds`` the same program
     also trains every rate on those seeds (compilation, not training, dominates on small
     tasks, so this is cheaper than a second program), selection still uses ``seeds``
@@ -190,10 +225,11 @@ def tune_baseline(
     """
     num_tune = len(seeds)
     all_seeds = seeds if report_seeds is None else np.concatenate([seeds, report_seeds])
+    if curves_fn is None:
+        curves_fn = baseline_curves(task, [(name, s) for s in schedules], data, num_steps, eval_every)
     frames, reported = [], []
     for schedule in schedules:
-        make = lambda lr, schedule=schedule: make_baseline(name, lr, schedule, num_steps)
-        curves = train_curves(task, make, jnp.asarray(grid), all_seeds, data, num_steps, eval_every)
+        curves = curves_fn(name, schedule, jnp.asarray(grid), all_seeds)
         final = curves["inner_valid_loss"][:, :num_tune, -1]
         final = np.where(np.isfinite(final), final, np.inf)
         frames.append(
@@ -250,9 +286,10 @@ def evaluate_task(
         curves = train_curves(task, lambda _, opt=opt: opt, jnp.zeros((1,)), seeds, data, num_steps, eval_every)
         frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, np.nan, seeds, eval_every, "learned"))
     grid = lr_grid(grid_cfg.low, grid_cfg.high, grid_cfg.num)
+    shared = baseline_curves(task, [(n, s) for n in baselines for s in schedules], data, num_steps, eval_every)
     for name in baselines:
         lr, schedule, sweep, chosen = tune_baseline(
-            task, name, data, grid, tune_seeds, num_steps, eval_every, schedules, report_seeds=seeds
+            task, name, data, grid, tune_seeds, num_steps, eval_every, schedules, report_seeds=seeds, curves_fn=shared
         )
         sweeps.append(sweep)
         frames.append(_tidy(chosen, task_name, name, lr, seeds, eval_every, schedule))

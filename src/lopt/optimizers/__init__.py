@@ -2,7 +2,7 @@
 
 from lopt.optimizers.adafac_mlp_lopt import AdafacMLPLOpt, AdafacMLPLOptState
 from lopt.optimizers.base import LearnedOptimizer, model_card_markdown
-from lopt.optimizers.baselines import BASELINES, lr_grid, make_baseline
+from lopt.optimizers.baselines import BASELINES, lr_grid, make_baseline, select_optimizer
 from lopt.optimizers.mlp_lopt import MLP_FEATURES, MLPLOpt, MLPLOptState
 from lopt.optimizers.nn_adam import NNAdam, NNAdamState
 from lopt.optimizers.nominal import NOMINAL_OPTIMIZERS, NominalLOpt, NominalLOptState
@@ -34,4 +34,5 @@ __all__ = [
     "make_baseline",
     "make_lopt",
     "model_card_markdown",
+    "select_optimizer",
 ]

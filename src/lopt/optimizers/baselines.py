@@ -35,8 +35,9 @@ traced learning rate.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
 import optax
 
@@ -137,3 +138,33 @@ def make_baseline(
 def lr_grid(low: float, high: float, num: int) -> np.ndarray:
     """``num`` log-spaced learning rates from ``low`` to ``high`` inclusive."""
     return np.geomspace(low, high, num).astype(np.float32)
+
+
+def select_optimizer(
+    choice: jax.Array, optimizers: Sequence[optax.GradientTransformation]
+) -> optax.GradientTransformationExtraArgs:
+    """The optimizer ``optimizers[choice]``, with ``choice`` a traced int32 scalar.
+
+    One compiled program then serves every candidate: XLA compiles the training loop
+    once and each optimizer's update as one branch of a ``lax.switch`` (a real branch
+    as long as ``choice`` is not batched), instead of one program per optimizer. The
+    state holds every candidate's state side by side; only the chosen one changes.
+    Extra arguments (``value=loss``) reach optimizers that accept them.
+    """
+    opts = [optax.with_extra_args_support(o) for o in optimizers]
+
+    def init(params):
+        return tuple(o.init(params) for o in opts)
+
+    def update(updates, state, params=None, **extra):
+        def branch(i):
+            def run(operands):
+                u, st, p = operands
+                u, new = opts[i].update(u, st[i], p, **extra)
+                return u, st[:i] + (new,) + st[i + 1:]
+
+            return run
+
+        return jax.lax.switch(choice, [branch(i) for i in range(len(opts))], (updates, state, params))
+
+    return optax.GradientTransformationExtraArgs(init, update)
