@@ -10,10 +10,17 @@
 
 The result is always a local ``meta_params.npz`` whose ``.json`` sits next to it, ready
 for :func:`lopt.optimizers.load_pretrained` (which verifies the sha256).
+
+:func:`pull` (``lopt pull``) fetches whole DVC stages the same way and gives the pulled
+files one modification time (:func:`restamp`), so Snakemake plans nothing for them.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 WANDB_PREFIX = "wandb:"
@@ -79,6 +86,45 @@ def _dvc_pull(path: Path) -> Path | None:
             if not outs:
                 return None
             repo.pull(targets=[str(Path(o.fs_path)) for o in outs])
+            restamp([Path(o.fs_path) for o in outs])  # see restamp: keeps Snakemake from re-running
     except DvcException as exc:
         raise FileNotFoundError(f"{path}: tracked by DVC but `dvc pull` failed: {exc}") from None
     return path
+
+
+def restamp(roots: list[Path], when: float | None = None) -> int:
+    """Give every file under ``roots`` one modification time (now); return how many.
+
+    ``dvc pull`` writes files in parallel, so their times say nothing about which stage
+    made them, and Snakemake (which always compares an input's time with its outputs')
+    would re-run jobs whose inputs happen to be a millisecond newer. One shared time makes
+    the pulled outputs a consistent set; files written later by jobs are newer again.
+    """
+    when = time.time() if when is None else when
+    count = 0
+    for root in roots:
+        files = [root] if root.is_file() else (p for p in root.rglob("*") if p.is_file())
+        for path in files:
+            os.utime(path, (when, when))
+            count += 1
+    return count
+
+
+def pull(targets: list[str]) -> int:
+    """``dvc pull TARGETS`` (every stage when none), then :func:`restamp` what they track."""
+    rc = subprocess.run([sys.executable, "-m", "dvc", "pull", *targets], check=False).returncode
+    if rc:
+        return rc
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        if targets:
+            pairs = [pair for t in targets for pair in repo.stage.collect_granular(t)]
+        else:
+            pairs = [(stage, None) for stage in repo.index.stages]
+        roots = []
+        for stage, path in pairs:
+            roots += [Path(path)] if path else [Path(out.fs_path) for out in stage.outs]
+    n = restamp([r for r in dict.fromkeys(roots) if r.exists()])
+    print(f"lopt pull: {n} pulled files share one modification time")
+    return 0

@@ -162,48 +162,6 @@ def cmd_analyze(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
         print(f"{name}: {path}")
 
 
-def restamp(roots: list[Path], when: float | None = None) -> int:
-    """Give every file under ``roots`` one modification time (now); return how many.
-
-    ``dvc pull`` writes files in parallel, so their times say nothing about which stage
-    made them, and Snakemake (which always compares an input's time with its outputs')
-    would re-run jobs whose inputs happen to be a millisecond newer. One shared time makes
-    the pulled outputs a consistent set; files written later by jobs are newer again.
-    """
-    import time
-
-    when = time.time() if when is None else when
-    count = 0
-    for root in roots:
-        files = [root] if root.is_file() else (p for p in root.rglob("*") if p.is_file())
-        for path in files:
-            os.utime(path, (when, when))
-            count += 1
-    return count
-
-
-def pull(targets: list[str]) -> int:
-    """``dvc pull TARGETS`` (every stage when none), then :func:`restamp` what they track."""
-    import subprocess
-
-    rc = subprocess.run([sys.executable, "-m", "dvc", "pull", *targets], check=False).returncode
-    if rc:
-        return rc
-    from dvc.repo import Repo
-
-    with Repo(".") as repo:
-        if targets:
-            pairs = [pair for t in targets for pair in repo.stage.collect_granular(t)]
-        else:
-            pairs = [(stage, None) for stage in repo.index.stages]
-        roots = []
-        for stage, path in pairs:
-            roots += [Path(path)] if path else [Path(out.fs_path) for out in stage.outs]
-    n = restamp([r for r in dict.fromkeys(roots) if r.exists()])
-    print(f"lopt pull: {n} pulled files share one modification time")
-    return 0
-
-
 COMMANDS = {
     "validate": cmd_validate,
     "prepare-data": cmd_prepare_data,
@@ -288,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(StudyConfig.model_json_schema() if args.study else json_schema(), indent=2))
         return 0
     if args.command == "pull":
+        from lopt.artifacts import pull
+
         return pull(args.targets)
     from lopt.studies.config import is_study, load_study
 
