@@ -38,8 +38,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 BASELINES: dict[str, Callable[[optax.ScalarOrSchedule], optax.GradientTransformation]] = {
     "sgd": lambda lr: optax.sgd(lr),
@@ -146,22 +148,41 @@ def select_optimizer(
     """The optimizer ``optimizers[choice]``, with ``choice`` a traced int32 scalar.
 
     One compiled program then serves every candidate: XLA compiles the training loop
-    once and each optimizer's update as one branch of a ``lax.switch`` (a real branch
-    as long as ``choice`` is not batched), instead of one program per optimizer. The
-    state holds every candidate's state side by side; only the chosen one changes.
-    Extra arguments (``value=loss``) reach optimizers that accept them.
+    once and each optimizer's ``init`` / ``update`` as one branch of a ``lax.switch`` (a
+    real branch as long as ``choice`` is not batched), instead of one program per
+    optimizer. The state is one flat float32 buffer as large as the largest candidate's
+    state (each branch reads and writes its own layout): carrying every candidate's
+    state side by side would copy them all through the branch on every step. Extra
+    arguments (``value=loss``) reach optimizers that accept them.
     """
     opts = [optax.with_extra_args_support(o) for o in optimizers]
 
+    def layouts(params):
+        """Per candidate: (state size, flat -> state); shapes only, nothing is computed."""
+        out = []
+        for o in opts:
+            shapes = jax.eval_shape(o.init, params)
+            _, unravel = ravel_pytree(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes))
+            out.append((sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)), unravel))
+        return out, max(n for n, _ in out)
+
+    def flat(state, size):
+        vec = ravel_pytree(state)[0].astype(jnp.float32)  # int counts stay exact below 2**24
+        return jnp.pad(vec, (0, size - vec.size))
+
     def init(params):
-        return tuple(o.init(params) for o in opts)
+        _, size = layouts(params)
+        return jax.lax.switch(choice, [lambda p, o=o: flat(o.init(p), size) for o in opts], params)
 
     def update(updates, state, params=None, **extra):
+        layout, size = layouts(updates)
+
         def branch(i):
             def run(operands):
-                u, st, p = operands
-                u, new = opts[i].update(u, st[i], p, **extra)
-                return u, st[:i] + (new,) + st[i + 1:]
+                u, buf, p = operands
+                n, unravel = layout[i]
+                u, new = opts[i].update(u, unravel(buf[:n]), p, **extra)
+                return u, flat(new, size)
 
             return run
 
