@@ -7,7 +7,8 @@ Protocol (one held-out task at a time):
    rate with the lowest mean final ``inner_valid`` loss wins (non-finite counts as
    +inf). Tuning seeds are disjoint from reporting seeds.
 2. **Report**: the learned optimizer and each tuned baseline train ``num_seeds``
-   fresh seeds (one vmapped program per optimizer); every ``eval_every`` steps the
+   fresh seeds (vmapped; the baselines' tuning and reporting runs all come from one
+   compiled program per task, :func:`baseline_curves`); every ``eval_every`` steps the
    loss and accuracy on the ``train``, ``inner_valid`` and ``test`` splits are
    recorded, and every step's minibatch loss as split ``train_batch``.
 
