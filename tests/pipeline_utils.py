@@ -69,3 +69,16 @@ def planned_jobs(dry_run: str) -> dict[str, int]:
             break
         jobs[parts[0]] = int(parts[1])
     return jobs
+
+
+def cluster_config(name: str, meta_train_resources: dict) -> dict:
+    """A seconds-scale quadratic experiment for the cluster-executor tests (plans and
+    submissions, never real training); ``resources.meta_train`` as given."""
+    return {
+        "name": name,
+        "meta_train": {"task": {"kind": "quadratic", "dim": 10}, "num_particles": 8,
+                       "trunc_length": 5, "horizon": 20, "outer_steps": 5},
+        "evaluation": {"tasks": [{"name": "quad", "task": {"kind": "quadratic"}}],
+                       "num_steps": 20, "eval_every": 10},
+        "resources": {"meta_train": meta_train_resources},
+    }

@@ -16,17 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import sandbox_env
-from pipeline_utils import copy_repo, planned_resources, run
+from pipeline_utils import cluster_config, copy_repo, planned_resources, run
 
-CONFIG = {
-    "name": "quadslurm",
-    "meta_train": {"task": {"kind": "quadratic", "dim": 10}, "num_particles": 8,
-                   "trunc_length": 5, "horizon": 20, "outer_steps": 5},
-    "evaluation": {"tasks": [{"name": "quad", "task": {"kind": "quadratic"}}],
-                   "num_steps": 20, "eval_every": 10},
-    "resources": {"meta_train": {"gpus": 2, "gpu_model": "a100", "partition": "gpu",
-                                 "mem_mb": 16000, "runtime": 180, "cpus": 16, "nodes": 2}},
-}
+CONFIG = cluster_config("quadslurm", {"gpus": 2, "gpu_model": "a100", "partition": "gpu", "mem_mb": 16000,
+                                     "runtime": 180, "cpus": 16, "nodes": 2})
 FAKES = {
     "sbatch": 'echo "$@" >> "$FAKE_SLURM_LOG"\necho 12345',
     "sacctmgr": "echo lopt",  # the account the profile names exists

@@ -24,19 +24,11 @@ from xml.sax.saxutils import escape
 import pytest
 import yaml
 from conftest import REPO, sandbox_env
-from pipeline_utils import copy_repo, planned_resources, run
+from pipeline_utils import cluster_config, copy_repo, planned_resources, run
 
 PROFILE = "workflow/profiles/kubernetes"
 BUCKET, PREFIX = "my-bucket", "lopt"  # the profile's default-storage-prefix
-CONFIG = {
-    "name": "quadk8s",
-    "meta_train": {"task": {"kind": "quadratic", "dim": 10}, "num_particles": 8,
-                   "trunc_length": 5, "horizon": 20, "outer_steps": 5},
-    "evaluation": {"tasks": [{"name": "quad", "task": {"kind": "quadratic"}}],
-                   "num_steps": 20, "eval_every": 10},
-    "resources": {"meta_train": {"gpus": 2, "gpu_model": "a100", "cpus": 4,
-                                 "mem_mb": 16000, "runtime": 180}},
-}
+CONFIG = cluster_config("quadk8s", {"gpus": 2, "gpu_model": "a100", "cpus": 4, "mem_mb": 16000, "runtime": 180})
 ACCESS_KEY, SECRET_KEY = "fake-access-key", "fake-secret-key"
 
 
