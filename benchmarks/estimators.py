@@ -397,6 +397,8 @@ def sweep(args: Any, horizon: int) -> list[Row]:
             row = run_one(problem, kind, name, n, k, args)
             print(progress_line(row), file=sys.stderr, flush=True)
             rows.append(row)
+            if args.csv is not None:  # after every row: a run cut short keeps what it measured
+                write_csv(args.csv, rows)
     add_ratios(rows)
     return rows
 
@@ -585,6 +587,12 @@ def horizon_for(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     horizon = horizon_for(args)
+    if not args.no_evosax:
+        try:
+            import evosax.algorithms  # noqa: F401
+        except ImportError as exc:  # e.g. a GPU image without it: keep the lopt rows
+            print(f"evosax unavailable ({exc}): lopt rows only", file=sys.stderr)
+            args.no_evosax = True
     device = jax.devices()[0]
     print(
         f"device: {device.device_kind} ({device.platform}) x{jax.device_count()}, "

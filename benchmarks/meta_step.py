@@ -342,19 +342,28 @@ def main() -> None:
     if base.lopt.kind != "mlp_lopt" or base.meta_train.task_family is not None:
         raise SystemExit("the work count assumes lopt.kind mlp_lopt and a single meta_train.task")
     limits = measure_limits()
+    print(
+        f"limits ({limits['backend']}): matmul float32 {limits['float32'] / 1e9:,.1f} GFLOP/s, "
+        f"bfloat16 {limits['bfloat16'] / 1e9:,.1f} GFLOP/s, bandwidth {limits['bandwidth'] / 1e9:,.1f} GB/s",
+        flush=True,
+    )
     rows = []
     for precision, num in itertools.product(args.precision, args.num_particles):
         cfg = with_overrides(base, num, args.trunc_length, precision, devices)
         row, work = sweep_row(cfg, limits, args)
         rows.append(row)
         print(f"  {precision} N={num}: {row['ms_per_step']:.1f} ms per outer step", flush=True)
+        if args.csv:  # after every row, so a run cut short (a device lease) keeps what it measured
+            write_csv(args.csv, rows)
     print_report(args.config, cfg, limits, work, rows)
-    if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 if __name__ == "__main__":
