@@ -15,7 +15,9 @@ vector: 4 bytes read + 4 written per element). Each is the best of 3 timed block
 Work per particle-step, counted by hand (:func:`count_flops`; matmul FLOPs only):
 the inner task's forward + backward ~ 3 x its forward matmuls (``3 * 2 B sum(in*out)``),
 plus the learned optimizer's per-parameter MLP (``2 n sum(in*out)`` over its layers,
-n = inner parameters).
+n = inner parameters). Its first layer's ``in`` counts the per-parameter inputs only: the
+time features are the same for every parameter and enter as a bias computed once per
+update (``lopt.optimizers._nn.apply_mlp``'s ``shared``), 11 of the default 23 inputs.
 
 Bytes per particle-step (:func:`count_bytes`), the state one inner step must move
 through memory at least once (float32 state; the batch is stored float32 / int32)::
@@ -96,6 +98,13 @@ def measure_bandwidth(n: int) -> float:
     return _best_rate(lambda x: x * 1.0001, a, 2 * 4 * n)
 
 
+def per_parameter_inputs(lopt) -> int:
+    """MLP inputs that differ between parameters: all but the time features, unless those
+    are the only ones (then they are broadcast to every parameter)."""
+    shared = lopt.num_time_features if "time" in lopt.features and len(lopt.features) > 1 else 0
+    return lopt.num_features - shared
+
+
 def count_flops(
     cfg, num_params: int, layer_sizes: list[tuple[int, int]], num_features: int | None = None
 ) -> dict[str, float]:
@@ -104,7 +113,7 @@ def count_flops(
     task = 3 * 2 * batch * sum(i * o for i, o in layer_sizes)
     lo = cfg.lopt
     k = len(lo.momentum_decays)
-    f = num_features if num_features is not None else 4 + 2 * k + lo.num_time_features
+    f = num_features if num_features is not None else 4 + 2 * k  # time features: a bias
     sizes = [f] + [lo.hidden_size] * lo.num_layers + [2]
     lopt = num_params * 2 * sum(i * o for i, o in itertools.pairwise(sizes))
     return {"task": task, "lopt": lopt, "total": task + lopt}
@@ -210,7 +219,7 @@ def time_meta_step(cfg, steps: int, repeats: int, min_time: float) -> dict:
         "device_peak_MB": stats.get("peak_bytes_in_use", math.nan) / MB,
         "layer_sizes": [tuple(v["w"].shape) for v in inner.values()],
         "num_params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(inner)),
-        "num_features": trainer.lopt.num_features,
+        "num_features": per_parameter_inputs(trainer.lopt),
         "devices": 1 if mesh is None else mesh.devices.size,
     }
 

@@ -327,7 +327,15 @@ def _head_mlp_lopt_update(lopt, theta, num_steps, grads, state, params):
     )
 
 
-def test_mlp_lopt_default_features_are_bit_identical_to_the_previous_implementation():
+def test_mlp_lopt_default_features_match_the_previous_implementation():
+    """The pre-zoo update (every feature broadcast and concatenated per parameter).
+
+    Since the time features enter the first layer as a bias (``apply_mlp(..., shared=)``)
+    the sums run in another order, so the updates agree to float32 rounding rather than
+    bit for bit: rtol 1e-5 is ~100 ulp of the MLP's outputs, far below any change of
+    feature, layer or scale (those move the updates by O(1)); the optimizer states do not
+    involve the MLP and stay bit-identical.
+    """
     lopt = MLPLOpt(zero_init_output=False)
     assert lopt.features == MLP_FEATURES and lopt.num_features == 23
     theta = lopt.init(jax.random.PRNGKey(0))
@@ -342,7 +350,9 @@ def test_mlp_lopt_default_features_are_bit_identical_to_the_previous_implementat
         g_old = jax.tree.map(lambda p, t=t: jnp.sin(3.0 * p + t), p_old)
         u_new, state_new = new_update(g_new, state_new, p_new)
         u_old, state_old = old_update(g_old, state_old, p_old)
-        for x, y in zip(jax.tree.leaves((u_new, state_new)), jax.tree.leaves((u_old, state_old))):
+        for x, y in zip(jax.tree.leaves(u_new), jax.tree.leaves(u_old)):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-10)
+        for x, y in zip(jax.tree.leaves(state_new), jax.tree.leaves(state_old)):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
         p_new = jax.tree.map(lambda a, b: a + b, p_new, u_new)
         p_old = jax.tree.map(lambda a, b: a + b, p_old, u_old)

@@ -43,12 +43,24 @@ def init_mlp(key: jax.Array, sizes: tuple[int, ...], zero_last: bool) -> dict:
     return params
 
 
-def apply_mlp(params: dict, x: jax.Array) -> jax.Array:
-    """ReLU MLP over the last axis of ``x``; the last layer is linear."""
+def apply_mlp(params: dict, x: jax.Array, shared: jax.Array | None = None) -> jax.Array:
+    """ReLU MLP over the last axis of ``x``; the last layer is linear.
+
+    ``shared`` (``[S]``, optional) holds inputs common to every row of ``x`` (the
+    training-fraction embedding, a per-tensor embedding), logically appended after ``x``'s
+    features: the result equals ``apply_mlp(params, concat([x, broadcast(shared)], -1))``
+    up to float rounding. The per-parameter optimizers apply the MLP to every scalar
+    parameter, so instead of broadcasting ``shared`` to each row, its share of the first
+    layer is folded into the bias (``b + shared @ W[F:]``, once per call): S x H fewer
+    multiply-adds and S fewer floats through memory per row.
+    """
     num = len(params)
     for i in range(num):
-        layer = params[f"layer_{i}"]
-        x = x @ layer["w"] + layer["b"]
+        w, b = params[f"layer_{i}"]["w"], params[f"layer_{i}"]["b"]
+        if i == 0 and shared is not None:
+            width = x.shape[-1]
+            w, b = w[:width], b + shared @ w[width:]
+        x = x @ w + b
         if i < num - 1:
             x = jax.nn.relu(x)
     return x

@@ -218,8 +218,7 @@ class AdafacMLPLOpt:
                 m = md * m + (1 - md) * g[None]
                 rms = rd * rms + (1 - rd) * jnp.square(g)[None]
                 feats, fac = self._tensor_features(p, g, m, rms, fac)
-                tf = jnp.broadcast_to(time_feats, (*g.shape, self.num_time_features))
-                out = apply_mlp(meta_params, jnp.concatenate([feats, tf], axis=-1))
+                out = apply_mlp(meta_params, feats, time_feats)  # time features: a first-layer bias
                 step = out[..., 0] * jnp.exp(out[..., 1] * self.exp_mult) * self.step_mult
                 return -step.astype(p.dtype), m, rms, fac
 

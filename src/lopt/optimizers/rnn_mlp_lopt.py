@@ -230,15 +230,9 @@ class RNNMLPLOpt:
             updates = []
             for i, (g, p, m, v) in enumerate(zip(new_g, p_l, new_m, new_v)):
                 per_param = featuriser.tensor_features(p, g, m, v)
-                inp = jnp.concatenate(
-                    [
-                        per_param,
-                        jnp.broadcast_to(time_feats, (*g.shape, self.num_time_features)),
-                        jnp.broadcast_to(embed[i], (*g.shape, self.tensor_embed_size)),
-                    ],
-                    axis=-1,
-                )
-                out = apply_mlp(meta_params["mlp"], inp)
+                # time features and the tensor's embedding are the same for all its parameters
+                shared = jnp.concatenate([time_feats, embed[i]])
+                out = apply_mlp(meta_params["mlp"], per_param, shared)
                 step = out[..., 0] * jnp.exp(out[..., 1] * self.exp_mult) * self.step_mult
                 updates.append(-step.astype(p.dtype))
 
