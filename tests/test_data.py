@@ -11,10 +11,12 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import pickle
 import random
 import re
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -188,6 +190,18 @@ def test_rerun_is_byte_identical(
     prepare("digits", tmp_path, seed=0)
     assert _files(out) == _files(digits_root / "digits")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits"]
+
+
+def test_prepared_directory_is_readable_by_others(tmp_path: Path) -> None:
+    """The dataset directory gets the umask's permissions, not a temp dir's 0o700 (a lab's
+    other users and cluster jobs read data/ from a shared filesystem)."""
+    old = os.umask(0o022)
+    try:
+        out = prepare("digits", tmp_path, seed=0)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in out.iterdir())
 
 
 def test_seed_changes_split(digits_root: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import zipfile
@@ -153,7 +154,7 @@ def prepare(
 
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    tmp = _fresh_dir(root, f".{name}.tmp-")
     try:
         records = {}
         for s in SPLITS:
@@ -192,6 +193,21 @@ def prepare(
 
 def _generator(packages: tuple[str, ...]) -> dict[str, Any]:
     return {"tool": "lopt.data", "version": __version__, "packages": _versions(packages)}
+
+
+def _fresh_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named directory under ``parent`` with the usual permissions.
+
+    Not ``tempfile.mkdtemp``: its 0o700 would become the dataset directory's, unreadable to
+    the other users of a shared filesystem (a lab's cluster jobs); ``mkdir`` applies the umask.
+    """
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
