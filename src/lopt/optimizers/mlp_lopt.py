@@ -22,8 +22,10 @@ concatenation always follows the canonical order above, so a feature's meaning d
 depend on how the subset was spelled; the default is all of them). Each non-time feature
 is divided by its root-mean-square over the tensor (a second-moment normaliser) so the
 MLP sees O(1) inputs on every task, then the ``n = num_time_features`` embeddings of the
-training fraction ``f = t / num_steps`` at centres ``c_j`` in [0, 1] are appended. The
-MLP outputs a direction ``d`` and a log-magnitude ``m``; the step is
+training fraction ``f = t / num_steps`` at centres ``c_j`` in [0, 1] are appended (they
+are the same for every parameter, so the first layer applies them once per update, as a
+bias: :func:`lopt.optimizers._nn.apply_mlp`). The MLP outputs a direction ``d`` and a
+log-magnitude ``m``; the step is
 
     p_{t+1} = p_t - d * exp(alpha * m) * beta        (alpha = exp_mult, beta = step_mult)
 
