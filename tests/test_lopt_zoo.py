@@ -26,7 +26,7 @@ from lopt.optimizers import (
     make_lopt,
     model_card_markdown,
 )
-from lopt.optimizers._nn import count_leaves
+from lopt.optimizers._nn import apply_mlp, count_leaves, init_mlp
 
 jax.config.update("jax_enable_x64", False)
 
@@ -325,6 +325,26 @@ def _head_mlp_lopt_update(lopt, theta, num_steps, grads, state, params):
     return {k: v[0] for k, v in out.items()}, type(state)(
         state.count + 1, {k: v[1] for k, v in out.items()}, {k: v[2] for k, v in out.items()}
     )
+
+
+def test_shared_inputs_are_a_first_layer_bias():
+    """``apply_mlp(params, x, shared)`` is the MLP of ``[x, shared]`` broadcast to every row
+    (values and gradients), and a wrong split of the first layer would be O(1) off."""
+    params = init_mlp(jax.random.PRNGKey(0), (7 + 5, 16, 16, 2), zero_last=False)
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 7))
+    shared = jax.random.normal(jax.random.PRNGKey(2), (5,))
+
+    def concatenated(params, x, shared):
+        return apply_mlp(params, jnp.concatenate([x, jnp.broadcast_to(shared, (*x.shape[:-1], 5))], -1))
+
+    np.testing.assert_allclose(apply_mlp(params, x, shared), concatenated(params, x, shared), rtol=1e-5, atol=1e-6)
+    loss = lambda f: lambda p, s: jnp.sum(f(p, x, s) ** 2)
+    grads = jax.grad(loss(apply_mlp), argnums=(0, 1))(params, shared)
+    expected = jax.grad(loss(concatenated), argnums=(0, 1))(params, shared)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    swapped = jnp.concatenate([shared[1:], shared[:1]])  # the order of shared inputs matters
+    assert np.abs(np.asarray(apply_mlp(params, x, swapped) - apply_mlp(params, x, shared))).max() > 1e-2
 
 
 def test_mlp_lopt_default_features_match_the_previous_implementation():
