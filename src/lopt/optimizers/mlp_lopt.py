@@ -168,9 +168,6 @@ class MLPLOpt:
     def _time_features(self, count: jax.Array, num_steps: Any) -> jax.Array:
         return time_features(count, num_steps, self.num_time_features)
 
-    def _mlp(self, meta_params: MetaParams, x: jax.Array, shared: jax.Array | None = None) -> jax.Array:
-        return apply_mlp(meta_params, x, shared)
-
     def tensor_features(self, p: jax.Array, g: jax.Array, m: jax.Array, v: jax.Array) -> Any:
         """Normalised non-time features ``[*shape, F]`` of one tensor (None if none selected).
 
@@ -222,9 +219,9 @@ class MLPLOpt:
                 feats = self.tensor_features(p, g, m, v)
                 if feats is None:  # time features alone: every parameter gets the same input
                     feats = jnp.broadcast_to(time_feats, (*g.shape, self.num_time_features))
-                    out = self._mlp(meta_params, feats)
+                    out = apply_mlp(meta_params, feats)
                 else:  # time features are the same for every parameter: a first-layer bias
-                    out = self._mlp(meta_params, feats, time_feats if use_time else None)
+                    out = apply_mlp(meta_params, feats, time_feats if use_time else None)
                 direction, magnitude = out[..., 0], out[..., 1]
                 step = direction * jnp.exp(magnitude * self.exp_mult) * self.step_mult
                 return -step.astype(p.dtype), m, v
