@@ -5,15 +5,19 @@ learned optimizers, and using them to train themselves" (2009.11243; learned_opt
 ``rnn_mlp_lopt``), simplified. Each step:
 
 1. **Dynamic gradient clipping**: every gradient entry is clipped to
-   ``+- clip_mult * sqrt(v_prev + 1e-8)`` where ``v_prev`` is that parameter's running
-   second moment (EMA of ``g^2``, decay ``rms_decay``) *before* this step; entries whose
+   ``+- clip_mult * sqrt(v_prev / (1 - rms_decay^n) + 1e-8)`` where ``v_prev`` is that
+   parameter's running second moment (EMA of ``g^2``, decay ``rms_decay``) after the
+   ``n`` previous steps, bias-corrected like Adam's (uncorrected, the EMA starts near 0:
+   with decay 0.999 the bound would be ``0.3 sqrt(n)`` typical gradients and would clip
+   most entries for the first ~30 steps instead of only outliers); entries whose
    ``v_prev`` is still 0 (the first step) are not clipped. All features use the clipped
    gradient ``g``.
 2. Accumulators: momenta ``m_i`` (decays ``momentum_decays``) and ``v`` are updated with
    ``g``, exactly as in :class:`~lopt.optimizers.mlp_lopt.MLPLOpt`.
 3. **Loss normalisation** (requires ``update(..., value=loss)``): bias-corrected running
    mean and variance of the training loss (decay ``loss_decay``) give
-   ``clip((loss - mean) / sqrt(var + 1e-8), -5, 5)``.
+   ``clip((loss - mean) / sqrt(var + 1e-8), -5, 5)``; the variance accumulates squared
+   deviations from the *corrected* mean (a constant loss has variance 0 from step 1).
 4. A **per-tensor LSTM** (``lstm_hidden_size``, shared weights, one hidden/cell state per
    tensor) reads per-tensor features: the normalised loss, ``log mean|g|``, ``log rms(p)``,
    ``log rms(m_i)`` for each momentum, ``0.5 log mean(v)`` (logs clipped to [-30, 10] and
@@ -184,8 +188,8 @@ class RNNMLPLOpt:
             # Loss normalisation (bias-corrected EMA mean / variance).
             d = self.loss_decay
             mean = d * state.loss_mean + (1 - d) * loss
-            var = d * state.loss_var + (1 - d) * jnp.square(loss - mean)
             correction = 1.0 - jnp.power(jnp.float32(d), (state.count + 1).astype(jnp.float32))
+            var = d * state.loss_var + (1 - d) * jnp.square(loss - mean / correction)
             loss_feat = (loss - mean / correction) * jax.lax.rsqrt(var / correction + _EPS)
             loss_feat = jnp.clip(loss_feat, -5.0, 5.0)
             time_feats = time_features(state.count, num_steps, self.num_time_features)
@@ -200,8 +204,14 @@ class RNNMLPLOpt:
 
             # Dynamic gradient clipping and accumulator updates.
             new_g, new_m, new_v = [], [], []
+            # bias correction of v after state.count steps (1 on the first step, where
+            # v_prev = 0 and nothing is clipped anyway)
+            v_correction = jnp.maximum(
+                1.0 - jnp.power(jnp.float32(self.rms_decay), state.count.astype(jnp.float32)),
+                1.0 - self.rms_decay,
+            )
             for g, m, v_prev in zip(g_l, m_l, v_l):
-                bound = self.clip_mult * jnp.sqrt(v_prev + _EPS)
+                bound = self.clip_mult * jnp.sqrt(v_prev / v_correction + _EPS)
                 g = jnp.where(v_prev > 0, jnp.clip(g, -bound, bound), g)
                 bshape = (-1,) + (1,) * g.ndim
                 m = decays.reshape(bshape) * m + (1 - decays.reshape(bshape)) * g[None]
