@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -140,12 +141,34 @@ def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, digits_
     for a, b in zip(jax.tree.leaves(state.theta), jax.tree.leaves(fresh.theta)):
         np.testing.assert_array_equal(a, b)
 
+    # shortening a run below its checkpoints is refused (it would publish the longer run)
+    shorter = cfg.model_copy(update={"meta_train": cfg.meta_train.model_copy(update={"outer_steps": 7})})
+    with pytest.raises(ValueError, match=r"up to step 9 .*outer_steps = 7"):
+        meta_train(shorter, out, resume=True, progress=False)
+    assert list(pd.read_csv(out / "checkpoints" / "metrics.live.csv")["step"]) == list(range(1, 10))
+
+    first_params = (out / "meta_params.npz").read_bytes()
     changed = longer.model_copy(update={"meta_train": longer.meta_train.model_copy(update={"sigma": 0.05})})
-    with pytest.warns(UserWarning, match="starting afresh"):
-        state = meta_train(changed, out, resume=True, progress=False)
+    seen = {}
+
+    def spy(*args, **kwargs):  # what out/ holds while the changed config's run is going
+        seen.setdefault("files", sorted(p.name for p in out.iterdir() if p.is_file()))
+        return real_flush(*args, **kwargs)
+
+    import lopt.meta_train as mt_module
+
+    real_flush = mt_module._flush
+    mt_module._flush = spy
+    try:
+        with pytest.warns(UserWarning, match="starting afresh"):
+            state = meta_train(changed, out, resume=True, progress=False)
+    finally:
+        mt_module._flush = real_flush
+    assert seen["files"] == [], seen  # the other config's optimizer was moved aside with its run
     assert int(state.step) == 9
     stale = list(tmp_path.joinpath("out").glob("checkpoints.stale-*"))
     assert len(stale) == 1 and any(p.name == "9" for p in stale[0].iterdir())
+    assert (stale[0] / "published" / "meta_params.npz").read_bytes() == first_params
     changed_metrics = pd.read_csv(out / "metrics.csv")
 
     # back to the first config: its run is put back and continued, the other kept aside
@@ -162,8 +185,22 @@ def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, digits_
         meta_train(changed, out, resume=True, progress=False)
     last = lambda d: max(int(p.name) for p in d.iterdir() if p.name.isdigit())
     assert last(out / "checkpoints") == 9  # sigma 0.05's run, put back
+    assert not (out / "checkpoints" / "published").exists()  # its published files are back in out/
     (stale,) = tmp_path.joinpath("out").glob("checkpoints.stale-*")
     assert last(stale) == 12  # the first config's, moved aside again
+    assert json.loads((stale / "published" / "meta_params.npz.json").read_text())["outer_steps"] == 12
+
+
+def test_metrics_log_drops_a_torn_last_row(tmp_path):
+    from lopt.meta_train import METRIC_FIELDS, _MetricsLog
+
+    path = tmp_path / "metrics.live.csv"
+    whole = ",".join("1" if f == "step" else "0.5" for f in METRIC_FIELDS)
+    path.write_text(",".join(METRIC_FIELDS) + "\n" + whole + "\n" + "2,0.4\n" + "3")  # killed mid-write
+    log = _MetricsLog(path, resume_step=20)
+    log.close()
+    rows = pd.read_csv(path)
+    assert list(rows["step"]) == [1] and not rows.isna().any().any()
 
 
 def test_nres_new_episodes_draw_new_noise(tmp_path, digits_root):

@@ -217,8 +217,10 @@ def _prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool)
 
     A resume under a changed config moves the old checkpoints to
     ``checkpoints.stale-<their fingerprint>`` and, when an earlier run of the current
-    config was moved aside that way, puts it back so the resume continues it. Nothing
-    is deleted: a name already taken gets a numbered suffix. Every process reads (so all
+    config was moved aside that way, puts it back so the resume continues it. The
+    published files (:data:`PUBLISHED`) move with their run's checkpoints (into its
+    ``published/`` folder) and come back with them. Nothing is deleted: a name already
+    taken gets a numbered suffix. Every process reads (so all
     raise alike); only process 0 changes the directory.
     """
     stamp = ckpt_dir / "fingerprint.json"
@@ -237,9 +239,13 @@ def _prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool)
         if exists and previous != current:
             stale = _free_name(ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{previous}"))
             ckpt_dir.rename(stale)
+            # the published files of that run go with it: until this run publishes, nothing
+            # in out_dir may pass for this config's optimizer (e.g. `lopt evaluate`'s default)
+            _move_published(ckpt_dir.parent, stale / PUBLISHED_ASIDE)
             earlier = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{current}")
             if earlier.exists():
                 earlier.rename(ckpt_dir)
+                _move_published(ckpt_dir / PUBLISHED_ASIDE, ckpt_dir.parent)
                 warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and "
                               f"resuming this config's earlier run from {earlier}")
             else:
@@ -247,6 +253,23 @@ def _prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps({"fingerprint": current, "experiment": cfg.name}))
     _barrier("lopt-checkpoint-dir-ready")
+
+
+# What a finished run publishes next to its checkpoints (see :func:`_publish`).
+PUBLISHED = ("meta_params.npz", "meta_params.npz.json", "metrics.csv", "model_card.md")
+PUBLISHED_ASIDE = "published"  # their folder inside a moved-aside checkpoint directory
+
+
+def _move_published(src: Path, dst: Path) -> None:
+    """Move whichever :data:`PUBLISHED` files ``src`` holds into ``dst`` (removing ``src`` if
+    it is a now-empty ``published`` folder)."""
+    files = [src / name for name in PUBLISHED if (src / name).exists()]
+    if files:
+        dst.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        f.replace(dst / f.name)
+    if src.name == PUBLISHED_ASIDE and src.is_dir() and not any(src.iterdir()):
+        src.rmdir()
 
 
 def _free_name(path: Path) -> Path:
@@ -258,6 +281,11 @@ def _free_name(path: Path) -> Path:
     return candidate
 
 
+def _complete(row: dict[str, str | None]) -> bool:
+    """A whole row of the live log (a kill mid-write can leave a torn last line)."""
+    return all(v not in (None, "") for v in row.values()) and row["step"].isdigit()
+
+
 class _MetricsLog:
     """Append-only CSV of per-step metrics that survives kills and resumes cleanly."""
 
@@ -266,7 +294,7 @@ class _MetricsLog:
         rows: list[dict[str, str]] = []
         if resume_step > 0 and path.exists():
             with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+                rows = [r for r in csv.DictReader(f) if _complete(r) and int(r["step"]) <= resume_step]
         self.last_wall_time = float(rows[-1]["wall_time"]) if rows else 0.0
         # Rewrite (dropping rows past the checkpoint a killed run may have logged).
         tmp = path.with_suffix(".tmp")
@@ -335,6 +363,17 @@ def meta_train(
     checkpointer = Checkpointer(ckpt_dir, max_to_keep=mt.max_to_keep)
     start = 0
     latest = checkpointer.latest_step() if resume else None
+    if latest is not None and latest > mt.outer_steps:
+        # outer_steps is outside the fingerprint so that a run can be extended; shortening
+        # one below its checkpoints would otherwise publish the longer run under this config
+        # (or, from an earlier kept step, re-save steps orbax already holds)
+        kept = sorted(checkpointer.all_steps())
+        checkpointer.close()
+        raise ValueError(
+            f"{ckpt_dir} holds checkpoints up to step {latest} (kept: {kept}), beyond "
+            f"meta_train.outer_steps = {mt.outer_steps}: set outer_steps >= {latest} to continue "
+            f"that run, or move {ckpt_dir} aside to meta-train {mt.outer_steps} steps afresh"
+        )
     if latest is not None:
         state = checkpointer.restore(latest, state)
         start = int(state.step)

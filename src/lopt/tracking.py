@@ -75,8 +75,9 @@ _online_unreachable = False
 def resolve_mode(env: Mapping[str, str] = os.environ) -> str:
     """Return the W&B mode a run should use: ``online``, ``offline`` or ``disabled``.
 
-    ``WANDB_MODE`` when set (it must be one of :data:`MODES`, else
-    :class:`ValueError`); otherwise ``offline``, always. A configured API key
+    ``WANDB_MODE`` when set: one of :data:`MODES`, or wandb's aliases ``dryrun``
+    (offline) and ``run`` (online); any other value warns and falls back to
+    ``offline`` (tracking never fails a run). Unset: ``offline``, always. A configured API key
     (``WANDB_API_KEY``, ``wandb login``) never turns a run online by itself:
     online needs ``WANDB_MODE=online`` or a config's ``tracking.mode: online``.
     Offline runs are uploaded later with ``wandb sync``.
@@ -84,12 +85,21 @@ def resolve_mode(env: Mapping[str, str] = os.environ) -> str:
     raw = env.get("WANDB_MODE")
     if raw is not None and raw.strip():
         mode = raw.strip().lower()
+        mode = _MODE_ALIASES.get(mode, mode)
         if mode not in MODES:
-            raise ValueError(
-                f"WANDB_MODE={raw!r} is not supported; allowed values: {', '.join(MODES)}"
+            warnings.warn(
+                f"WANDB_MODE={raw!r} is not a W&B mode (allowed: {', '.join(MODES)}, or the "
+                f"aliases {', '.join(_MODE_ALIASES)}); tracking offline",
+                RuntimeWarning,
+                stacklevel=2,
             )
+            return "offline"
         return mode
     return "offline"
+
+
+# wandb's own spellings of the same modes (wandb.sdk accepts both)
+_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
 
 
 def _check_mode(mode: str) -> str:
