@@ -95,6 +95,22 @@ def test_both_estimate_the_same_gradient(table):
     assert np.allclose(table["grad_norm"], exact, rtol=0.1), (table, exact)
 
 
+@pytest.mark.parametrize("name", ["pes", "nres"])
+def test_mean_estimate_is_the_exact_gradient(name):
+    # the vector, not only its norm: per component within 3 standard errors over 2000
+    # independent replicas (windows of a replica are correlated, so the replica means are
+    # the independent samples); a sign flip or rotation fails it
+    import jax
+
+    samples = sample_estimates(StationaryLQ(64), THETA, None, name, 4, 0.1, 2000, jax.random.PRNGKey(7), "window")
+    per_replica = samples.mean(1)
+    sem = per_replica.std(0, ddof=1) / np.sqrt(len(per_replica))
+    exact = exact_grad(64)
+    z = (per_replica.mean(0) - exact) / sem
+    assert np.all(np.abs(z) < 3.0), (name, z)
+    assert np.all(sem < 0.05 * np.linalg.norm(exact)), (sem, exact)  # power: a sign flip is ~50 s.e.
+
+
 def test_episode_protocol_nres_equals_full_es_in_distribution():
     # NRES's episode estimate reuses one noise for every window, so its variance must not
     # depend on K; compare K = T (one window) and K = 1 (64 windows): ratio within 4 SE.

@@ -40,11 +40,17 @@ window start and ``theta_b`` for steps after a reset, and reports per step wheth
 was "fresh" (after a reset). PES passes the same perturbed theta twice; NRES passes
 the old and a newly drawn perturbation; everything else follows from that mask.
 
-Divergence: a system may define ``loss_cap``. A step whose loss is non-finite or at/above
-it restarts that particle's inner run from ``system.init`` (a key derived from the step
-key; same inner step and episode), reports the cap as the loss, and is flagged in
-``Window.diverged``. Inside jit, under a ``lax.cond`` taken only when some particle
-diverged, so meta-training never crashes on a blow-up and healthy steps pay nothing.
+Divergence: a step whose loss is non-finite (or at/above the system's optional
+``loss_cap``) restarts that particle's inner run from ``system.init`` (a key derived from
+the step key; same inner step and episode) and is flagged in ``Window.diverged``. With a
+cap the step reports the cap as its loss, so the window's estimate stays finite; without
+one it reports the non-finite loss, so that window's estimate is non-finite (meta-training
+skips such an update) but the particle is healthy again from the next step instead of
+staying NaN until its episode ends. Inside jit, under a ``lax.cond`` taken only when some
+particle diverged, so meta-training never crashes on a blow-up and healthy steps pay
+nothing. A capped step's loss difference is still up to the cap (against differences of
+order sigma elsewhere) and can dominate that window's ES estimate; an estimator's
+``loss_diff_clip`` bounds it.
 """
 
 from __future__ import annotations
@@ -194,14 +200,12 @@ def unroll(
     cap = loss_cap(system)
 
     def restart_diverged(inner, loss, theta_now, keys):
-        # Divergence (a non-finite loss or one at/above the cap) restarts that particle's
-        # inner run from fresh state mid-episode (same inner step and episode) and reports
-        # the cap as its loss, so one blow-up neither crashes meta-training nor dominates
-        # an ES difference. A real branch: the re-initialisation only runs in steps where
-        # some particle diverged.
-        if cap is None:
-            return inner, loss, jnp.zeros(loss.shape, bool)
-        bad = ~jnp.isfinite(loss) | (loss >= cap)
+        # Divergence (a non-finite loss, or one at/above the cap) restarts that particle's
+        # inner run from fresh state mid-episode (same inner step and episode) and, with a
+        # cap, reports the cap as its loss, so one blow-up neither crashes meta-training nor
+        # leaves the particle NaN for the rest of its episode. A real branch: the
+        # re-initialisation only runs in steps where some particle diverged.
+        bad = ~jnp.isfinite(loss) if cap is None else ~jnp.isfinite(loss) | (loss >= cap)
 
         def restart():
             fresh_inner = jax.vmap(system.init, in_axes=(0, 0, None))(
@@ -210,7 +214,7 @@ def unroll(
             return jax.vmap(tree_select)(bad, fresh_inner, inner)
 
         inner = jax.lax.cond(jnp.any(bad), restart, lambda: inner)
-        return inner, jnp.where(bad, cap, loss), bad
+        return inner, loss if cap is None else jnp.where(bad, cap, loss), bad
 
     # Per-window key material: steps of episode e use fold_in(step_key_e, t), steps after
     # the reset fold_in(step_key_{e+1}, t); deriving both here leaves one fold_in per step.
