@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import REPO, sandbox_env
 
-from lopt.config import ConfigError, load_config
+from lopt.config import ConfigError, load_config, validate_config
 
 BASE = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
 
@@ -41,6 +41,7 @@ CROSS_FIELD = {
     "low (2.0) must be < high",
     "num_heads (3) must divide",
     "must be a multiple of 2 x devices",
+    "gpu_model ('a100') needs gpus >= 1",
 }
 
 # (key path to corrupt, new value, text the message must contain besides file and key)
@@ -66,6 +67,20 @@ MALFORMED = [
     ("data.valid_fraction", 0.7, "less than 0.5"),
     ("meta_train.devices", 3, "must be a multiple of 2 x devices"),
     ("meta_train.devices", "every", "'all'"),
+    # union members: one line at the real key, listing both alternatives (no `.constrained-int`)
+    ("meta_train.devices", 0, "Input should be greater than or equal to 1 or 'all'"),
+    ("meta_train.devices", True, "Input should be a valid integer or 'all' (got True)"),
+    ("compute.distributed.local_device_ids", "some", "Input should be a valid list or 'all'"),
+    # strict scalars: no bool -> int / float, no string -> bool, no inf / nan
+    ("meta_train.checkpoint_every", True, "valid integer (got True)"),
+    ("meta_train.outer_steps", "20", "valid integer (got '20')"),
+    ("meta_train.step_unlock", "no", "valid boolean (got 'no'; allowed values: true, false)"),
+    ("lopt.zero_init_output", 1, "valid boolean"),
+    ("meta_train.sigma", True, "valid number (got True)"),
+    ("meta_train.outer_lr", float("inf"), "finite number (got inf)"),
+    ("meta_train.grad_clip", float("nan"), "finite number"),
+    ("lopt.step_mult", float("-inf"), "finite number"),
+    ("resources.meta_train.gpu_model", "a100", "gpu_model ('a100') needs gpus >= 1"),
     ("lopt.kind", "velo", "allowed values: mlp_lopt, adafac_mlp_lopt, nn_adam, rnn_mlp_lopt"),
     ("lopt.features", ["grad", "hessian"], "'param', 'grad', 'momentum'"),
     ("lopt.nominal", {"optimizer": "lion"}, "'adam', 'sgd' or 'momentum'"),
@@ -100,6 +115,8 @@ def test_malformed_config_names_file_key_and_allowed(tmp_path, path, value, expe
     key = re.sub(r"\.(\d+)", r"[\1]", key)  # list indices print as tasks[0]
     assert f"  {key}" in msg, msg
     assert expected in msg, msg
+    # key paths are the user's keys: no pydantic union-member labels
+    assert not re.search(r"constrained-|literal\[|list\[|function-", msg), msg
 
 
 def test_not_yaml_and_missing_file(tmp_path):
@@ -118,9 +135,120 @@ def test_not_yaml_and_missing_file(tmp_path):
 def test_shipped_configs_are_valid():
     from lopt.studies.config import is_study, load_study
 
-    for path in sorted((REPO / "configs").rglob("*.yaml")):
+    paths = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs" / "paper").glob("*.yaml"))
+    assert len(paths) >= 8
+    for path in paths:
         cfg = load_study(path) if is_study(path) else load_config(path)
         assert cfg.name == path.stem
+        if is_study(path):  # the quick variant re-validates the dumped study (lr_decay's int keys)
+            assert load_study(path, quick=True).name == f"{path.stem}_quick"
+
+
+SMOKE = (REPO / "configs" / "smoke.yaml").read_text()
+
+
+def _write(tmp_path, text, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("word", ["off", "on", "auto", "Off", "ON"])
+def test_yaml_1_1_boolean_words_are_strings(tmp_path, word):
+    """`mode: off` is the allowed value 'off', not YAML 1.1's boolean False."""
+    path = _write(tmp_path, SMOKE + f"compute:\n  distributed:\n    mode: {word}\n")
+    if word in ("Off", "ON"):  # strings now, but not allowed values: the message says which are
+        with pytest.raises(ConfigError, match=r"compute\.distributed\.mode: Input should be 'auto', 'on' or 'off'"):
+            load_config(path)
+        return
+    assert load_config(path).compute.distributed.mode == word
+
+
+def test_yaml_booleans_and_floats(tmp_path):
+    """true/false stay booleans; yes/no reach a bool field as strings and are rejected by
+    name; 1e-3 (YAML 1.2 float, a string to YAML 1.1) is a float."""
+    text = SMOKE.replace("  log_every: 5\n", "  log_every: 5\n  step_unlock: false\n  normalize_grad: TRUE\n  outer_lr: 1e-3\n  sigma: 2E-2\n")
+    cfg = load_config(_write(tmp_path, text))
+    assert cfg.meta_train.step_unlock is False and cfg.meta_train.normalize_grad is True
+    assert cfg.meta_train.outer_lr == 1e-3 and cfg.meta_train.sigma == 2e-2
+    for word in ("no", "yes", "off", "on"):
+        bad = _write(tmp_path, SMOKE.replace("  log_every: 5\n", f"  log_every: 5\n  step_unlock: {word}\n"))
+        with pytest.raises(ConfigError) as info:
+            load_config(bad)
+        assert f"{bad}: invalid config" in str(info.value)
+        assert f"  meta_train.step_unlock: Input should be a valid boolean (got '{word}'; allowed values: true, false)" in str(info.value)
+
+
+def test_duplicate_keys_are_errors(tmp_path):
+    """YAML keeps the last of two equal keys silently; a config file must not."""
+    lines = SMOKE.splitlines()
+    seed_line = lines.index("seed: 0") + 1
+    path = _write(tmp_path, SMOKE + "seed: 7\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: duplicate key 'seed' at line {len(lines) + 1} (already given at line {seed_line}); "
+        "each key may appear only once"
+    )
+    # a second block of a section (the first would be dropped whole), a nested key, a flow mapping
+    meta_line = lines.index("meta_train:") + 1
+    for text, fragment in [
+        (SMOKE + "meta_train:\n  outer_steps: 5\n", f"duplicate key 'meta_train' at line {len(lines) + 1} (already given at line {meta_line})"),
+        (SMOKE.replace("  horizon: 20\n", "  horizon: 20\n  horizon: 40\n"), "duplicate key 'meta_train.horizon'"),
+        (SMOKE.replace("{low: 0.001,", "{low: 0.001, low: 0.01,"), "duplicate key 'evaluation.lr_grid.low' at line"),
+        (SMOKE.replace("      distribution: in\n", "      distribution: in\n      distribution: out\n"),
+         "duplicate key 'evaluation.tasks[0].distribution'"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(f"{path}: {fragment}")):
+            load_config(_write(tmp_path, text))
+    # YAML merge keys may still be overridden: that is what `<<` is for
+    merged = SMOKE.replace("meta_train:\n", "defaults: &d {outer_steps: 20}\nmeta_train:\n  <<: *d\n")
+    with pytest.raises(ConfigError, match="  defaults: Extra inputs"):  # not a duplicate-key error
+        load_config(_write(tmp_path, merged))
+
+
+def test_duplicate_keys_in_a_study_are_errors(tmp_path):
+    from lopt.studies.config import is_study, load_study
+
+    text = (REPO / "configs" / "paper" / "toy_schedule.yaml").read_text()
+    assert "\nseeds:" in text
+    path = _write(tmp_path, text + "seeds: 1\n", "toy_schedule.yaml")
+    for call in (is_study, load_study):  # is_study too: `kind` could be the repeated key
+        with pytest.raises(ConfigError, match=re.escape(f"{path}: duplicate key 'seeds' at line")):
+            call(path)
+    kind = _write(tmp_path, text + "kind: experiment\n", "kind.yaml")
+    with pytest.raises(ConfigError, match="duplicate key 'kind'"):
+        is_study(kind)
+
+
+def test_study_scalars_are_strict(tmp_path):
+    from lopt.studies.config import load_study
+
+    text = (REPO / "configs" / "paper" / "toy_schedule.yaml").read_text()
+    for old, new, message in [
+        ("seeds: ", "seeds: true #", "  seeds: Input should be a valid integer (got True)"),
+        ("seeds: ", "seeds: .inf #", "  seeds: Input should be a valid integer (got inf)"),
+        ("analysis:\n", "analysis:\n  log_loss: no\n", "  analysis.log_loss: Input should be a valid boolean (got 'no'"),
+        ("theta0: [-6.0, 3.0]", "theta0: [-6.0, .nan]", "  analysis.surface.theta0[1]: Input should be a finite number (got nan)"),
+    ]:
+        assert old in text
+        path = _write(tmp_path, text.replace(old, new, 1), "toy.yaml")
+        with pytest.raises(ConfigError) as info:
+            load_study(path)
+        assert f"{path}: invalid study config" in str(info.value) and message in str(info.value), str(info.value)
+
+
+def test_gpu_model_needs_gpus():
+    """A lone gpu_model would make the SLURM plugin request --gpus=<model>:1."""
+    from lopt.config import StageResources
+
+    assert StageResources(gpus=2, gpu_model="a100").snakemake()["gpu_model"] == "a100"
+    assert StageResources(gpus=2, gpu_model="a100").snakemake()["gpu"] == 2
+    assert "gpu" not in StageResources().snakemake() and "gpu_model" not in StageResources().snakemake()
+    raw = yaml.safe_load(SMOKE)
+    raw["resources"] = {"evaluate": {"gpu_model": "h100", "gpus": 0}}
+    with pytest.raises(ConfigError, match=r"  resources\.evaluate: Value error, gpu_model \('h100'\) needs gpus >= 1 \(got gpus: 0\)"):
+        validate_config(raw, "exp.yaml")
 
 
 def test_schema_file_is_current():

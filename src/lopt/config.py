@@ -14,6 +14,10 @@ Conventions fixed here (and stated again in the README):
   code's convention), so learning rates do not scale with ``trunc_length``.
 - Every key has at least two characters (Snakemake's ``--config`` cannot carry
   one-letter keys).
+- Files are read as YAML with YAML 1.2 scalars (:class:`_ConfigLoader`): only
+  ``true``/``false`` are booleans (``on``, ``off``, ``yes``, ``no`` are strings), ``1e-3``
+  is a float, and a key given twice is an error. Numbers and booleans are strict: no
+  ``true`` for an integer, no ``"no"`` for a boolean, no ``.inf``/``.nan``.
 
 This module imports neither JAX nor anything heavy, so a bad config fails in
 well under a second.
@@ -23,8 +27,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -32,6 +38,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    Strict,
     Tag,
     ValidationError,
     model_validator,
@@ -48,6 +55,8 @@ __all__ = [
     "TaskConfig",
     "TaskFamilyConfig",
     "load_config",
+    "load_yaml",
+    "parse_yaml",
     "validate_config",
 ]
 
@@ -71,8 +80,14 @@ DatasetName = Literal[
     "cifar10_8x8",
     "cifar10_16x16",
 ]
-PosInt = Annotated[int, Field(ge=1)]
-PosFloat = Annotated[float, Field(gt=0)]
+# Strict scalars: YAML `true` is not the integer 1, the string "no" is not False, a
+# quoted "0.1" is not a number, and .inf / .nan are not finite floats (ints still pass
+# as floats: `lr: 1`).
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+PosInt = Annotated[Int, Field(ge=1)]
+PosFloat = Annotated[Float, Field(gt=0)]
 
 
 class ConfigError(ValueError):
@@ -88,10 +103,10 @@ class DataConfig(_Strict):
     """Where prepared datasets live and how they are split."""
 
     root: str = Field("data", description="Directory holding data/<name>/ (DVC-tracked).")
-    valid_fraction: Annotated[float, Field(gt=0, lt=0.5)] = Field(
+    valid_fraction: Annotated[Float, Field(gt=0, lt=0.5)] = Field(
         0.1, description="Fraction of the train split carved into each of inner-/outer-valid."
     )
-    seed: Annotated[int, Field(ge=0)] = Field(0, description="Seed of the split permutation.")
+    seed: Annotated[Int, Field(ge=0)] = Field(0, description="Seed of the split permutation.")
 
 
 class ImageMLPTaskConfig(_Strict):
@@ -110,8 +125,8 @@ class QuadraticTaskConfig(_Strict):
 
     kind: Literal["quadratic"] = "quadratic"
     dim: PosInt = 10
-    condition_number: Annotated[float, Field(ge=1)] = 10.0
-    noise_std: Annotated[float, Field(ge=0)] = 0.1
+    condition_number: Annotated[Float, Field(ge=1)] = 10.0
+    noise_std: Annotated[Float, Field(ge=0)] = 0.1
 
 
 class ImageConvTaskConfig(_Strict):
@@ -136,11 +151,11 @@ class CharLMTaskConfig(_Strict):
     kind: Literal["char_lm"] = "char_lm"
     model: Literal["rnn", "transformer"] = "transformer"
     cell: Literal["gru", "tanh"] = Field("gru", description="RNN only: the recurrent cell.")
-    corpus_seed: Annotated[int, Field(ge=0)] = Field(0, description="Seed of the generated corpus.")
-    corpus_chars: Annotated[int, Field(ge=1000)] = Field(
+    corpus_seed: Annotated[Int, Field(ge=0)] = Field(0, description="Seed of the generated corpus.")
+    corpus_chars: Annotated[Int, Field(ge=1000)] = Field(
         20000, description="Characters generated (split 80/5/5/10 into train/inner-/outer-valid/test)."
     )
-    seq_len: Annotated[int, Field(ge=2)] = 32
+    seq_len: Annotated[Int, Field(ge=2)] = 32
     hidden_size: PosInt = 32
     num_layers: PosInt = 1
     num_heads: PosInt = Field(2, description="Transformer only; must divide hidden_size.")
@@ -184,7 +199,7 @@ class TaskFamilyConfig(_Strict):
     base: TaskConfig
     choices: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
     num_tasks: PosInt = 4
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[Int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _check_choices(self) -> TaskFamilyConfig:
@@ -230,7 +245,7 @@ class TaskFamilyConfig(_Strict):
         return [type(self.base).model_validate({**self.base.model_dump(), **u}) for u in update]
 
 
-Decay = Annotated[float, Field(ge=0, lt=1)]
+Decay = Annotated[Float, Field(ge=0, lt=1)]
 MLP_FEATURES = ("param", "grad", "momentum", "rms", "momentum_rsqrt", "grad_rsqrt", "time")
 
 
@@ -258,7 +273,7 @@ class MLPLOptConfig(_LOptCommon):
     num_time_features: PosInt = Field(11, description="tanh embeddings of the training fraction.")
     step_mult: PosFloat = Field(1e-3, description="beta in d * exp(alpha * m) * beta.")
     exp_mult: PosFloat = Field(1e-3, description="alpha in d * exp(alpha * m) * beta.")
-    zero_init_output: bool = Field(
+    zero_init_output: Bool = Field(
         True, description="Zero the output layer so the untrained optimizer is a no-op."
     )
     features: list[Literal[MLP_FEATURES]] = Field(  # type: ignore[valid-type]
@@ -280,7 +295,7 @@ class AdafacMLPLOptConfig(_LOptCommon):
     num_time_features: PosInt = 11
     step_mult: PosFloat = 1e-3
     exp_mult: PosFloat = 1e-3
-    zero_init_output: bool = True
+    zero_init_output: Bool = True
 
 
 class NNAdamConfig(_LOptCommon):
@@ -289,11 +304,11 @@ class NNAdamConfig(_LOptCommon):
     kind: Literal["nn_adam"] = "nn_adam"
     lstm_hidden_size: PosInt = 32
     initial_learning_rate: PosFloat = 1e-3
-    initial_beta1: Annotated[float, Field(gt=0, lt=1)] = 0.9
-    initial_beta2: Annotated[float, Field(gt=0, lt=1)] = 0.999
+    initial_beta1: Annotated[Float, Field(gt=0, lt=1)] = 0.9
+    initial_beta2: Annotated[Float, Field(gt=0, lt=1)] = 0.999
     initial_epsilon: PosFloat = 1e-8
     num_time_features: PosInt = 11
-    zero_init_output: bool = Field(True, description="Untrained = Adam(initial_*).")
+    zero_init_output: Bool = Field(True, description="Untrained = Adam(initial_*).")
 
 
 class RNNMLPLOptConfig(_LOptCommon):
@@ -311,7 +326,7 @@ class RNNMLPLOptConfig(_LOptCommon):
     step_mult: PosFloat = 1e-3
     exp_mult: PosFloat = 1e-3
     clip_mult: PosFloat = Field(10.0, description="Dynamic clip: |g| <= clip_mult * sqrt(v).")
-    zero_init_output: bool = True
+    zero_init_output: Bool = True
 
 
 LOPT_KINDS = ("mlp_lopt", "adafac_mlp_lopt", "nn_adam", "rnn_mlp_lopt")
@@ -354,15 +369,15 @@ class MetaTrainConfig(_Strict):
     noise_reuse_steps: PosInt | None = Field(
         None, description="GPES only: K', inner steps between fresh perturbations (multiple of K)."
     )
-    num_particles: Annotated[int, Field(ge=2)] = Field(
+    num_particles: Annotated[Int, Field(ge=2)] = Field(
         16, description="All perturbed copies (antithetic pairs x 2); must be even."
     )
     trunc_length: PosInt = Field(10, description="K: inner steps per truncation window.")
     horizon: PosInt = Field(100, description="T: inner steps per episode.")
     sigma: PosFloat = Field(0.01, description="Std of the Gaussian perturbation.")
-    step_unlock: bool = Field(True, description="Stagger particle starts over the horizon.")
+    step_unlock: Bool = Field(True, description="Stagger particle starts over the horizon.")
     meta_loss_split: Literal["train", "outer_valid"] = "train"
-    devices: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
+    devices: Annotated[Int, Field(ge=1)] | Literal["all"] = Field(
         1,
         description="Devices per process the particles are sharded over ('all': every local "
         "device; a multi-host job uses this many on each host); num_particles must be a "
@@ -371,7 +386,7 @@ class MetaTrainConfig(_Strict):
     loss_diff_clip: PosFloat | None = Field(
         None, description="ES only: clip each per-step antithetic loss difference to [-c, c]."
     )
-    normalize_grad: bool = Field(False, description="Divide the meta-gradient by its global norm.")
+    normalize_grad: Bool = Field(False, description="Divide the meta-gradient by its global norm.")
     outer_steps: PosInt = 200
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     outer_lr: PosFloat = 3e-3
@@ -420,7 +435,7 @@ class LRGridConfig(_Strict):
 
     low: PosFloat = 1e-4
     high: PosFloat = 1.0
-    num: Annotated[int, Field(ge=2)] = 9
+    num: Annotated[Int, Field(ge=2)] = 9
 
     @model_validator(mode="after")
     def _ordered(self) -> LRGridConfig:
@@ -450,7 +465,7 @@ class EvaluationConfig(_Strict):
     tasks: list[EvalTaskConfig] = Field(default_factory=list, min_length=1)
     num_steps: PosInt = 100
     num_seeds: PosInt = 5
-    seed_offset: Annotated[int, Field(ge=0)] = Field(
+    seed_offset: Annotated[Int, Field(ge=0)] = Field(
         1000, description="Evaluation seeds start here, disjoint from meta-training seeds."
     )
     baselines: list[
@@ -485,7 +500,7 @@ class EvaluationConfig(_Strict):
 class AnalysisConfig(_Strict):
     """Figures and tables."""
 
-    dpi: Annotated[int, Field(ge=50, le=600)] = 120
+    dpi: Annotated[Int, Field(ge=50, le=600)] = 120
     band: Literal["std", "sem", "minmax"] = "sem"
 
 
@@ -496,7 +511,7 @@ class TrackingConfig(_Strict):
     mode: Literal["online", "offline", "disabled"] | None = Field(
         None, description="Overrides WANDB_MODE; unset and without WANDB_MODE, runs are offline."
     )
-    log_artifacts: bool = True
+    log_artifacts: Bool = True
 
 
 class DistributedConfig(_Strict):
@@ -516,7 +531,7 @@ class DistributedConfig(_Strict):
         None, description="host:port of process 0 (default: detected from the launcher)."
     )
     num_processes: PosInt | None = Field(None, description="Processes in the job (default: detected).")
-    local_device_ids: list[Annotated[int, Field(ge=0)]] | Literal["all"] = Field(
+    local_device_ids: list[Annotated[Int, Field(ge=0)]] | Literal["all"] = Field(
         "all",
         description="Accelerators this process drives; 'all': every accelerator of the host "
         "(one process per host).",
@@ -547,9 +562,9 @@ class ComputeConfig(_Strict):
 class StageResources(_Strict):
     """What one Snakemake job of a stage asks the scheduler for (SLURM, Kubernetes)."""
 
-    gpus: Annotated[int, Field(ge=0)] = Field(0, description="GPUs per job (SLURM: --gpus).")
+    gpus: Annotated[Int, Field(ge=0)] = Field(0, description="GPUs per job (SLURM: --gpus).")
     gpu_model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+$")] | None = Field(
-        None, description="SLURM --gpus=<model>:<n>, e.g. a100."
+        None, description="SLURM --gpus=<model>:<n>, e.g. a100; needs gpus >= 1."
     )
     mem_mb: PosInt = 4000
     runtime: PosInt = Field(60, description="Wall-clock limit in minutes.")
@@ -567,6 +582,16 @@ class StageResources(_Strict):
         description="Hosts per job, one process each (meta_train only: multi-host JAX; "
         "SLURM --nodes N --ntasks N, launched with srun).",
     )
+
+    @model_validator(mode="after")
+    def _gpu_model_needs_gpus(self) -> StageResources:
+        # the SLURM plugin turns a lone gpu_model into --gpus=<model>:1: a GPU nobody asked for
+        if self.gpu_model is not None and self.gpus < 1:
+            raise ValueError(
+                f"gpu_model ({self.gpu_model!r}) needs gpus >= 1 (got gpus: {self.gpus}); "
+                "set gpus to the number of GPUs per job, or remove gpu_model"
+            )
+        return self
 
     def snakemake(self) -> dict[str, Any]:
         """The rule's ``resources:`` (names the SLURM executor plugin reads)."""
@@ -640,7 +665,7 @@ class ExperimentConfig(_Strict):
     """One experiment: everything a pipeline run needs."""
 
     name: Annotated[str, Field(min_length=2, pattern=r"^[A-Za-z0-9_\-]+$")]
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[Int, Field(ge=0)] = 0
     data: DataConfig = Field(default_factory=DataConfig)
     lopt: LOptConfig = Field(default_factory=MLPLOptConfig)
     meta_train: MetaTrainConfig = Field(default_factory=MetaTrainConfig)
@@ -680,11 +705,118 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
+        elif item == "[key]":
+            parts.append(" (the key)")  # pydantic's marker: the mapping key itself is invalid
         elif item in _UNION_TAGS and parts:
             continue  # pydantic inserts the union tag; the user never wrote it
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts) or "<root>"
+
+
+def _bare(tp: Any) -> Any:
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return tp
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _member_for_label(members: list[Any], label: Any) -> Any:
+    """The union member pydantic names ``label`` in an error path (``list[constrained-int]``)."""
+    if not isinstance(label, str):
+        return None
+    for prefix, origin in (("list[", list), ("tuple[", tuple), ("dict[", dict), ("literal[", Literal)):
+        if label.startswith(prefix):
+            return next((m for m in members if get_origin(m) is origin), None)
+    plain = [m for m in members if get_origin(m) not in (list, tuple, dict, Literal)]
+    return plain[0] if len(plain) == 1 else None
+
+
+def _key_path(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], bool]:
+    """``loc`` as the user's key path, and whether a plain union's member label was dropped.
+
+    pydantic puts the label of the union member that failed into the path
+    (``meta_train.devices.constrained-int``, ``...local_device_ids.list[constrained-int].0``)
+    and the ``kind`` tag of a tagged union (``meta_train.task.image_mlp.dataset``); the user
+    wrote neither. The path is walked along the model's types and those items are dropped.
+    """
+    out: list[Any] = []
+    tp: Any = model
+    dropped = False
+    i = 0
+    while i < len(loc):
+        item, tp = loc[i], _bare(tp)
+        if get_origin(tp) in (Union, UnionType):
+            members = [_bare(a) for a in get_args(tp) if a is not type(None)]
+            if len(members) == 1:  # X | None: no label in the path
+                tp = members[0]
+                continue
+            if all(_is_model(m) and "kind" in m.model_fields for m in members):
+                tagged = [m for m in members if m.model_fields["kind"].default == item]
+                if not tagged:
+                    break  # e.g. the 'kind' an unknown tag is reported at
+                tp = tagged[0]
+            else:
+                tp = _member_for_label(members, item)
+                dropped = True
+            i += 1
+            continue
+        if _is_model(tp):
+            field = tp.model_fields.get(item) if isinstance(item, str) else None
+            if field is None:
+                break
+            out.append(item)
+            tp = field.annotation
+        elif get_origin(tp) in (list, tuple) and isinstance(item, int):
+            out.append(item)
+            args = [a for a in get_args(tp) if a is not Ellipsis]
+            tp = args[min(item, len(args) - 1)] if args else None
+        elif get_origin(tp) is dict:
+            out.append(item)
+            if i + 1 < len(loc) and loc[i + 1] == "[key]":
+                i += 1
+                break
+            tp = get_args(tp)[1] if get_args(tp) else None
+        else:
+            break
+        i += 1
+    return tuple(out) + tuple(loc[i:]), dropped
+
+
+def _error_lines(exc: ValidationError, model: type[BaseModel]) -> list[str]:
+    """One ``  key.path: message (allowed ...)`` line per offending key.
+
+    The failures of every member of a plain union (``devices: 0`` is neither an int >= 1
+    nor 'all') become one line listing each alternative.
+    """
+    merged: dict[str, tuple[list[str], list[str]]] = {}
+    lines: list[str | tuple[str, ...]] = []
+    for err in exc.errors():
+        loc = _error_loc(err)
+        path, dropped = _key_path(model, loc)
+        key = _format_loc(path)
+        allowed = _allowed(err, model, loc)
+        if dropped and key in merged:
+            msgs, hints = merged[key]
+            msgs.append(err["msg"].removeprefix("Input should be ") if msgs[0].startswith("Input should be") else err["msg"])
+            if allowed and allowed not in hints:
+                hints.append(allowed)
+            continue
+        if dropped:
+            merged[key] = ([err["msg"]], [allowed] if allowed else [])
+            lines.append(("merged", key))
+        else:
+            lines.append(f"  {key}: {err['msg']}{allowed}")
+    out = []
+    for line in lines:
+        if isinstance(line, tuple):
+            msgs, hints = merged[line[1]]
+            line = f"  {line[1]}: {' or '.join(msgs)}{''.join(hints)}"
+        out.append(line)
+    return out
 
 
 def _allowed(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) -> str:
@@ -696,6 +828,11 @@ def _allowed(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) 
         return "" if str(ctx["expected"]) in err["msg"] else f" (allowed values: {ctx['expected']})"
     if "pattern" in ctx:
         return f" (allowed: strings matching {ctx['pattern']})"
+    got = err.get("input")
+    if err["type"] == "bool_type":
+        return f" (got {got!r}; allowed values: true, false)"
+    if err["type"] in ("int_type", "float_type", "finite_number") and isinstance(got, (bool, int, float, str)):
+        return f" (got {got!r})"  # e.g. `true` where a number belongs, or .inf
     return ""
 
 
@@ -745,12 +882,7 @@ def validate_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = _error_loc(err)
-            # pydantic reports union-member names in loc; drop them from the key path
-            key = _format_loc(loc)
-            lines.append(f"  {key}: {err['msg']}{_allowed(err, ExperimentConfig, loc)}")
+        lines = _error_lines(exc, ExperimentConfig)
         raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
 
 
@@ -758,8 +890,98 @@ def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate an experiment YAML file.
 
     Raises:
-        ConfigError: the file is missing, is not YAML, or violates the schema. The
+        ConfigError: the file is missing, is not YAML, repeats a key, or violates the schema. The
             message names the file, each offending key path and the allowed values.
+    """
+    return validate_config(load_yaml(path), source=str(path))
+
+
+# ------------------------------------------------------------------ YAML loading
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, changed where YAML 1.1 defeats the config's validation.
+
+    - Only ``true`` / ``false`` (``True``, ``TRUE``, ...) are booleans, as in YAML 1.2:
+      YAML 1.1 also reads ``on``/``off``/``yes``/``no`` as booleans, so
+      ``distributed: {mode: off}`` never reached the allowed value ``'off'``. These words
+      are now strings (a bool field rejects them, naming the key).
+    - ``1e-3`` (an exponent without a dot or sign) is a float, as in YAML 1.2, not a string.
+    - A key given twice in one mapping is a :class:`ConfigError` naming the file, the key
+      path and both lines (YAML 1.1 silently keeps the last one). Keys brought in by a
+      ``<<`` merge may still be overridden, as YAML intends.
+    """
+
+    source = "<config>"
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_duplicates(node, (), set())
+        return super().construct_document(node)
+
+    def _check_duplicates(self, node: yaml.Node, path: tuple[Any, ...], seen: set[int]) -> None:
+        if id(node) in seen:  # an alias: checked where its anchor is
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_duplicates(item, path + (i,), seen)
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Mark] = {}
+            for key_node, value_node in node.value:
+                key = None
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                    key = self.construct_object(key_node)
+                    mark = key_node.start_mark
+                    if key in first:
+                        at, before = f"line {mark.line + 1}", f"line {first[key].line + 1}"
+                        if mark.line == first[key].line:  # a flow mapping: {seed: 1, seed: 2}
+                            at, before = f"{at}, column {mark.column + 1}", f"column {first[key].column + 1}"
+                        raise ConfigError(
+                            f"{self.source}: duplicate key '{_format_loc(path + (key,))}' at {at} "
+                            f"(already given at {before}); each key may appear only once"
+                        )
+                    first[key] = mark
+                self._check_duplicates(value_node, path + ((key,) if key is not None else ()), seen)
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_ConfigLoader.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str = "<config>") -> Any:
+    """Parse config YAML text (see :class:`_ConfigLoader`); ``source`` names it in errors.
+
+    Raises:
+        ConfigError: a key is duplicated.
+        yaml.YAMLError: the text is not YAML.
+    """
+    loader = _ConfigLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a config file (experiment or study) into plain data, without validating it.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or repeats a key.
     """
     path = Path(path)
     try:
@@ -767,10 +989,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        return parse_yaml(text, str(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return validate_config(raw, source=str(path))
 
 
 def json_schema() -> dict[str, Any]:

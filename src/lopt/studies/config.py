@@ -27,8 +27,11 @@ from pydantic import Field, ValidationError, model_validator
 
 from lopt.config import (
     AnalysisConfig,
+    Bool,
     ConfigError,
     DataConfig,
+    Float,
+    Int,
     LOptConfig,
     MLPLOptConfig,
     PosFloat,
@@ -36,10 +39,10 @@ from lopt.config import (
     ResourcesConfig,
     TaskConfig,
     TrackingConfig,
-    _allowed,
-    _error_loc,
-    _format_loc,
+    _error_lines,
     _Strict,
+    load_yaml,
+    parse_yaml,
 )
 
 Name = Annotated[str, Field(min_length=2, pattern=r"^[A-Za-z0-9_\-]+$")]
@@ -54,7 +57,7 @@ class InfluenceBalancingConfig(_Strict):
 
     kind: Literal["influence_balancing"] = "influence_balancing"
     horizon: PosInt = Field(10**9, description="T; the paper never resets the state.")
-    dim: Annotated[int, Field(ge=2)] = 23
+    dim: Annotated[Int, Field(ge=2)] = 23
     num_positive: PosInt = 10
     eval_steps: PosInt = Field(500, description="Metric: the per-step loss after this many steps from s_0.")
 
@@ -72,8 +75,8 @@ class LorenzConfig(_Strict):
     kind: Literal["lorenz"] = "lorenz"
     horizon: PosInt = 2000
     dt: PosFloat = 0.005
-    start_noise: Annotated[float, Field(ge=0)] = Field(0.0, description="Train start noise (paper: 0).")
-    test_start_noise: Annotated[float, Field(ge=0)] = Field(1.0, description="Test start noise (paper: 1).")
+    start_noise: Annotated[Float, Field(ge=0)] = Field(0.0, description="Train start noise (paper: 0).")
+    test_start_noise: Annotated[Float, Field(ge=0)] = Field(1.0, description="Test start noise (paper: 1).")
     state_bound: PosFloat = 1e3
 
 
@@ -102,9 +105,9 @@ class OuterOptimizerConfig(_Strict):
 
     name: Literal["sgd", "adam"] = "sgd"
     lr: PosFloat = 1e-3
-    b1: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="Adam beta1 (PES toy: 0.99).")
-    b2: Annotated[float, Field(ge=0, lt=1)] = 0.999
-    lr_decay: dict[int, PosFloat] = Field(
+    b1: Annotated[Float, Field(ge=0, lt=1)] = Field(0.9, description="Adam beta1 (PES toy: 0.99).")
+    b2: Annotated[Float, Field(ge=0, lt=1)] = 0.999
+    lr_decay: dict[Int, PosFloat] = Field(
         default_factory=dict,
         description="Piecewise-constant schedule {outer step: multiplier}, e.g. {1000: 0.1}.",
     )
@@ -116,13 +119,13 @@ class MethodConfig(_Strict):
     name: Name = Field(description="Identifier used in paths and tables.")
     label: str | None = Field(None, description="Legend label (defaults to name).")
     estimator: EstimatorName
-    num_particles: Annotated[int, Field(ge=1)] = Field(
+    num_particles: Annotated[Int, Field(ge=1)] = Field(
         description="All perturbed copies (pairs x 2; even) or TBPTT's independent particles."
     )
     trunc_length: PosInt | None = Field(None, description="K; None means the horizon (FullES).")
     sigma: PosFloat = 0.01
     noise_reuse_steps: PosInt | None = Field(None, description="GPES only: K'.")
-    step_unlock: bool = True
+    step_unlock: Bool = True
     loss_diff_clip: PosFloat | None = None
     grad_clip: PosFloat | None = Field(None, description="Global-norm clip (the papers use none).")
     outer: OuterOptimizerConfig = Field(default_factory=OuterOptimizerConfig)
@@ -170,8 +173,8 @@ class ClaimConfig(_Strict):
     better: str | None = None
     worse: list[str] = Field(default_factory=list)
     methods: list[str] = Field(default_factory=list)
-    factor: Annotated[float, Field(gt=0, le=1)] = 1.0
-    target: list[float] | None = None
+    factor: Annotated[Float, Field(gt=0, le=1)] = 1.0
+    target: list[Float] | None = None
     tol: PosFloat = 0.05
     threshold: PosFloat | None = None
     axis: Literal["unroll_steps", "wall_time", "outer_step"] = "unroll_steps"
@@ -201,15 +204,15 @@ class StudyEvalConfig(_Strict):
 
     every: PosInt = Field(10, description="Outer steps between evaluations (also at 0 and the end).")
     num_episodes: PosInt = Field(1, description="Episodes averaged (fixed keys, shared by all methods).")
-    seed: Annotated[int, Field(ge=0)] = Field(12345, description="Seed of the evaluation episodes.")
+    seed: Annotated[Int, Field(ge=0)] = Field(12345, description="Seed of the evaluation episodes.")
 
 
 class SurfaceConfig(_Strict):
     """A meta-loss surface over a 2-D theta grid, with the methods' trajectories on it."""
 
-    theta0: tuple[float, float]
-    theta1: tuple[float, float]
-    num: Annotated[int, Field(ge=5, le=400)] = 60
+    theta0: tuple[Float, Float]
+    theta1: tuple[Float, Float]
+    num: Annotated[Int, Field(ge=5, le=400)] = 60
 
 
 class VarianceConfig(_Strict):
@@ -218,15 +221,15 @@ class VarianceConfig(_Strict):
     estimators: list[EstimatorName] = Field(default_factory=lambda: ["pes", "nres"])
     trunc_lengths: list[PosInt] = Field(min_length=2, description="Each must divide system.horizon.")
     sigma: PosFloat = 0.01
-    replicas: Annotated[int, Field(ge=10)] = 1000
+    replicas: Annotated[Int, Field(ge=10)] = 1000
     protocols: list[Literal["episode", "window"]] = Field(default_factory=lambda: ["window", "episode"])
 
 
 class StudyAnalysisConfig(AnalysisConfig):
     """Figures of a study (adds theta traces and the optional loss surface)."""
 
-    log_loss: bool = Field(True, description="Log-scale loss axes.")
-    plot_theta: bool = Field(False, description="Plot each theta coordinate vs outer step.")
+    log_loss: Bool = Field(True, description="Log-scale loss axes.")
+    plot_theta: Bool = Field(False, description="Plot each theta coordinate vs outer step.")
     surface: SurfaceConfig | None = None
     variance: VarianceConfig | None = None
 
@@ -249,7 +252,7 @@ class StudyConfig(_Strict):
     description: str = ""
     reference: str = Field("", description="The paper (and section) this study reproduces.")
     seeds: PosInt = Field(5, description="Seeds per method: 0 .. seeds-1 (+ seed_offset).")
-    seed_offset: Annotated[int, Field(ge=0)] = 0
+    seed_offset: Annotated[Int, Field(ge=0)] = 0
     outer_steps: PosInt | None = Field(None, description="Outer steps per method.")
     unroll_budget: PosInt | None = Field(
         None, description="Total inner steps per method; outer steps = ceil(budget / steps per estimate)."
@@ -357,7 +360,7 @@ class StudyConfig(_Strict):
     def quick_variant(self) -> StudyConfig:
         """The CI-sized variant: fewer seeds/methods/steps, named ``<name>_quick``."""
         q = self.quick
-        raw = self.to_dict()
+        raw = self.model_dump()  # Python values: JSON would turn lr_decay's int keys into strings
         raw["name"] = f"{self.name}_quick"
         raw["seeds"] = q.seeds
         if q.methods is not None:
@@ -379,9 +382,15 @@ class StudyConfig(_Strict):
 
 
 def is_study(path: str | Path) -> bool:
-    """True when the YAML file at ``path`` declares ``kind: study``."""
+    """True when the YAML file at ``path`` declares ``kind: study``.
+
+    An unreadable or non-YAML file is not a study (loading it reports why).
+
+    Raises:
+        ConfigError: the file repeats a key (which one it means is ambiguous).
+    """
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = parse_yaml(Path(path).read_text(), str(path))
     except (OSError, yaml.YAMLError):
         return False
     return isinstance(raw, dict) and raw.get("kind") == "study"
@@ -394,21 +403,12 @@ def load_study(path: str | Path, *, quick: bool = False) -> StudyConfig:
         ConfigError: naming the file, each offending key path and the allowed values.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys")
     try:
         study = StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = _error_loc(err)
-            key = _format_loc(tuple(x for x in loc if x not in SYSTEM_KINDS))
-            lines.append(f"  {key}: {err['msg']}{_allowed(err, StudyConfig, loc)}")
+        lines = _error_lines(exc, StudyConfig)
         raise ConfigError(f"{path}: invalid study config\n" + "\n".join(lines)) from None
     return study.quick_variant() if quick else study
