@@ -303,3 +303,45 @@ def test_baseline_errors_name_allowed_values():
         make_baseline("adam", 0.1, schedule="warmup_cosine", num_steps=100, warmup_fraction=1.0)
     with pytest.raises(ValueError, match="no decay steps"):
         make_baseline("adam", 0.1, schedule="warmup_cosine", num_steps=1)
+
+
+def _curves(optimizer, train, test, steps=(0, 10, 20)):
+    rows = []
+    for seed in (0, 1):
+        for split, losses in (("train", train), ("test", test)):
+            rows += [{"task": "t", "optimizer": optimizer, "seed": seed, "split": split, "step": s, "loss": v}
+                     for s, v in zip(steps, losses)]
+    return pd.DataFrame(rows)
+
+
+def test_task_metrics_select_nothing_on_the_test_split():
+    """Best-so-far metrics are on training loss: an optimizer whose test loss dips and then
+    overfits is credited with its train loss, not with a test minimum picked after the fact."""
+    from lopt.evaluate import task_metrics
+
+    overfit = _curves("lopt", train=[2.0, 1.0, 0.5], test=[2.0, 0.8, 1.6])
+    reference = _curves("adam", train=[2.0, 1.5, 1.0, 0.5], test=[2.0, 1.5, 1.2, 1.1], steps=(0, 10, 20, 40))
+    curves = pd.concat([overfit, reference[reference["step"] <= 20]])
+    m = task_metrics(curves, reference, budget=20).set_index("optimizer")
+    assert (m["split"] == "train").all()
+    assert m.loc["lopt", "best_loss"] == 0.5  # its train loss at the budget, not test 0.8
+    assert m.loc["lopt", "speedup"] == pytest.approx(2.0)  # adam reaches train 0.5 at step 40
+    on_test = task_metrics(curves, reference, budget=20, split="test").set_index("optimizer")
+    assert on_test.loc["lopt", "best_loss"] == 0.8  # what the old default reported
+
+
+def test_across_tasks_table_says_what_few_tasks_mean():
+    from lopt.analysis.tables import across_tasks, across_tasks_table
+
+    metrics = pd.DataFrame({
+        "task": ["a", "b", "c"] * 2, "distribution": ["in", "out", "out"] * 2,
+        "optimizer": ["lopt"] * 3 + ["adam"] * 3, "best_loss": [0.27, 0.49, 0.56, 0.3, 0.5, 0.6],
+        "speedup": [0.27, 0.49, 0.56, 1.0, 1.0, 1.0],
+    })
+    agg = across_tasks(metrics)
+    row = agg[(agg["distribution"] == "all") & (agg["optimizer"] == "lopt") & (agg["metric"] == "speedup")].iloc[0]
+    # n = 3: IQM is the mean and the percentile interval is exactly the range
+    assert row["iqm"] == pytest.approx(np.mean([0.27, 0.49, 0.56]))
+    assert (row["iqm_low"], row["iqm_high"]) == (pytest.approx(0.27), pytest.approx(0.56))
+    assert "is the [min, max] range" in across_tasks_table(agg)
+    assert "% Rows over fewer than 4 tasks" in across_tasks_table(agg, latex=True)

@@ -159,12 +159,26 @@ def across_tasks_table(agg: pd.DataFrame, latex: bool = False) -> str:
     frame = pd.DataFrame(rows)
     order = {"in": 0, "out": 1, "all": 2}
     frame = frame.sort_values("distribution", key=lambda d: d.map(order).fillna(3), kind="stable")
+    note = _few_tasks_note(int(frame["tasks"].min())) if len(frame) else ""
     if latex:
-        return frame.to_latex(index=False, escape=True)
+        return frame.to_latex(index=False, escape=True) + (f"% {note}\n" if note else "")
     header = "| " + " | ".join(frame.columns) + " |"
     lines = [header, "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
+
+
+def _few_tasks_note(fewest: int) -> str:
+    """What IQM and the bootstrap interval mean for rows over fewer than 4 tasks."""
+    if fewest >= 4:
+        return ""
+    # trim_mean(x, 0.25) cuts floor(n / 4) = 0 values when n < 4, and a percentile bootstrap
+    # of n <= 3 values puts >= 1/27 > 2.5 % of its resamples at each extreme
+    return (
+        "Rows over fewer than 4 tasks: the IQM trims nothing (it is the mean), and the "
+        "\"95% CI\" is the [min, max] range of the tasks (a range of 3 values covers the "
+        "median of their distribution 75 % of the time, not 95 %)."
+    )
 
 
 def summary_latex(summary: pd.DataFrame, split: str = "test") -> str:
