@@ -17,7 +17,10 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
-    repo, env, seconds, _proc = run_pipeline(tmp, "configs/smoke.yaml")
+    repo, env, seconds, proc = run_pipeline(tmp, "configs/smoke.yaml")
+    # the workflow profile (rerun triggers, rerun-incomplete) applies to a plain `snakemake`:
+    # Snakemake looks for profiles/default next to the Snakefile (a link to workflow/profiles)
+    assert "Using workflow specific profile profiles/default" in proc.stdout + proc.stderr
     return repo, env, seconds, tmp
 
 
