@@ -4,12 +4,17 @@ Every rule declares its stage's resources from the config (`resources.<stage>`);
 `workflow/profiles/slurm` profile plans them, and the plugin turns them into an sbatch
 call. Fake `sbatch` / `sacct` / `squeue` / `scontrol` / `sacctmgr` / `sshare` scripts on
 PATH record what the plugin runs, so the test reads the exact submission command.
+
+The last tests check what a cluster job's log shows for a user's mistake: a clear
+one-line error, never a traceback (several --configfile, an unknown evaluation task,
+checkpoints a non-resuming meta-train would overwrite).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -93,3 +98,45 @@ def test_slurm_submission_requests_the_configured_gpus(cluster_repo):
     assert "--nodes=2" in call and "--ntasks=2" in call and "--cpus-per-task=16" in call
     assert not any(flag.startswith("--ntasks-per-gpu") for flag in call)
     assert "--comment" in call and call[call.index("--comment") + 1] == "rule_meta_train"
+
+
+def test_several_configfiles_fail_naming_them(cluster_repo):
+    """lopt reads one experiment file: Snakemake merging several would not reach it."""
+    repo, env, _ = cluster_repo
+    (repo / "other.yaml").write_text(yaml.safe_dump(CONFIG | {"name": "other"}))
+    proc, _ = run(["snakemake", "-n", "--cores", "1", "--configfile", "cfg.yaml", "other.yaml"], repo, env, timeout=300)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "WorkflowError" in out and "one experiment config per run" in out, out[-3000:]
+    assert f"{repo / 'cfg.yaml'} {repo / 'other.yaml'}" in out, out[-3000:]
+    # the same file twice is still one config
+    proc, _ = run(["snakemake", "-n", "--cores", "1", "--configfile", "cfg.yaml", "cfg.yaml"], repo, env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _lopt(repo, env, *args: str) -> subprocess.CompletedProcess:
+    """`lopt ARGS` in-process in a fresh interpreter; fails if validation imported JAX."""
+    code = "import sys; from lopt.cli import main; rc = main(sys.argv[1:]); print('jax' in sys.modules); sys.exit(rc)"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def test_evaluate_unknown_task_is_a_config_error_before_any_work(cluster_repo):
+    repo, env, _ = cluster_repo
+    proc = _lopt(repo, env, "evaluate", "--config", "cfg.yaml", "--task", "nope")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == ("error: cfg.yaml: --task 'nope' is not one of the config's evaluation.tasks; "
+                                   "allowed: quad"), proc.stderr
+    assert proc.stdout.strip() == "False"  # validated before JAX (and before any W&B run)
+
+
+def test_meta_train_over_existing_checkpoints_is_a_one_line_error(cluster_repo, tmp_path):
+    repo, env, _ = cluster_repo
+    out = tmp_path / "meta"
+    (out / "checkpoints" / "5").mkdir(parents=True)
+    proc = _lopt(repo, env, "meta-train", "--config", "cfg.yaml", "--out", str(out), "--quiet")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    # the last line (W&B's offline notes come first: the run had started)
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: {out / 'checkpoints'} already holds checkpoints; "
+                                                    "pass --resume to continue or delete it"), proc.stderr

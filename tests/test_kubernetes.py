@@ -29,6 +29,16 @@ from pipeline_utils import cluster_config, copy_repo, planned_resources, run
 PROFILE = "workflow/profiles/kubernetes"
 BUCKET, PREFIX = "my-bucket", "lopt"  # the profile's default-storage-prefix
 CONFIG = cluster_config("quadk8s", {"gpus": 2, "gpu_model": "a100", "cpus": 4, "mem_mb": 16000, "runtime": 180})
+# Seconds-scale, but every kind of path a job uses: a dataset (prepare-data, then read by
+# meta-train and by one of the two evaluations) and a quadratic evaluation with no data.
+DIGITS = {"kind": "image_mlp", "dataset": "digits", "hidden_sizes": [4], "batch_size": 16}
+STORAGE_CONFIG = {
+    "name": "s3run",
+    "meta_train": {"task": DIGITS, "num_particles": 4, "trunc_length": 5, "horizon": 10, "outer_steps": 3},
+    "evaluation": {"num_steps": 10, "eval_every": 10, "num_seeds": 1, "baselines": ["sgd"],
+                   "lr_grid": {"low": 0.01, "high": 0.1, "num": 2},
+                   "tasks": [{"name": "quad", "task": {"kind": "quadratic"}}, {"name": "digits4", "task": DIGITS}]},
+}
 ACCESS_KEY, SECRET_KEY = "fake-access-key", "fake-secret-key"
 
 
@@ -251,3 +261,64 @@ def test_kubernetes_job_requests_the_configured_gpus_memory_and_cpus(k8s_repo):
     ref = env_vars["SNAKEMAKE_STORAGE_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": secret["metadata"]["name"], "key": "snakemake_storage_s3_secret_key"}
     assert SECRET_KEY not in json.dumps(job)
+
+
+def _storage_run(repo, env, config: dict, *targets: str) -> subprocess.CompletedProcess:
+    """A local Snakemake run (no executor) whose every input and output goes through the
+    default storage, as in a pod of the Kubernetes profile: the fake S3 bucket."""
+    (repo / "storage_cfg.yaml").write_text(yaml.safe_dump(config))
+    cmd = ["snakemake", *targets, "--cores", "2", "--configfile", "storage_cfg.yaml",
+           "--default-storage-provider", "s3", "--default-storage-prefix", f"s3://{BUCKET}/{PREFIX}"]
+    proc, _ = run(cmd, repo, env, timeout=600)
+    return proc
+
+
+def test_kubernetes_plan_passes_lopt_only_the_jobs_storage_paths(k8s_repo):
+    """Under a default storage provider a job sees its files as local copies under
+    .snakemake/storage/s3/<bucket>/<prefix>/; every path `lopt` gets must be one of those
+    (a results/ or data/ path would be written where nothing uploads it, or read from
+    where nothing fetched it)."""
+    repo, env, _, _ = k8s_repo
+    (repo / "storage_cfg.yaml").write_text(yaml.safe_dump(STORAGE_CONFIG))
+    proc, _ = run(["snakemake", "-n", "-p", "--profile", PROFILE, "--configfile", "storage_cfg.yaml"], repo, env,
+                  timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    local = f".snakemake/storage/s3/{BUCKET}/{PREFIX}/"
+    commands = [line.split(": ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("Shell command: lopt")]
+    assert len(commands) == 5, commands  # prepare-data, meta-train, 2 x evaluate, analyze
+    for command in commands:
+        words = command.split()
+        for flag in ("--out", "--results", "--data-root", "--checkpoint"):
+            if flag in words:
+                assert words[words.index(flag) + 1].startswith(local), command
+    assert sum("--data-root" in c for c in commands) == 3, commands  # not the quadratic evaluation
+    # evaluate reads the optimizer's metadata too, so it must be fetched with the weights
+    assert f"s3://{BUCKET}/{PREFIX}/results/s3run/meta/meta_params.npz.json (retrieve from storage)" in proc.stdout
+
+
+@pytest.mark.e2e
+def test_pipeline_through_default_storage_puts_every_output_in_the_bucket(k8s_repo):
+    """Every stage runs against the fake S3 exactly as a pod would (inputs fetched from the
+    bucket, outputs uploaded to it), and the experiment's final outputs land in the bucket."""
+    repo, env, s3, _ = k8s_repo
+    start = time.perf_counter()
+    proc = _storage_run(repo, env, STORAGE_CONFIG)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    keys = set(s3.buckets[BUCKET])
+    results = f"{PREFIX}/results/s3run"
+    expected = [f"{PREFIX}/data/digits/{f}" for f in ("manifest.json", "train.npz", "test.npz")]
+    expected += [f"{results}/meta/{f}" for f in ("meta_params.npz", "meta_params.npz.json", "metrics.csv",
+                                                 "model_card.md")]
+    expected += [f"{results}/eval/{t}/{f}" for t in ("quad", "digits4")
+                 for f in ("curves.csv", "summary.csv", "sweep.csv", "metrics.csv")]
+    expected += [f"{results}/{f}" for f in ("figures/meta_training.png", "figures/eval_curves.png",
+                                             "tables/final_losses.md", "tables/summary.csv", "tables/metrics.csv",
+                                             "tables/across_tasks.md", "tables/tradeoffs.md", "model_card.md")]
+    missing = sorted(set(expected) - keys)
+    assert not missing, f"not in the bucket: {missing}\n" + proc.stderr[-3000:]
+    summary = s3.buckets[BUCKET][f"{results}/tables/summary.csv"][0].decode()
+    assert "digits4" in summary and "quad" in summary and "lopt" in summary
+    # nothing was written to (or read from) the working tree's data/ or results/
+    assert not (repo / "data").exists() and not (repo / "results").exists()
+    assert seconds < 150, f"storage run took {seconds:.0f} s"

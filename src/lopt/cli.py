@@ -2,7 +2,9 @@
 
 Every command but ``schema`` and ``pull`` takes ``--config`` (an experiment YAML),
 validates it before importing JAX, and writes under the experiment's directories by
-default; each also takes ``--quiet`` (no progress bar):
+default; each also takes ``--quiet`` (no progress bar). The commands that read
+datasets also take ``--data-root DIR``, which replaces the config's ``data.root`` (the
+workflow passes its jobs' local copies, e.g. under a Snakemake storage provider):
 
     lopt validate     --config C                      check a config, print the resolved one
     lopt schema                                       print the config JSON schema
@@ -174,6 +176,18 @@ COMMANDS = {
 }
 STUDY_ONLY = {"study-run", "study-analyze", "variance"}
 BOTH = {"validate", "prepare-data"}
+READS_DATA = {"prepare-data", "meta-train", "evaluate", "study-run", "variance"}  # cfg.data.root
+
+
+def _with_data_root(cfg, data_root: Path | None):
+    """``cfg`` reading its datasets from ``data_root`` (``--data-root``) instead of ``data.root``.
+
+    The same directory leaves ``cfg`` as it is, so a run without a storage provider
+    (where the workflow passes the config's own root) is unchanged, fingerprint included.
+    """
+    if data_root is None or Path(data_root) == Path(cfg.data.root):
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(data_root)})})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name in STUDY_ONLY or name in BOTH:
             p.add_argument("--quick", action="store_true", help="studies: the CI-sized variant")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name in READS_DATA:
+            p.add_argument(
+                "--data-root",
+                type=Path,
+                help="directory holding the prepared datasets (<root>/<name>/); default: the config's data.root",
+            )
         if name == "prepare-data":
             p.add_argument("--dataset", action="append", help="dataset name (repeatable); default: all the config uses")
         if name == "meta-train":
@@ -258,6 +278,14 @@ def main(argv: list[str] | None = None) -> int:
         if not study and args.command in STUDY_ONLY:
             raise ConfigError(f"{args.config}: {args.command} needs a study config (kind: study, configs/paper/*.yaml)")
         cfg = load_study(args.config, quick=args.quick) if study else load_config(args.config)
+        cfg = _with_data_root(cfg, getattr(args, "data_root", None))
+        if args.command == "evaluate":
+            names = [t.name for t in cfg.evaluation.tasks]
+            if args.task not in names:
+                raise ConfigError(
+                    f"{args.config}: --task {args.task!r} is not one of the config's evaluation.tasks; "
+                    f"allowed: {', '.join(names)}"
+                )
         if args.command == "study-run":
             cfg.method(args.method)
             if args.seed not in cfg.seed_list():
@@ -267,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         COMMANDS[args.command](cfg, args)
-    except FileNotFoundError as exc:  # e.g. an unresolvable --checkpoint (lopt.artifacts)
+    except (FileNotFoundError, FileExistsError) as exc:
+        # an unresolvable --checkpoint (lopt.artifacts); checkpoints that meta-train without
+        # --resume would overwrite (lopt.meta_train)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:

@@ -27,8 +27,9 @@ rule analyze:
         f"{RESULTS}/benchmarks/analyze.tsv"
     params:
         spec=spec("analysis", "evaluation"),
+        results=lambda w, input: parent_dir(input.metrics, 2),  # results/<name>, as this job sees it
     threads: stage_threads("analyze")
     resources:
         **res("analyze"),
     shell:
-        "lopt analyze --config {CONFIGFILE} --results {RESULTS} --tradeoffs {input.tradeoffs}"
+        "lopt analyze --config {CONFIGFILE} --results {params.results} --tradeoffs {input.tradeoffs}"

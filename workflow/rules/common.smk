@@ -1,6 +1,7 @@
 # Load and validate the experiment config before any job runs.
 #
-# The experiment is one YAML file: the last --configfile, else configs/default.yaml.
+# The experiment is one YAML file: the --configfile (more than one fails), else
+# configs/default.yaml.
 # lopt.config validates it (unknown keys, wrong types, out-of-range values fail here,
 # naming the file, key path and allowed values). Each rule's `params.spec` holds the
 # config sections it depends on, so with the params rerun trigger an edit reruns exactly
@@ -19,11 +20,18 @@
 # the only --config key: settings live in the YAML, so any other key fails here instead
 # of being silently ignored.
 import json
+from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from lopt.config import DATASET_NAMES, load_config
 from lopt.studies.config import is_study, load_study
 
-CONFIGFILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "configs/default.yaml"
+_configfiles = list(dict.fromkeys(str(f) for f in workflow.overwrite_configfiles))  # in order, repeats once
+if len(_configfiles) > 1:
+    raise WorkflowError(
+        f"--configfile {' '.join(_configfiles)}: one experiment config per run, got {len(_configfiles)}. "
+        "The configs are not merged (lopt reads one file): pass exactly one --configfile."
+    )
+CONFIGFILE = _configfiles[0] if _configfiles else "configs/default.yaml"
 IS_STUDY = is_study(CONFIGFILE)
 OVERRIDES = dict(workflow.config_settings.config)  # --config KEY=VALUE only, not the YAML
 ALLOWED_OVERRIDES = ("quick",) if IS_STUDY else ()
@@ -74,6 +82,27 @@ def launcher(stage):
     """Command prefix starting one process per host (`srun -n N`) when `resources.<stage>.nodes` > 1."""
     r = res(stage)
     return f"{r['mpi']} -n {r['tasks']} " if "mpi" in r else ""
+
+
+def parent_dir(path, levels=1):
+    """The directory ``levels`` up from one of a job's files, as the job sees it.
+
+    Shell commands take every path from {input}/{output} (through these params), never
+    from RESULTS or DATA: under a default storage provider (the Kubernetes profile) a
+    job's files are local copies under .snakemake/storage/<provider>/..., and only
+    those are fetched before the job and uploaded after it. Without one the result is
+    the usual results/<name>/... or data/ path.
+    """
+    return str(Path(path).parents[levels - 1])
+
+
+def data_root_flag(files):
+    """` --data-root DIR` for a job reading the dataset files ``files`` (data/<name>/<file>),
+    "" when it reads none (lopt then never opens the data root)."""
+    roots = sorted({parent_dir(f, 2) for f in files})
+    if len(roots) > 1:
+        raise WorkflowError(f"dataset files under more than one root: {roots}")
+    return f" --data-root {roots[0]}" if roots else ""
 
 
 def dataset_files(*names):

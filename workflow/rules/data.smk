@@ -6,10 +6,11 @@ rule prepare_data:
         f"{RESULTS}/benchmarks/prepare_data_{{dataset}}.tsv"
     params:
         spec=spec("data"),
+        data_root=lambda w, output: parent_dir(output[0], 2),
     wildcard_constraints:
         dataset="|".join(DATASET_NAMES),
     threads: stage_threads("prepare_data")
     resources:
         **res("prepare_data"),
     shell:
-        "lopt prepare-data --config {CONFIGFILE} --dataset {wildcards.dataset}"
+        "lopt prepare-data --config {CONFIGFILE} --dataset {wildcards.dataset} --data-root {params.data_root}"

@@ -2,20 +2,23 @@
 # run state, not declared outputs, so a killed job re-run by Snakemake resumes from them.
 rule meta_train:
     input:
-        dataset_files(*{getattr(t, "dataset", None) for t in CFG.meta_train.tasks()}),
+        data=dataset_files(*{getattr(t, "dataset", None) for t in CFG.meta_train.tasks()}),
     output:
         params=f"{RESULTS}/meta/meta_params.npz",
+        # its metadata (architecture, sha256): lopt evaluate loads the two together
+        params_meta=f"{RESULTS}/meta/meta_params.npz.json",
         metrics=f"{RESULTS}/meta/metrics.csv",
         card=f"{RESULTS}/meta/model_card.md",
     benchmark:
         f"{RESULTS}/benchmarks/meta_train.tsv"
     params:
         spec=spec("seed", "data", "lopt", "meta_train", "compute.precision"),
-        out=f"{RESULTS}/meta",
+        out=lambda w, output: parent_dir(output.params),
+        data_root=lambda w, input: data_root_flag(input.data),
     threads: stage_threads("meta_train")
     resources:
         **res("meta_train"),
     shell:
         # resources.meta_train.nodes > 1: `srun -n N` starts one process per host; they
         # join through jax.distributed (lopt.runtime) and process 0 writes the outputs.
-        launcher("meta_train") + "lopt meta-train --config {CONFIGFILE} --out {params.out} --resume"
+        launcher("meta_train") + "lopt meta-train --config {CONFIGFILE}{params.data_root} --out {params.out} --resume"

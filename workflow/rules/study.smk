@@ -8,7 +8,7 @@ METHODS = [m.name for m in CFG.methods]
 
 rule study_run:
     input:
-        [f for ds in CFG.datasets() for f in dataset_files(ds)],
+        data=[f for ds in CFG.datasets() for f in dataset_files(ds)],
     output:
         curve=f"{RESULTS}/runs/{{method}}/seed{{seed}}/curve.csv",
         theta=f"{RESULTS}/runs/{{method}}/seed{{seed}}/theta.npz",
@@ -16,6 +16,8 @@ rule study_run:
         f"{RESULTS}/benchmarks/run_{{method}}_seed{{seed}}.tsv"
     params:
         spec=lambda w: json.dumps(CFG.run_spec(CFG.method(w.method)), sort_keys=True),
+        out=lambda w, output: parent_dir(output.curve),
+        data_root=lambda w, input: data_root_flag(input.data),
     wildcard_constraints:
         method="|".join(METHODS),
         seed=r"\d+",
@@ -23,8 +25,8 @@ rule study_run:
     resources:
         **res("study_run"),
     shell:
-        "lopt study-run --config {CONFIGFILE}{QUICK_FLAG} --method {wildcards.method} "
-        "--seed {wildcards.seed} --out {RESULTS}/runs/{wildcards.method}/seed{wildcards.seed} --quiet"
+        "lopt study-run --config {CONFIGFILE}{QUICK_FLAG}{params.data_root} --method {wildcards.method} "
+        "--seed {wildcards.seed} --out {params.out} --quiet"
 
 
 rule study_analyze:
@@ -36,25 +38,28 @@ rule study_analyze:
         f"{RESULTS}/benchmarks/study_analyze.tsv"
     params:
         spec=spec("analysis", "claims"),
+        results=lambda w, input: parent_dir(input[0], 4),  # results/<name> from runs/<method>/seed<N>/curve.csv
     threads: stage_threads("study_analyze")
     resources:
         **res("study_analyze"),
     shell:
-        "lopt study-analyze --config {CONFIGFILE}{QUICK_FLAG} --results {RESULTS}"
+        "lopt study-analyze --config {CONFIGFILE}{QUICK_FLAG} --results {params.results}"
 
 
 # PES/NRES variance vs truncations per episode at theta_0 (only with analysis.variance).
 rule study_variance:
     input:
-        [f for ds in CFG.datasets() for f in dataset_files(ds)],
+        data=[f for ds in CFG.datasets() for f in dataset_files(ds)],
     output:
         [f"{RESULTS}/{f}" for f in CFG.variance_files()],
     benchmark:
         f"{RESULTS}/benchmarks/study_variance.tsv"
     params:
         spec=spec("system", "data", "analysis"),
+        results=lambda w, output: parent_dir(output[0], 2),  # results/<name> from figures/variance.png
+        data_root=lambda w, input: data_root_flag(input.data),
     threads: stage_threads("study_variance")
     resources:
         **res("study_variance"),
     shell:
-        "lopt variance --config {CONFIGFILE}{QUICK_FLAG} --out {RESULTS}"
+        "lopt variance --config {CONFIGFILE}{QUICK_FLAG}{params.data_root} --out {params.results}"
