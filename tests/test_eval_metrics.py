@@ -330,6 +330,18 @@ def test_task_metrics_select_nothing_on_the_test_split():
     assert on_test.loc["lopt", "best_loss"] == 0.8  # what the old default reported
 
 
+def test_reference_reaches_its_own_target():
+    """The target is the tuned reference's loss at the budget in the evaluated run, so the
+    reference reaches it by the budget even when its long run (another program, other
+    rounding) ends a little higher."""
+    from lopt.evaluate import task_metrics
+
+    budget_run = _curves("adam", train=[2.0, 1.5, 1.0], test=[2.0, 1.5, 1.2])
+    long_run = _curves("adam", train=[2.0, 1.5, 1.01, 0.5], test=[2.0, 1.5, 1.2, 1.1], steps=(0, 10, 20, 40))
+    m = task_metrics(budget_run, long_run, budget=20).set_index("optimizer")
+    assert m.loc["adam", "target"] == 1.0 and m.loc["adam", "steps_to_target"] == 20
+
+
 def test_across_tasks_table_says_what_few_tasks_mean():
     from lopt.analysis.tables import across_tasks, across_tasks_table
 

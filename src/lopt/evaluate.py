@@ -310,7 +310,9 @@ def task_metrics(curves: pd.DataFrame, reference: pd.DataFrame, budget: int, spl
     """Per optimizer on one task: best loss, steps-to-target, and speed-up over the reference.
 
     The target is the tuned reference optimizer's (Adam's) mean best-so-far ``split`` loss
-    at the budget; ``steps_to_target`` is the first evaluated step at which an
+    at the budget, from its budget-length run in ``curves`` (the run every table shows; the
+    long run is another program whose float rounding, amplified over the steps, can leave
+    it slightly off, so Adam would miss its own target); ``steps_to_target`` is the first evaluated step at which an
     optimizer's seed-mean best-so-far curve reaches it (inf if never). ``speedup`` is
     VeLOdrome's: the steps the long reference run needs to reach the optimizer's
     seed-mean best loss at the budget, over the budget; ``censored`` marks lower bounds
@@ -331,7 +333,9 @@ def task_metrics(curves: pd.DataFrame, reference: pd.DataFrame, budget: int, spl
     task = curves["task"].iloc[0]
     if not reference.empty:
         ref_steps, ref_losses = matrix(reference)
-        target = float(np.mean(best_loss_at(ref_steps, ref_losses, budget)))
+        own = curves[curves["optimizer"] == reference["optimizer"].iloc[0]]
+        target_steps, target_losses = matrix(own) if not own.empty else (ref_steps, ref_losses)
+        target = float(np.mean(best_loss_at(target_steps, target_losses, budget)))
     for name, grp in curves.groupby("optimizer", sort=False):
         steps, losses = matrix(grp)
         final = best_loss_at(steps, losses, budget)
