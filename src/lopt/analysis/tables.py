@@ -129,8 +129,8 @@ def across_tasks(metrics: pd.DataFrame, reference: str = "adam") -> pd.DataFrame
 
     Two per-task quantities are aggregated: ``speedup`` (VeLOdrome: steps tuned
     ``reference`` needs to reach the optimizer's loss, over the budget; censored values
-    are lower bounds) and ``loss_ratio`` (the optimizer's best test loss over the
-    reference's). Intervals are percentile bootstraps over tasks
+    are lower bounds) and ``loss_ratio`` (the optimizer's best loss over the reference's),
+    both on the split :func:`lopt.evaluate.task_metrics` used (training loss). Intervals are percentile bootstraps over tasks
     (:func:`lopt.analysis.aggregate.aggregate`), so with few tasks they are wide, as they
     should be.
     """
