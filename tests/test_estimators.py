@@ -359,9 +359,9 @@ class StateBlowsUp(LinearQuadratic):
 
 
 def test_uncapped_divergence_restarts_the_particle():
-    """Without a cap the diverged step's loss stays non-finite (that window's estimate is
-    skipped), but the particle restarts: later steps and windows are finite again instead
-    of NaN until the episode ends."""
+    """Without a cap non-finite steps are flagged and that window's estimate is non-finite
+    (skipped), but a particle whose window ends non-finite restarts after it: the next
+    windows are finite again instead of NaN until the episode ends."""
     system = StateBlowsUp(20)
     state = init_particles(system, THETA, jax.random.PRNGKey(0), 8, antithetic=False)
     blown = np.asarray(state.inner[1])
@@ -369,11 +369,16 @@ def test_uncapped_divergence_restarts_the_particle():
     thetas = jnp.broadcast_to(THETA, (8, 3))
     state, first = unroll(system, thetas, thetas, state, 5)
     losses = np.asarray(first.losses)
-    np.testing.assert_array_equal(~np.isfinite(losses[:, 3]), blown)
-    np.testing.assert_array_equal(np.asarray(first.diverged[:, 3]), blown)
-    assert np.isfinite(np.delete(losses, 3, axis=1)).all()
-    _, second = unroll(system, thetas, thetas, state, 5)
+    np.testing.assert_array_equal(~np.isfinite(losses), blown[:, None] & (np.arange(5) >= 3))
+    np.testing.assert_array_equal(np.asarray(first.diverged), ~np.isfinite(losses))
+    state, second = unroll(system, thetas, thetas, state, 5)
     assert np.isfinite(np.asarray(second.losses)).all()
+    assert not np.asarray(second.diverged).any()
+    # a window ending exactly at the horizon resets there: the fresh episode is kept
+    late = StateBlowsUp(8)
+    st = init_particles(late, THETA, jax.random.PRNGKey(0), 8, antithetic=False)
+    st, w = unroll(late, thetas, thetas, st, 8)  # steps 0-7, blow-up at 3, reset at the end
+    assert np.asarray(w.done).all() and np.isfinite(np.asarray(st.inner[0])).all()
 
 
 def test_tbptt_leaves_out_diverged_particles_instead_of_losing_the_step():

@@ -40,17 +40,18 @@ window start and ``theta_b`` for steps after a reset, and reports per step wheth
 was "fresh" (after a reset). PES passes the same perturbed theta twice; NRES passes
 the old and a newly drawn perturbation; everything else follows from that mask.
 
-Divergence: a step whose loss is non-finite (or at/above the system's optional
-``loss_cap``) restarts that particle's inner run from ``system.init`` (a key derived from
-the step key; same inner step and episode) and is flagged in ``Window.diverged``. With a
-cap the step reports the cap as its loss, so the window's estimate stays finite; without
-one it reports the non-finite loss, so that window's estimate is non-finite (meta-training
-skips such an update) but the particle is healthy again from the next step instead of
-staying NaN until its episode ends. Inside jit, under a ``lax.cond`` taken only when some
-particle diverged, so meta-training never crashes on a blow-up and healthy steps pay
-nothing. A capped step's loss difference is still up to the cap (against differences of
-order sigma elsewhere) and can dominate that window's ES estimate; an estimator's
-``loss_diff_clip`` bounds it.
+Divergence, with a ``loss_cap`` (the system's optional divergence threshold): a step whose
+loss is non-finite or at/above it restarts that particle's inner run from ``system.init`` (a
+key derived from the step key; same inner step and episode), reports the cap as its loss,
+and is flagged in ``Window.diverged``; inside jit, under a ``lax.cond`` taken only when some
+particle diverged, so the window's estimate stays finite. A capped step's loss difference
+is still up to the cap (against differences of order sigma elsewhere) and can dominate that
+window's ES estimate; an estimator's ``loss_diff_clip`` bounds it. Without a cap nothing is
+checked per step (systems like Lorenz, whose state is bounded, pay nothing); a non-finite
+loss makes that window's estimate non-finite (meta-training skips such an update), every
+non-finite step is flagged, and a particle whose window *ends* non-finite is restarted
+after the window (one ``lax.cond`` per window), so it does not stay NaN until its episode
+ends.
 """
 
 from __future__ import annotations
@@ -205,7 +206,9 @@ def unroll(
         # cap, reports the cap as its loss, so one blow-up neither crashes meta-training nor
         # leaves the particle NaN for the rest of its episode. A real branch: the
         # re-initialisation only runs in steps where some particle diverged.
-        bad = ~jnp.isfinite(loss) if cap is None else ~jnp.isfinite(loss) | (loss >= cap)
+        if cap is None:  # checked once per window instead (see _restart_nonfinite)
+            return inner, loss, jnp.zeros(loss.shape, bool)
+        bad = ~jnp.isfinite(loss) | (loss >= cap)
 
         def restart():
             fresh_inner = jax.vmap(system.init, in_axes=(0, 0, None))(
@@ -214,7 +217,7 @@ def unroll(
             return jax.vmap(tree_select)(bad, fresh_inner, inner)
 
         inner = jax.lax.cond(jnp.any(bad), restart, lambda: inner)
-        return inner, loss if cap is None else jnp.where(bad, cap, loss), bad
+        return inner, jnp.where(bad, cap, loss), bad
 
     # Per-window key material: steps of episode e use fold_in(step_key_e, t), steps after
     # the reset fold_in(step_key_{e+1}, t); deriving both here leaves one fold_in per step.
@@ -275,6 +278,35 @@ def unroll(
         new = ParticleState(inner, t, st.episode + done.astype(jnp.int32), st.key)
         return new, Window(losses.T, fresh.T, done, bad.T)
 
-    return jax.lax.cond(
+    new, window = jax.lax.cond(
         jnp.all(state.step + num_steps <= horizon), no_reset_inside, reset_inside, state
     )
+    if cap is None:
+        new, window = _restart_nonfinite(system, theta_a, theta_b, new, window, data)
+    return new, window
+
+
+def _restart_nonfinite(
+    system: UnrolledSystem, theta_a: Theta, theta_b: Theta, state: ParticleState, window: Window, data: Any
+) -> tuple[ParticleState, Window]:
+    """Uncapped systems: flag non-finite steps; restart particles whose window ended non-finite.
+
+    The restart (same inner step and episode, fresh ``system.init`` under the theta of the
+    window's last step, key from the particle's key, episode, step) skips particles whose
+    episode ended on the window's last step: the engine already installed a fresh episode.
+    """
+    bad = ~jnp.isfinite(window.losses)
+    last_fresh = window.fresh[:, -1]
+    # after a reset on the last step the old episode's loss is last, the new state is fresh
+    need = bad[:, -1] & (last_fresh | ~window.done)
+
+    def restart():
+        keys = jax.vmap(
+            lambda k, e, t: jax.random.fold_in(jax.random.fold_in(_episode_keys(k, e)[1], t), _RESTART)
+        )(state.key, state.episode, state.step)
+        theta = jax.vmap(tree_select)(last_fresh, theta_b, theta_a)
+        fresh_inner = jax.vmap(system.init, in_axes=(0, 0, None))(theta, keys, data)
+        return jax.vmap(tree_select)(need, fresh_inner, state.inner)
+
+    inner = jax.lax.cond(jnp.any(need), restart, lambda: state.inner)
+    return state._replace(inner=inner), window._replace(diverged=bad)
