@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import struct
 import time
 import warnings
@@ -263,6 +264,30 @@ def test_sequential_runs_in_one_process(wandb_env):
     assert [r.run_id for r in runs] == ids
     assert [r.config for r in runs] == [{"i": 0}, {"i": 1}]
     assert [r.history[0]["i"] for r in runs] == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("raw", ["bogus", "dryrun"])
+def test_unknown_or_alias_env_mode_still_records_offline(wandb_env, monkeypatch, raw):
+    """A WANDB_MODE wandb itself rejects (or spells differently) must not cost the run.
+
+    wandb validates WANDB_MODE from the environment even when ``mode=`` is
+    given, so without the override an unknown value made every init raise and
+    the tracker silently end as a no-op.
+    """
+    monkeypatch.setenv("WANDB_MODE", raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # resolve_mode's warning for 'bogus'
+        tr = _tracker(wandb_env, name=f"run-{raw}")
+    with tr:
+        assert tr.mode == "offline" and tr.active
+        tr.log({"a": 1.0}, step=0)
+    assert os.environ["WANDB_MODE"] == raw  # restored after init
+    (run,) = [read_offline_run(p) for p in find_offline_runs(wandb_env / "wandb")]
+    assert run.history[0]["a"] == 1.0
+
+
+def test_shared_mode_is_online():
+    assert resolve_mode({"WANDB_MODE": "shared"}) == "online"
 
 
 def test_disabled_mode_writes_nothing(wandb_env, monkeypatch):

@@ -23,6 +23,7 @@ later with ``wandb sync``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -76,8 +77,9 @@ def resolve_mode(env: Mapping[str, str] = os.environ) -> str:
     """Return the W&B mode a run should use: ``online``, ``offline`` or ``disabled``.
 
     ``WANDB_MODE`` when set: one of :data:`MODES`, or wandb's aliases ``dryrun``
-    (offline) and ``run`` (online); any other value warns and falls back to
-    ``offline`` (tracking never fails a run). Unset: ``offline``, always. A configured API key
+    (offline), ``run`` (online) and ``shared`` (online: every lopt process
+    writes its own run, so there is nothing to share); any other value warns
+    and falls back to ``offline`` (tracking never fails a run). Unset: ``offline``, always. A configured API key
     (``WANDB_API_KEY``, ``wandb login``) never turns a run online by itself:
     online needs ``WANDB_MODE=online`` or a config's ``tracking.mode: online``.
     Offline runs are uploaded later with ``wandb sync``.
@@ -99,7 +101,21 @@ def resolve_mode(env: Mapping[str, str] = os.environ) -> str:
 
 
 # wandb's own spellings of the same modes (wandb.sdk accepts both)
-_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
+_MODE_ALIASES = {"dryrun": "offline", "run": "online", "shared": "online"}
+
+
+@contextlib.contextmanager
+def _env_override(name: str, value: str) -> Iterator[None]:
+    """Set environment variable ``name`` to ``value`` inside the block, then restore it."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def _check_mode(mode: str) -> str:
@@ -309,17 +325,21 @@ class Tracker:
         if mode == "online" and self.finish_timeout > 0:
             fields["finish_timeout"] = self.finish_timeout
         fields.update(self._extra_settings)
-        return wandb.init(
-            project=self.project,
-            name=self.name,
-            group=self.group,
-            job_type=self.job_type,
-            config=self.config,
-            tags=list(self.tags) or None,
-            dir=os.fspath(self.dir),
-            mode=mode,
-            settings=wandb.Settings(**fields),
-        )
+        # wandb also validates WANDB_MODE from the environment, and an unknown
+        # value there makes init raise even with mode= given: the resolved mode
+        # stands in for it while the run starts.
+        with _env_override("WANDB_MODE", mode):
+            return wandb.init(
+                project=self.project,
+                name=self.name,
+                group=self.group,
+                job_type=self.job_type,
+                config=self.config,
+                tags=list(self.tags) or None,
+                dir=os.fspath(self.dir),
+                mode=mode,
+                settings=wandb.Settings(**fields),
+            )
 
     # -- helpers ----------------------------------------------------------- #
 
