@@ -122,7 +122,7 @@ def test_nres_meta_training_lowers_meta_loss(tmp_path, digits_root, precision):
     assert last < 0.75 * first, (first, last)
 
 
-def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, digits_root):
+def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, digits_root, capsys):
     """outer_steps can grow across a resume; a changed sigma starts afresh (old run kept aside)."""
     from lopt.meta_train import meta_train
 
@@ -143,8 +143,17 @@ def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, digits_
 
     # shortening a run below its checkpoints is refused (it would publish the longer run)
     shorter = cfg.model_copy(update={"meta_train": cfg.meta_train.model_copy(update={"outer_steps": 7})})
-    with pytest.raises(ValueError, match=r"up to step 9 .*outer_steps = 7"):
+    with pytest.raises(FileExistsError, match=r"up to step 9 .*outer_steps = 7"):
         meta_train(shorter, out, resume=True, progress=False)
+    # ... and through the CLI it is a one-line error, exit status 2, not a traceback
+    from lopt.cli import main
+
+    path, _ = _config(tmp_path, outer_steps=7, checkpoint_every=3, log_every=3)
+    argv = ["meta-train", "--config", str(path), "--data-root", str(digits_root), "--out", str(out), "--resume", "--quiet"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "outer_steps = 7" in err and "Traceback" not in err
     assert list(pd.read_csv(out / "checkpoints" / "metrics.live.csv")["step"]) == list(range(1, 10))
 
     first_params = (out / "meta_params.npz").read_bytes()
@@ -201,6 +210,26 @@ def test_metrics_log_drops_a_torn_last_row(tmp_path):
     log.close()
     rows = pd.read_csv(path)
     assert list(rows["step"]) == [1] and not rows.isna().any().any()
+
+
+def test_metrics_log_keeps_rows_with_blank_columns_across_resumes(tmp_path):
+    """A log begun before a column existed keeps its rows through every later resume."""
+    from lopt.meta_train import METRIC_FIELDS, _MetricsLog
+
+    path = tmp_path / "metrics.live.csv"
+    old_fields = [f for f in METRIC_FIELDS if f not in ("diverged", "skipped_updates")]
+    body = "".join(",".join(str(s) if f == "step" else "0.5" for f in old_fields) + "\n" for s in (1, 2, 3))
+    path.write_text(",".join(old_fields) + "\n" + body)
+    for resume_step in (3, 3):  # the first resume rewrites with blank new columns; the second reads them
+        _MetricsLog(path, resume_step=resume_step).close()
+        rows = pd.read_csv(path)
+        assert list(rows["step"]) == [1, 2, 3]
+        assert list(rows.columns) == list(METRIC_FIELDS)
+    # a kill that tears the last line anywhere (here mid-number) still loses only that line
+    whole = ",".join("4" if f == "step" else "0.25" for f in METRIC_FIELDS)
+    path.write_text(path.read_text() + whole[:-1])
+    _MetricsLog(path, resume_step=9).close()
+    assert list(pd.read_csv(path)["step"]) == [1, 2, 3]
 
 
 def test_nres_new_episodes_draw_new_noise(tmp_path, digits_root):

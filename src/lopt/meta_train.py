@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import shutil
 import time
@@ -281,9 +282,20 @@ def _free_name(path: Path) -> Path:
     return candidate
 
 
-def _complete(row: dict[str, str | None]) -> bool:
-    """A whole row of the live log (a kill mid-write can leave a torn last line)."""
-    return all(v not in (None, "") for v in row.values()) and row["step"].isdigit()
+def _complete(row: dict[str | None, str | None]) -> bool:
+    """A row with as many fields as the header and an integer step.
+
+    Blank fields are whole: a log begun before a column existed (``diverged``,
+    ``skipped_updates``) gets it empty when first rewritten, and those rows
+    must survive every later resume. Torn writes are caught by
+    :func:`_whole_lines` (unterminated last line) and here (short rows).
+    """
+    return None not in row and None not in row.values() and (row.get("step") or "").isdigit()
+
+
+def _whole_lines(text: str) -> str:
+    """``text`` without an unterminated last line (a kill mid-write can tear it anywhere)."""
+    return text if text.endswith("\n") else text[: text.rfind("\n") + 1]
 
 
 class _MetricsLog:
@@ -294,7 +306,8 @@ class _MetricsLog:
         rows: list[dict[str, str]] = []
         if resume_step > 0 and path.exists():
             with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if _complete(r) and int(r["step"]) <= resume_step]
+                lines = io.StringIO(_whole_lines(f.read()))
+            rows = [r for r in csv.DictReader(lines) if _complete(r) and int(r["step"]) <= resume_step]
         self.last_wall_time = float(rows[-1]["wall_time"]) if rows else 0.0
         # Rewrite (dropping rows past the checkpoint a killed run may have logged).
         tmp = path.with_suffix(".tmp")
@@ -369,7 +382,9 @@ def meta_train(
         # (or, from an earlier kept step, re-save steps orbax already holds)
         kept = sorted(checkpointer.all_steps())
         checkpointer.close()
-        raise ValueError(
+        # FileExistsError like the no-resume refusal above: existing files stand in the way,
+        # and the CLI turns it into a one-line error
+        raise FileExistsError(
             f"{ckpt_dir} holds checkpoints up to step {latest} (kept: {kept}), beyond "
             f"meta_train.outer_steps = {mt.outer_steps}: set outer_steps >= {latest} to continue "
             f"that run, or move {ckpt_dir} aside to meta-train {mt.outer_steps} steps afresh"
