@@ -243,6 +243,34 @@ def test_corrupted_file_raises_naming_it(digits_root: Path, tmp_path: Path) -> N
         load("digits", tmp_path)
 
 
+def test_split_settings_must_match_the_prepared_data(digits_root: Path, tmp_path: Path, capsys) -> None:
+    """data/<name>/ is named by dataset only: another experiment's split must not load silently."""
+    import yaml
+    from conftest import REPO
+
+    from lopt.cli import main
+    from lopt.config import DataConfig, ImageMLPTaskConfig
+    from lopt.tasks.build import build_task
+
+    task = ImageMLPTaskConfig(dataset="digits")
+    same = DataConfig(root=str(digits_root), seed=0, valid_fraction=0.1)
+    assert build_task(task, digits_root, data_cfg=same)[1]["train"][0].shape[0] == 1152
+    other = DataConfig(root=str(digits_root), seed=7, valid_fraction=0.3)
+    with pytest.raises(DatasetError, match=r"digits/manifest\.json was prepared with data\.seed=0, "
+                       r"data\.valid_fraction=0\.1.*asks for data\.seed=7, data\.valid_fraction=0\.3"):
+        build_task(task, digits_root, data_cfg=other)
+    # through the CLI: a one-line error naming the config, exit status 2
+    raw = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    raw["data"] = {"root": str(digits_root), "seed": 7}
+    raw["tracking"] = {"mode": "disabled"}
+    cfg = tmp_path / "seed7.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["meta-train", "--config", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {cfg}: ") and "data.seed=7" in err and "Traceback" not in err
+
+
 def test_missing_dataset_tells_to_prepare(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="lopt prepare-data"):
         load("digits", tmp_path)

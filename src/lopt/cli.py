@@ -301,9 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
+        from lopt.data import DatasetError
         from lopt.runtime import SetupError
 
-        if not isinstance(exc, SetupError):
+        if not isinstance(exc, (SetupError, DatasetError)):  # both name the file and the fix
             raise
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2

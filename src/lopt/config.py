@@ -478,7 +478,9 @@ class EvaluationConfig(_Strict):
     )
     lr_grid: LRGridConfig = Field(default_factory=LRGridConfig)
     eval_every: PosInt = Field(10, description="Steps between valid/test evaluations.")
-    eval_batch_size: PosInt = 512
+    eval_batch_size: PosInt = Field(
+        512, description="Examples per chunk of an evaluation; every split is evaluated whole (this bounds memory)."
+    )
 
     @model_validator(mode="after")
     def _check_steps(self) -> EvaluationConfig:

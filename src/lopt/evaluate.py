@@ -382,7 +382,9 @@ def run_evaluation(cfg: Any, task_name: str, meta_params_path: str | Path, out_d
     spec = {t.name: t for t in ev.tasks}
     if task_name not in spec:
         raise ValueError(f"unknown evaluation task {task_name!r}; configured: {', '.join(spec)}")
-    task, data = build_task(spec[task_name].task, cfg.data.root, ev.eval_batch_size, precision=cfg.compute.precision)
+    task, data = build_task(
+        spec[task_name].task, cfg.data.root, ev.eval_batch_size, precision=cfg.compute.precision, data_cfg=cfg.data
+    )
     num_steps = spec[task_name].num_steps or ev.num_steps
     # the architecture comes from the checkpoint's own metadata, so any saved optimizer
     # evaluates under this config's tasks, whatever this config's `lopt:` section says

@@ -103,7 +103,7 @@ def build_trainer(cfg: ExperimentConfig) -> MetaTrainer:
         extra["loss_diff_clip"] = mt.loss_diff_clip
     estimators, datas = [], []
     for task_cfg in mt.tasks():
-        task, data = build_task(task_cfg, cfg.data.root, precision=cfg.compute.precision)
+        task, data = build_task(task_cfg, cfg.data.root, precision=cfg.compute.precision, data_cfg=cfg.data)
         system = InnerTraining(task, lopt.to_optax, mt.horizon, mt.meta_loss_split)
         estimators.append(
             make_estimator(

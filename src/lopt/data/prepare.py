@@ -238,15 +238,36 @@ def read_manifest(name: str, root: Path) -> dict[str, Any]:
         raise DatasetError(f"{path} is unreadable ({e}); {_HINT}") from e
 
 
-def load(name: str, root: Path, *, verify: bool = True) -> Dataset:
+def load(
+    name: str,
+    root: Path,
+    *,
+    verify: bool = True,
+    seed: int | None = None,
+    valid_fraction: float | None = None,
+) -> Dataset:
     """Load ``root/<name>`` prepared by :func:`prepare`.
 
     With ``verify`` (default) each split file's sha256 is checked against the manifest.
+    ``seed`` / ``valid_fraction``, when given, must be the ones the directory was
+    prepared with: the directory is named by dataset only, so an experiment with
+    other split settings would otherwise train on another experiment's split.
     Raises :class:`DatasetError` naming the offending file when a file is missing,
-    corrupt or does not match, or when the dataset was never prepared.
+    corrupt or does not match, when the split settings differ, or when the dataset
+    was never prepared.
     """
     manifest = read_manifest(name, root)
     directory = Path(root) / name
+    expected = {"seed": seed, "valid_fraction": valid_fraction}
+    wrong = {k: v for k, v in expected.items() if v is not None and manifest.get(k) != v}
+    if wrong:
+        found = ", ".join(f"data.{k}={manifest.get(k)!r}" for k in wrong)
+        asked = ", ".join(f"data.{k}={v!r}" for k, v in wrong.items())
+        raise DatasetError(
+            f"{directory / MANIFEST} was prepared with {found}, but the config asks for {asked}; "
+            f"re-run `lopt prepare-data` with this config (it replaces {directory}), or give this "
+            f"experiment its own data.root"
+        )
     splits = {}
     for s in SPLITS:
         try:

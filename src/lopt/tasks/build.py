@@ -12,7 +12,12 @@ from lopt.tasks.precision import check_precision
 
 
 def build_task(
-    cfg: Any, data_root: str | Path, eval_batch_size: int = 512, precision: str = "float32"
+    cfg: Any,
+    data_root: str | Path,
+    eval_batch_size: int = 512,
+    precision: str = "float32",
+    *,
+    data_cfg: Any = None,
 ) -> tuple[Task, TaskData]:
     """Return ``(task, data)`` for a task config from :mod:`lopt.config`.
 
@@ -21,7 +26,9 @@ def build_task(
     :mod:`lopt.tasks.precision`); data stays as loaded (float32 inputs, int labels).
     Image tasks load ``data_root/<dataset>`` (prepared by ``lopt prepare-data``) and
     move it to device; ``char_lm`` generates its corpus (no files) and moves the token
-    splits to device; data-free tasks return ``data=None``.
+    splits to device; data-free tasks return ``data=None``. ``data_cfg`` (the config's
+    ``data`` section), when given, must match the split settings the dataset was
+    prepared with (:func:`lopt.data.load` raises otherwise).
     """
     from lopt.tasks.image_mlp import ImageMLP, device_data
     from lopt.tasks.quadratic import NoisyQuadratic
@@ -37,7 +44,8 @@ def build_task(
     if cfg.kind in ("image_mlp", "image_conv"):
         from lopt.data import load
 
-        ds = load(cfg.dataset, Path(data_root))
+        split = {} if data_cfg is None else {"seed": data_cfg.seed, "valid_fraction": data_cfg.valid_fraction}
+        ds = load(cfg.dataset, Path(data_root), **split)
         if cfg.kind == "image_mlp":
             task = ImageMLP(
                 input_dim=int(np.prod(ds.train.x.shape[1:])),

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.tasks.base import Batch, Params, TaskData
-from lopt.tasks.image_mlp import classification_metrics, softmax_xent
+from lopt.tasks.image_mlp import exact_metrics, softmax_xent
 from lopt.tasks.precision import cast_floating, check_precision, to_float32
 
 # The head is LeCun-normal x init_scale x HEAD_SCALE, so initial logits are small and the
@@ -60,8 +60,8 @@ class CharLM:
         batch_size: windows per training batch, drawn with replacement.
         init_scale: multiplier on every LeCun-normal weight and on the unit-normal
             embeddings (biases zero, LayerNorm scale one).
-        eval_batch_size: windows for ``evaluate``; a split whose non-overlapping windows
-            number at most this is evaluated exactly on those windows.
+        eval_batch_size: windows per chunk of ``evaluate``, which covers every
+            non-overlapping window of the split (bounds its memory, not its accuracy).
         cell: recurrent cell of the ``rnn`` model: ``gru`` or ``tanh`` (Elman).
         compute_dtype: ``float32`` or ``bfloat16``: dtype of the forward pass; params,
             gradients, logits and the loss stay float32 (see :mod:`lopt.tasks.precision`).
@@ -205,16 +205,11 @@ class CharLM:
     def evaluate(
         self, params: Params, data: TaskData, key: jax.Array, split: str
     ) -> dict[str, jax.Array]:
-        """Loss and next-character accuracy over ``eval_batch_size`` random windows, or
-        exactly over the split's non-overlapping windows (starts ``0, L, 2L, ...``, so each
-        token after the first, up to the last full window, is a target once) when there
-        are at most that many."""
+        """Exact loss and next-character accuracy over the split's non-overlapping windows
+        (starts ``0, L, 2L, ...``, so each token after the first, up to the last full window,
+        is a target once), ``eval_batch_size`` windows per chunk; ``key`` is unused."""
         tokens = data[split]
         self._num_starts(tokens)
-        num_exact = (tokens.shape[0] - 1) // self.seq_len
-        if num_exact <= self.eval_batch_size:
-            starts = jnp.arange(num_exact) * self.seq_len
-        else:
-            starts = jax.random.randint(key, (self.eval_batch_size,), 0, self._num_starts(tokens))
-        inputs, targets = self._windows(tokens, starts)
-        return classification_metrics(self.logits(params, inputs), targets)
+        num_windows = (tokens.shape[0] - 1) // self.seq_len
+        inputs, targets = self._windows(tokens, jnp.arange(num_windows) * self.seq_len)
+        return exact_metrics(lambda bx: self.logits(params, bx), inputs, targets, self.eval_batch_size)
