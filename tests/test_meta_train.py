@@ -200,6 +200,33 @@ def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, digits_
     assert json.loads((stale / "published" / "meta_params.npz.json").read_text())["outer_steps"] == 12
 
 
+def test_refused_start_leaves_nothing_that_blocks_the_next(tmp_path, digits_root, capsys):
+    """A config refused at start-up (here: more devices than the process has) is a one-line
+    error, exit status 2, and leaves no stamp that would make the corrected run's start
+    fail with "already holds checkpoints"."""
+    import lopt.meta_train as mt_module
+    from lopt.cli import main
+
+    path, cfg = _config(tmp_path, devices=2)
+    out = tmp_path / "out"
+    argv = ["meta-train", "--config", str(path), "--data-root", str(digits_root), "--out", str(out), "--quiet"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: meta_train.devices=2") and "allowed" in err and "Traceback" not in err
+    assert not (out / "checkpoints").exists()
+    # a stamp (and live log) alone, as runs stopped before their first checkpoint leave: nothing to protect
+    ckpt = out / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "fingerprint.json").write_text('{"fingerprint": "other"}')
+    (ckpt / mt_module.LIVE_METRICS).write_text("step\n")
+    mt_module._prepare_checkpoint_dir(ckpt, cfg, resume=False)
+    assert json.loads((ckpt / "fingerprint.json").read_text())["fingerprint"] == mt_module.fingerprint(cfg)
+    (ckpt / "0").mkdir()  # a checkpoint: now it is refused
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        mt_module._prepare_checkpoint_dir(ckpt, cfg, resume=False)
+
+
 def test_metrics_log_drops_a_torn_last_row(tmp_path):
     from lopt.meta_train import METRIC_FIELDS, _MetricsLog
 

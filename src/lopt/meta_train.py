@@ -226,7 +226,8 @@ def _prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool)
     """
     stamp = ckpt_dir / "fingerprint.json"
     current = fingerprint(cfg)
-    exists = ckpt_dir.exists() and any(ckpt_dir.iterdir())
+    # a stamp or live log alone (a run stopped before its first checkpoint) holds nothing to resume
+    exists = ckpt_dir.exists() and any(p.name not in (stamp.name, LIVE_METRICS) for p in ckpt_dir.iterdir())
     if exists and not resume:
         raise FileExistsError(
             f"{ckpt_dir} already holds checkpoints; pass --resume to continue or delete it"
@@ -356,7 +357,8 @@ def meta_train(
     if primary:
         out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
-    _prepare_checkpoint_dir(ckpt_dir, cfg, resume)
+    # everything that can refuse this config (data, devices) before the checkpoint
+    # directory is touched: a refused start must not leave a stamp that blocks the next
     trainer = build_trainer(cfg)
     mesh = None
     if mt.devices != 1 or jax.process_count() > 1:
@@ -364,6 +366,7 @@ def meta_train(
 
         mesh = particle_mesh(None if mt.devices == "all" else mt.devices)
         _check_split(mt.num_particles, mesh.devices.size)
+    _prepare_checkpoint_dir(ckpt_dir, cfg, resume)
     meta_step = make_meta_step(trainer, mesh)
     state = trainer.init()
     data = trainer.data
@@ -434,7 +437,9 @@ def meta_train(
 
 def _check_split(num_particles: int, num_devices: int) -> None:
     if num_particles % (2 * num_devices):
-        raise ValueError(
+        from lopt.runtime import SetupError
+
+        raise SetupError(
             f"meta_train.num_particles ({num_particles}) must be a multiple of 2 x the "
             f"{num_devices} devices of the run (all processes) so antithetic pairs split evenly"
         )

@@ -41,7 +41,12 @@ def particle_mesh(num_devices: int | None = None) -> Mesh:
     local = jax.local_device_count()
     n = local if num_devices is None else num_devices
     if not 1 <= n <= local:
-        raise ValueError(f"meta_train.devices={num_devices}: this process has {local} local devices")
+        from lopt.runtime import SetupError
+
+        raise SetupError(
+            f"meta_train.devices={num_devices}: this process has {local} local devices "
+            f"(allowed: 1 ... {local}, or 'all')"
+        )
     devices = [
         d
         for p in range(jax.process_count())
