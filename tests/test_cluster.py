@@ -60,7 +60,7 @@ def test_slurm_profile_plans_every_rule_with_configured_resources(cluster_repo):
     jobs = planned_resources(proc.stdout)
     # resources.meta_train.nodes = 2: srun starts one lopt process per host; others run once
     commands = [line for line in proc.stdout.splitlines() if line.startswith("Shell command:")]
-    assert any(c.startswith("Shell command: srun -n 2 lopt meta-train --config") for c in commands), commands
+    assert any(c.startswith("Shell command: srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=16 -n 2 lopt meta-train --config") for c in commands), commands
     assert any(c.startswith("Shell command: lopt evaluate") for c in commands), commands
     assert {"meta_train", "evaluate", "analyze"} <= set(jobs), jobs
     meta = jobs["meta_train"]
@@ -94,7 +94,7 @@ def test_slurm_submission_requests_the_configured_gpus(cluster_repo):
     assert call[call.index("-t") + 1] == "180"
     assert call[call.index("--mem") + 1] == "16000"
     assert call[call.index("-A") + 1] == "lopt"
-    # two hosts, one process each (the rule's command starts with `srun -n 2`), 16 cores each
+    # two hosts, one process each (the rule's command starts with `srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=16 -n 2`), 16 cores each
     assert "--nodes=2" in call and "--ntasks=2" in call and "--cpus-per-task=16" in call
     assert not any(flag.startswith("--ntasks-per-gpu") for flag in call)
     assert "--comment" in call and call[call.index("--comment") + 1] == "rule_meta_train"

@@ -301,9 +301,7 @@ def test_pipeline_through_default_storage_puts_every_output_in_the_bucket(k8s_re
     """Every stage runs against the fake S3 exactly as a pod would (inputs fetched from the
     bucket, outputs uploaded to it), and the experiment's final outputs land in the bucket."""
     repo, env, s3, _ = k8s_repo
-    start = time.perf_counter()
     proc = _storage_run(repo, env, STORAGE_CONFIG)
-    seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     keys = set(s3.buckets[BUCKET])
     results = f"{PREFIX}/results/s3run"
@@ -321,4 +319,3 @@ def test_pipeline_through_default_storage_puts_every_output_in_the_bucket(k8s_re
     assert "digits4" in summary and "quad" in summary and "lopt" in summary
     # nothing was written to (or read from) the working tree's data/ or results/
     assert not (repo / "data").exists() and not (repo / "results").exists()
-    assert seconds < 150, f"storage run took {seconds:.0f} s"

@@ -1,11 +1,11 @@
 """Multi-host meta-training, simulated by several processes on this machine.
 
 Two ``lopt meta-train`` processes, each with 2 fake CPU devices, are started the way
-SLURM's ``srun -n 2`` starts them: the same command, with SLURM_* variables giving each
+SLURM's ``srun --nodes=2 --ntasks-per-node=1 ... -n 2`` starts them: the same command, with SLURM_* variables giving each
 its rank (JAX reads them itself; lopt decides to join because SLURM_NTASKS > 1). They
 join through ``jax.distributed`` (gloo collectives on CPU) into one 4-device mesh. The
 first run goes through the pipeline itself: Snakemake's meta_train rule with
-``resources.meta_train.nodes: 2`` calls ``srun -n 2 lopt meta-train ...``, answered by a
+``resources.meta_train.nodes: 2`` calls ``srun --nodes=2 --ntasks-per-node=1 ... -n 2 lopt meta-train ...``, answered by a
 fake ``srun`` that starts the copies. Checked: the result matches a single process on
 4 devices; only process 0 writes the outputs; the checkpoints they write together resume,
 in two processes or in one. The launcher detection is unit-tested on fake environments.
@@ -14,6 +14,7 @@ in two processes or in one. The launcher detection is unit-tested on fake enviro
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import socket
 import subprocess
@@ -66,11 +67,14 @@ def _env(tmp: Path, devices: int) -> dict[str, str]:
     return env
 
 
-# `srun -n N CMD...` on one machine: N copies of CMD with the variables SLURM gives each
-# task of a step (JAX derives the coordinator from them); fails if any copy fails.
+# `srun --nodes=N --ntasks-per-node=1 --cpus-per-task=C -n N CMD...` on one machine: N copies
+# of CMD with the variables SLURM gives each task of a step (JAX derives the coordinator from
+# them); fails if any copy fails, or if the options are not one task on each of N nodes.
 FAKE_SRUN = """#!/bin/sh
-[ "$1" = "-n" ] || { echo "fake srun: expected -n N" >&2; exit 2; }
-n=$2; shift 2
+case "$3" in --cpus-per-task=*) ;; *) echo "fake srun: no --cpus-per-task" >&2; exit 2;; esac
+[ "$1" = "--nodes=$5" ] && [ "$2" = "--ntasks-per-node=1" ] && [ "$4" = "-n" ] || {
+  echo "fake srun: expected --nodes=N --ntasks-per-node=1 --cpus-per-task=C -n N, got $*" >&2; exit 2; }
+n=$5; shift 5
 pids=""
 i=0
 while [ $i -lt $n ]; do
@@ -86,7 +90,7 @@ exit $status
 
 
 def _srun(cfg: Path, out: Path, tmp: Path, num_processes: int = 2, resume: bool = False) -> list[str]:
-    """Start ``num_processes`` copies as ``srun -n N`` would; returns their outputs."""
+    """Start ``num_processes`` copies as ``srun ... -n N`` would; returns their outputs."""
     port = _free_port()
     procs = []
     for rank in range(num_processes):
@@ -135,7 +139,7 @@ def runs(tmp_path_factory):
     target = "results/multihost/meta/meta_params.npz"
     proc, _ = run(["snakemake", "--cores", "2", "--configfile", "cfg.yaml", "-p", target], repo, env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert "srun -n 2 lopt meta-train" in proc.stdout + proc.stderr
+    assert re.search(r"srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=\d+ -n 2 lopt meta-train", proc.stdout + proc.stderr)
     hosts = tmp / "hosts"
     shutil.copytree(repo / "results" / "multihost" / "meta", hosts)
     compute = yaml.safe_load((hosts / "meta_params.npz.json").read_text())["compute"]
@@ -226,6 +230,20 @@ def test_explicit_coordinator_needs_a_rank_per_process():
     assert "local_device_ids" not in kwargs  # nothing says how many GPUs: JAX's default (all)
     # Open MPI ranks count as a launcher too
     assert detect_launch({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "2"}).process_id == 2
+
+
+def test_launches_jax_cannot_complete_name_the_keys():
+    """Where JAX would stop at a bare "coordinator_address should be defined"."""
+    keys = r"compute\.distributed\.coordinator_address.*compute\.distributed\.num_processes"
+    with pytest.raises(SetupError, match=r"mode is 'on' but no multi-process launcher.*" + keys):
+        distributed_args(DistributedConfig(mode="on"), env={})
+    ompi5 = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}  # Open MPI 5: no orte_hnp_uri
+    with pytest.raises(SetupError, match=r"OMPI_MCA_orte_hnp_uri is unset.*" + keys):
+        distributed_args(DistributedConfig(), env=ompi5)
+    # Open MPI 4 (JAX detects it), or either with an explicit coordinator, goes ahead
+    assert distributed_args(DistributedConfig(), env=dict(ompi5, OMPI_MCA_orte_hnp_uri="x")) is not None
+    dist = DistributedConfig(coordinator_address="10.0.0.1:1234", num_processes=2)
+    assert distributed_args(dist, env=ompi5)["process_id"] == 0
 
 
 def test_unavailable_platform_is_a_clear_error(tmp_path):

@@ -61,6 +61,13 @@ def _base() -> dict:
         (lambda r: r.update(unroll_budget=10), ["exactly one of 'outer_steps' and 'unroll_budget'"]),
         (lambda r: r["methods"][0].update(sigmaa=0.1), ["methods[0].sigmaa", "allowed keys", "sigma"]),
         (lambda r: r["quick"].update(methods=["x1"]), ["quick.methods", "x1"]),
+        # theta claims must fit theta: zip() once dropped the extra target values (a 1-D target
+        # on a 2-D theta passed on one coordinate) and no theta columns at all passed vacuously
+        (lambda r: r["claims"][0].update(target=[-0.16667, 0.0]), ["claims[0].target has 2 values", "has 1"]),
+        (lambda r: r.update(system={"kind": "lopt_training", "task": {"kind": "quadratic"}}),
+         ["claims[0].check 'theta_near'", "allowed kinds: influence_balancing, toy_schedule, lorenz"]),
+        (lambda r: r.update(system={"kind": "lopt_training", "task": {"kind": "quadratic"}}, claims=[]),
+         ["analysis.plot_theta needs a low-dimensional theta", "'lopt_training'"]),
     ],
 )
 def test_bad_study_config_names_file_key_and_allowed(tmp_path, edit, fragments):

@@ -606,7 +606,7 @@ class StageResources(_Strict):
             out["slurm_partition"] = self.partition
         if self.nodes > 1:
             # The plugin's MPI path: sbatch --nodes N --ntasks N, and the rule starts its
-            # command with `srun -n N` (resources.mpi), one process per host. tasks_per_gpu
+            # command with `srun --nodes=N ... -n N` (resources.mpi), one process per host. tasks_per_gpu
             # 0 stops the plugin from turning `tasks` into --ntasks-per-gpu on GPU jobs.
             out.update(nodes=self.nodes, tasks=self.nodes, mpi="srun", tasks_per_gpu=0)
         return out

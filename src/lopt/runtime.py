@@ -91,6 +91,24 @@ def distributed_args(dist: Any, process_id: int | None = None, env: dict[str, st
             f"start each process with {PROCESS_ID_ENV}=<0..{dist.num_processes - 1}> "
             "(or --process-id), or launch with srun / mpirun"
         )
+    if not explicit:
+        # jax.distributed finds the coordinator itself only under a launcher it knows; a
+        # launch it cannot complete would end in JAX's bare "coordinator_address should be defined"
+        how = (
+            f"set compute.distributed.coordinator_address (host:port of process 0) and "
+            f"compute.distributed.num_processes, and start each process with {PROCESS_ID_ENV}=<rank>"
+        )
+        if launch.launcher == "single":
+            raise SetupError(
+                "compute.distributed.mode is 'on' but no multi-process launcher (srun, mpirun) "
+                f"started this process: {how}, or use mode 'auto' / 'off'"
+            )
+        if launch.launcher == "openmpi" and "OMPI_MCA_orte_hnp_uri" not in env:
+            # JAX recognises Open MPI by this variable, which Open MPI 5 (PRRTE) no longer sets
+            raise SetupError(
+                "started by mpirun, but OMPI_MCA_orte_hnp_uri is unset (Open MPI >= 5), so JAX "
+                f"cannot find the coordinator: {how}"
+            )
     kwargs: dict[str, Any] = {"initialization_timeout": dist.initialization_timeout}
     if explicit:
         kwargs.update(

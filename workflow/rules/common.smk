@@ -79,9 +79,17 @@ def stage_threads(stage):
 
 
 def launcher(stage):
-    """Command prefix starting one process per host (`srun -n N`) when `resources.<stage>.nodes` > 1."""
+    """Command prefix starting one process per host when `resources.<stage>.nodes` > 1.
+
+    Nodes, tasks per node and CPUs per task are explicit: the SLURM jobstep plugin clears
+    every SLURM_* layout variable (SLURM_NNODES, SLURM_CPUS_PER_TASK) before the job runs,
+    and a bare `srun -n N` may then pack the N tasks on one node, one CPU each.
+    """
     r = res(stage)
-    return f"{r['mpi']} -n {r['tasks']} " if "mpi" in r else ""
+    if "mpi" not in r:
+        return ""
+    return (f"{r['mpi']} --nodes={r['nodes']} --ntasks-per-node=1 --cpus-per-task={stage_threads(stage)} "
+            f"-n {r['tasks']} ")
 
 
 def parent_dir(path, levels=1):

@@ -19,6 +19,6 @@ rule meta_train:
     resources:
         **res("meta_train"),
     shell:
-        # resources.meta_train.nodes > 1: `srun -n N` starts one process per host; they
+        # resources.meta_train.nodes > 1: `srun ... -n N` starts one process per host; they
         # join through jax.distributed (lopt.runtime) and process 0 writes the outputs.
         launcher("meta_train") + "lopt meta-train --config {CONFIGFILE}{params.data_root} --out {params.out} --resume"

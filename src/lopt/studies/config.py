@@ -90,6 +90,10 @@ class LOptTrainingConfig(_Strict):
     meta_loss_split: Literal["train", "outer_valid"] = "outer_valid"
 
 
+#: Dimension of theta per system kind; a learned optimizer's theta is not tracked per coordinate.
+THETA_DIM = {"influence_balancing": 1, "toy_schedule": 2, "lorenz": 2}
+
+
 SystemConfig = Annotated[
     InfluenceBalancingConfig | ToyScheduleConfig | LorenzConfig | LOptTrainingConfig,
     Field(discriminator="kind"),
@@ -296,6 +300,25 @@ class StudyConfig(_Strict):
             bad = [k for k in self.analysis.variance.trunc_lengths if self.system.horizon % k]
             if bad:
                 raise ValueError(f"analysis.variance.trunc_lengths {bad} must divide system.horizon ({self.system.horizon})")
+        dim = THETA_DIM.get(self.system.kind)
+        for i, claim in enumerate(self.claims):
+            if claim.target is None:
+                continue
+            if dim is None:
+                raise ValueError(
+                    f"claims[{i}].check {claim.check!r} needs a low-dimensional theta; system kind "
+                    f"{self.system.kind!r} has none (allowed kinds: {', '.join(THETA_DIM)})"
+                )
+            if len(claim.target) != dim:
+                raise ValueError(
+                    f"claims[{i}].target has {len(claim.target)} values; theta of system kind "
+                    f"{self.system.kind!r} has {dim}"
+                )
+        if self.analysis.plot_theta and dim is None:
+            raise ValueError(
+                f"analysis.plot_theta needs a low-dimensional theta; system kind {self.system.kind!r} "
+                f"has none (allowed kinds: {', '.join(THETA_DIM)})"
+            )
         if self.analysis.surface is not None and self.system.kind not in ("toy_schedule", "lorenz"):
             raise ValueError("analysis.surface needs a 2-D theta (system kind toy_schedule or lorenz)")
         return self
