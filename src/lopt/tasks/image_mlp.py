@@ -50,7 +50,7 @@ def exact_metrics(
         a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
         return a.reshape(num_chunks, size, *a.shape[1:])
 
-    mask = chunked(jnp.arange(n) >= 0)
+    mask = chunked(jnp.ones(n, bool))  # padding rows come out False
 
     def sums(chunk: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         xc, yc, mc = chunk
