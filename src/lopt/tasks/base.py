@@ -40,5 +40,6 @@ class Task(Protocol):
         ...
 
     def evaluate(self, params: Params, data: TaskData, key: jax.Array, split: str) -> dict[str, jax.Array]:
-        """Loss (and accuracy where defined) on a large evaluation batch of ``split``."""
+        """Loss (and accuracy where defined) on ``split``: the whole split for data-set tasks
+        (exact; ``key`` unused), the noise-free loss for data-free tasks."""
         ...
