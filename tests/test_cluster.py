@@ -23,8 +23,11 @@ import yaml
 from conftest import sandbox_env
 from pipeline_utils import cluster_config, copy_repo, planned_resources, run
 
-CONFIG = cluster_config("quadslurm", {"gpus": 2, "gpu_model": "a100", "partition": "gpu", "mem_mb": 16000,
+CONFIG = cluster_config("quadslurm", {"gpus": 4, "gpu_model": "a100", "partition": "gpu", "mem_mb": 16000,
                                      "runtime": 180, "cpus": 16, "nodes": 2})
+# one host: the job's GPUs as --gpus (the multi-host CONFIG asks per node, --gres)
+ONE_HOST = cluster_config("quadslurm1", {"gpus": 2, "gpu_model": "a100", "partition": "gpu", "mem_mb": 16000,
+                                         "runtime": 180, "cpus": 16})
 FAKES = {
     "sbatch": 'echo "$@" >> "$FAKE_SLURM_LOG"\necho 12345',
     "sacctmgr": "echo lopt",  # the account the profile names exists
@@ -41,6 +44,7 @@ def cluster_repo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
     repo = copy_repo(tmp / "repo")
     (repo / "cfg.yaml").write_text(yaml.safe_dump(CONFIG))
+    (repo / "one_host.yaml").write_text(yaml.safe_dump(ONE_HOST))
     fakes = tmp / "bin"
     fakes.mkdir()
     for name, body in FAKES.items():
@@ -64,7 +68,9 @@ def test_slurm_profile_plans_every_rule_with_configured_resources(cluster_repo):
     assert any(c.startswith("Shell command: lopt evaluate") for c in commands), commands
     assert {"meta_train", "evaluate", "analyze"} <= set(jobs), jobs
     meta = jobs["meta_train"]
-    for item in ("gpu=2", "gpu_model=a100", "slurm_partition=gpu", "mem_mb=16000", "runtime=180",
+    # 4 GPUs over 2 hosts: 2 per node (sbatch --gpus would be a job total SLURM may split unevenly)
+    assert "gres=gpu:a100:2" in meta and " gpu=" not in meta and "gpu_model=" not in meta, meta
+    for item in ("slurm_partition=gpu", "mem_mb=16000", "runtime=180",
                  "nodes=2", "tasks=2", "mpi=srun"):
         assert item in meta, meta
     # other stages keep the defaults: no GPU, the profile's partition
@@ -72,11 +78,11 @@ def test_slurm_profile_plans_every_rule_with_configured_resources(cluster_repo):
     assert "runtime=60" in jobs["evaluate"] and "mem_mb=4000" in jobs["evaluate"]
 
 
-def test_slurm_submission_requests_the_configured_gpus(cluster_repo):
-    repo, env, _ = cluster_repo
+def _first_sbatch_call(repo, env, target, configfile):
+    """Start snakemake on the SLURM profile and return the plugin's first sbatch call."""
     log = Path(env["FAKE_SLURM_LOG"])
-    cmd = ["snakemake", "results/quadslurm/meta/meta_params.npz",
-           "--profile", "workflow/profiles/slurm", "--configfile", "cfg.yaml"]
+    log.unlink(missing_ok=True)
+    cmd = ["snakemake", target, "--profile", "workflow/profiles/slurm", "--configfile", configfile]
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -87,9 +93,15 @@ def test_slurm_submission_requests_the_configured_gpus(cluster_repo):
     finally:
         proc.kill()
         proc.wait()
-    call = log.read_text().splitlines()[0].split()
-    # the plugin's sbatch flags for the meta_train job, from resources.meta_train
-    assert "--gpus=a100:2" in call
+    return log.read_text().splitlines()[0].split()
+
+
+def test_slurm_submission_requests_the_configured_gpus(cluster_repo):
+    repo, env, _ = cluster_repo
+    call = _first_sbatch_call(repo, env, "results/quadslurm/meta/meta_params.npz", "cfg.yaml")
+    # the plugin's sbatch flags for the meta_train job, from resources.meta_train:
+    # 4 GPUs over 2 hosts, as 2 on each node
+    assert "--gres=gpu:a100:2" in call and not any(flag.startswith("--gpus") for flag in call), call
     assert call[call.index("-p") + 1] == "gpu"
     assert call[call.index("-t") + 1] == "180"
     assert call[call.index("--mem") + 1] == "16000"
@@ -98,6 +110,14 @@ def test_slurm_submission_requests_the_configured_gpus(cluster_repo):
     assert "--nodes=2" in call and "--ntasks=2" in call and "--cpus-per-task=16" in call
     assert not any(flag.startswith("--ntasks-per-gpu") for flag in call)
     assert "--comment" in call and call[call.index("--comment") + 1] == "rule_meta_train"
+
+
+def test_slurm_one_host_submission_requests_the_job_gpus(cluster_repo):
+    repo, env, _ = cluster_repo
+    call = _first_sbatch_call(repo, env, "results/quadslurm1/meta/meta_params.npz", "one_host.yaml")
+    assert "--gpus=a100:2" in call and not any(flag.startswith("--gres") for flag in call), call
+    assert "--cpus-per-task=16" in call and call[call.index("-p") + 1] == "gpu"
+    assert not any(flag.startswith("--nodes") for flag in call), call
 
 
 def test_several_configfiles_fail_naming_them(cluster_repo):

@@ -251,6 +251,23 @@ def test_gpu_model_needs_gpus():
         validate_config(raw, "exp.yaml")
 
 
+def test_multi_node_gpus_are_requested_per_node():
+    """sbatch --gpus=N is the job's total, which SLURM may spread unevenly over the nodes;
+    JAX's multi-host mesh needs the same local devices on every host, so nodes > 1 asks
+    for --gres=gpu:<gpus/nodes> (per node) and gpus must divide evenly."""
+    from lopt.config import StageResources
+
+    two_hosts = StageResources(gpus=16, nodes=2).snakemake()
+    assert two_hosts["gres"] == "gpu:8" and "gpu" not in two_hosts and "gpu_model" not in two_hosts
+    assert StageResources(gpus=4, nodes=2, gpu_model="a100").snakemake()["gres"] == "gpu:a100:2"
+    assert "gres" not in StageResources(gpus=4).snakemake()  # one host: --gpus as before
+    assert "gres" not in StageResources(nodes=2).snakemake()  # CPU-only hosts ask for no GPU
+    raw = yaml.safe_load(SMOKE)
+    raw["resources"] = {"meta_train": {"nodes": 2, "gpus": 3}}
+    with pytest.raises(ConfigError, match=r"  resources\.meta_train: Value error, gpus \(3\) must be a multiple of nodes \(2\)"):
+        validate_config(raw, "exp.yaml")
+
+
 def test_schema_file_is_current():
     import json
 

@@ -564,9 +564,15 @@ class ComputeConfig(_Strict):
 class StageResources(_Strict):
     """What one Snakemake job of a stage asks the scheduler for (SLURM, Kubernetes)."""
 
-    gpus: Annotated[Int, Field(ge=0)] = Field(0, description="GPUs per job (SLURM: --gpus).")
+    gpus: Annotated[Int, Field(ge=0)] = Field(
+        0,
+        description="GPUs per job, all hosts together (SLURM: --gpus; with nodes > 1 "
+        "--gres=gpu:<gpus/nodes> on each host, so gpus must be a multiple of nodes).",
+    )
     gpu_model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+$")] | None = Field(
-        None, description="SLURM --gpus=<model>:<n>, e.g. a100; needs gpus >= 1."
+        None,
+        description="SLURM --gpus=<model>:<n> (several nodes: --gres=gpu:<model>:<n/nodes>), "
+        "e.g. a100; needs gpus >= 1.",
     )
     mem_mb: PosInt = 4000
     runtime: PosInt = Field(60, description="Wall-clock limit in minutes.")
@@ -595,13 +601,28 @@ class StageResources(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _gpus_split_over_nodes(self) -> StageResources:
+        if self.nodes > 1 and self.gpus % self.nodes:
+            raise ValueError(
+                f"gpus ({self.gpus}) must be a multiple of nodes ({self.nodes}): each host gets "
+                "gpus / nodes GPUs (sbatch --gres=gpu:<gpus/nodes>), so that every JAX process "
+                "sees the same number of local devices"
+            )
+        return self
+
     def snakemake(self) -> dict[str, Any]:
         """The rule's ``resources:`` (names the SLURM executor plugin reads)."""
         out: dict[str, Any] = {"mem_mb": self.mem_mb, "runtime": self.runtime}
-        if self.gpus:  # never `gpu: 0`: Kubernetes would still tolerate GPU nodes for the pod
+        if self.gpus and self.nodes > 1:
+            # sbatch --gpus is the job's total, which SLURM may spread unevenly over the
+            # nodes; every JAX process must see the same local devices, so ask per node.
+            model = f"{self.gpu_model}:" if self.gpu_model is not None else ""
+            out["gres"] = f"gpu:{model}{self.gpus // self.nodes}"
+        elif self.gpus:  # never `gpu: 0`: Kubernetes would still tolerate GPU nodes for the pod
             out["gpu"] = self.gpus
-        if self.gpu_model is not None:
-            out["gpu_model"] = self.gpu_model
+            if self.gpu_model is not None:
+                out["gpu_model"] = self.gpu_model
         if self.partition is not None:
             out["slurm_partition"] = self.partition
         if self.nodes > 1:
