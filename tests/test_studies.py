@@ -182,6 +182,29 @@ def test_claim_verdicts_need_two_standard_errors():
     assert "| inconclusive |" in md and "2 standard errors" in md
 
 
+def test_method_eval_every_overrides_the_study_schedule(tmp_path):
+    """K = 1 next to K = 10 under one unroll budget makes 10x the outer steps; a method's
+    eval_every puts its evaluations at the same unroll steps as the others'."""
+    from lopt.studies.run import run_method
+
+    raw = _base()
+    raw.update(outer_steps=40, evaluation={"every": 10})
+    raw["methods"] = [m for m in raw["methods"] if m["name"] in ("pes", "tbptt_k1")]
+    raw["claims"], raw["quick"]["methods"] = [], ["pes"]
+    raw["methods"][[m["name"] for m in raw["methods"]].index("pes")]["eval_every"] = 20
+    study = load_study(_write(tmp_path, raw))
+    steps = {name: pd.read_csv(run_method(study, name, 0, tmp_path / name))["outer_step"].tolist()
+             for name in ("pes", "tbptt_k1")}
+    assert steps == {"pes": [0, 20, 40], "tbptt_k1": [0, 10, 20, 30, 40]}, steps
+    # unset, it is absent from the run's rerun trigger (specs from before the option stand)
+    assert "eval_every" not in study.run_spec(study.method("tbptt_k1"))["method"]
+    assert study.run_spec(study.method("pes"))["method"]["eval_every"] == 20
+    # the quick variant's eval_every applies to every method
+    raw["quick"]["eval_every"] = 5
+    quick = load_study(_write(tmp_path, raw), quick=True)
+    assert quick.eval_every_for(quick.method("pes")) == 5
+
+
 def test_influence_balancing_truncation_bias(tmp_path):
     """PES heads to theta* = -1/6 while TBPTT moves theta up (the PES paper's fig. 4).
 

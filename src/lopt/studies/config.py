@@ -134,6 +134,11 @@ class MethodConfig(_Strict):
     grad_clip: PosFloat | None = Field(None, description="Global-norm clip (the papers use none).")
     outer: OuterOptimizerConfig = Field(default_factory=OuterOptimizerConfig)
     outer_steps: PosInt | None = Field(None, description="Overrides the study's budget for this method.")
+    eval_every: PosInt | None = Field(
+        None,
+        description="Overrides evaluation.every for this method (outer steps), e.g. to evaluate "
+        "K = 1 and K = 10 at the same unroll steps under one budget.",
+    )
 
     @property
     def display(self) -> str:
@@ -349,6 +354,10 @@ class StudyConfig(_Strict):
         assert self.outer_steps is not None
         return self.outer_steps
 
+    def eval_every_for(self, method: MethodConfig) -> int:
+        """Outer steps between this method's evaluations."""
+        return method.eval_every if method.eval_every is not None else self.evaluation.every
+
     def seed_list(self) -> list[int]:
         return [self.seed_offset + i for i in range(self.seeds)]
 
@@ -376,7 +385,8 @@ class StudyConfig(_Strict):
             "system": raw["system"],
             "data": raw["data"],
             "evaluation": raw["evaluation"],
-            "method": method.model_dump(mode="json"),
+            # eval_every only when set: adding the option left existing runs' specs unchanged
+            "method": method.model_dump(mode="json", exclude={"eval_every"} if method.eval_every is None else None),
             "outer_steps": self.outer_steps_for(method),
         }
 
@@ -398,6 +408,8 @@ class StudyConfig(_Strict):
                 m["outer_steps"] = None
         if q.eval_every is not None:
             raw["evaluation"]["every"] = q.eval_every
+            for m in raw["methods"]:
+                m["eval_every"] = None
         return StudyConfig.model_validate(raw)
 
     def to_dict(self) -> dict[str, Any]:

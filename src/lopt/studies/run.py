@@ -1,9 +1,9 @@
 """Run one (method, seed) of a study: meta-train and record the evaluation curve.
 
 The outer loop is the meta-training step of :mod:`lopt.meta_train` (estimator +
-optax outer optimizer, non-finite updates skipped), run ``evaluation.every`` steps at a
-time inside one jitted ``lax.scan`` so that nothing syncs with the host between
-evaluations. Both chunk sizes (``every`` and the remainder) are compiled ahead of
+optax outer optimizer, non-finite updates skipped), run ``evaluation.every`` steps (or
+the method's ``eval_every``) at a time inside one jitted ``lax.scan`` so that nothing
+syncs with the host between evaluations. Both chunk sizes (``every`` and the remainder) are compiled ahead of
 time, so the wall-clock column measures training only: no compilation, no evaluation.
 
 Outputs (``out_dir``), written only when the run completes (atomic renames):
@@ -114,7 +114,7 @@ def run_method(
         return state, jnp.mean(loss), jnp.mean(gnorm), skipped[-1]
 
     total = study.outer_steps_for(method)
-    every = study.evaluation.every
+    every = study.eval_every_for(method)
     lengths = sorted({min(every, total), total % every} - {0})
     compiled = {n: jax.jit(chunk, static_argnums=2).lower(state, data, n).compile() for n in lengths}
     evaluate = jax.jit(system.evaluate).lower(theta, data).compile()
