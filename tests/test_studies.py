@@ -125,6 +125,44 @@ def test_claim_checks_can_fail():
     assert verdicts2[:2] == ["no", "no"] and verdicts2[3:] == ["no", "no"]
 
 
+def test_lr_sweep_table_picks_the_lowest_final_loss(tmp_path):
+    """Methods differing only in outer.lr form a sweep group; the best rate is the lowest
+    *final* loss (a run that dips and then diverges does not win on its dip), and methods
+    with other settings (TBPTT here, PES at another sigma) are not pooled with the group."""
+    from lopt.studies.analysis import analyze_study
+
+    raw = _base()
+    pes = next(m for m in raw["methods"] if m["name"] == "pes")
+    tbptt = next(m for m in raw["methods"] if m["name"] == "tbptt_k1")
+    raw["methods"] = [dict(pes, name=f"pes_{i}", label=None, outer={"name": "adam", "lr": lr})
+                      for i, lr in enumerate((1e-3, 1e-2, 1e-1, 3e-1))]
+    raw["methods"] += [dict(pes, name="pes_wide", label=None, sigma=0.5),
+                       tbptt]
+    raw.update(seeds=2, claims=[], analysis={"plot_theta": False})
+    raw["quick"]["methods"] = ["pes_0"]
+    study = StudyConfig.model_validate(raw)
+    groups = study.lr_sweep_groups()
+    assert [[m.name for m in ms] for ms in groups.values()] == [["pes_0", "pes_1", "pes_2", "pes_3"]], groups
+    assert "tables/lr_sweep.csv" in study.output_files()
+    # finals: 1e-3 slow (0.5), 1e-2 good (0.2), 1e-1 dips to 0.01 then diverges (5.0), 3e-1 NaN
+    paths = {"pes_0": [1.0, 0.7, 0.5], "pes_1": [1.0, 0.4, 0.2], "pes_2": [1.0, 0.01, 5.0],
+             "pes_3": [1.0, 2.0, float("nan")], "pes_wide": [1.0, 0.1, 0.05], "tbptt_k1": [1.0, 1.0, 1.0]}
+    for name, losses in paths.items():
+        for seed in (0, 1):
+            d = tmp_path / "runs" / name / f"seed{seed}"
+            d.mkdir(parents=True)
+            pd.DataFrame({"outer_step": [0, 10, 20], "unroll_steps": [0, 10, 20], "wall_time": [0.0, 1.0, 2.0],
+                          "eval_loss": [x * (1 + 0.01 * seed) for x in losses], "theta_0": [0.5, 0.4, 0.3]}
+                         ).to_csv(d / "curve.csv", index=False)
+    out = analyze_study(study, tmp_path)
+    table = pd.read_csv(out["tables/lr_sweep.csv"])
+    assert table["lr"].tolist() == [1e-3, 1e-2, 1e-1, 3e-1]
+    assert table.loc[table["best"], "method"].tolist() == ["pes_1"]
+    assert math.isclose(table.loc[2, "best_loss"], 0.01 * 1.005) and math.isclose(table.loc[2, "final_loss"], 5.0 * 1.005)
+    assert out["figures/lr_sweep.png"].stat().st_size > 10_000
+    assert "pes_1" in out["tables/lr_sweep.md"].read_text()
+
+
 def _seeded(finals: dict[str, list[float]], start: float = 1.0) -> pd.DataFrame:
     """Per seed: loss `start` at outer step 0, halfway at step 10, `final` at step 20;
     wall-clock 1 s per 10 steps plus 0.1 s per seed index."""

@@ -9,6 +9,9 @@ Outputs (``results/<study>/``):
                           mean trajectory (``analysis.surface``)
     tables/summary.csv    one row per method: settings, budget, start/final loss, theta
     tables/summary.md     the same as a Markdown table
+    figures/lr_sweep.png, tables/lr_sweep.{csv,md}
+                          final loss vs learning rate of methods that differ only in
+                          ``outer.lr`` (:mod:`lopt.studies.sweep`)
     claims.md             each paper claim, the measured evidence and the verdict: yes / no /
                           inconclusive, decided with a margin of MARGIN (2) standard errors
                           of the seed means (VERDICT_RULE)
@@ -28,6 +31,7 @@ import pandas as pd
 
 from lopt.analysis.figures import _band, _save
 from lopt.studies.config import ClaimConfig, StudyConfig
+from lopt.studies.sweep import write_sweep
 
 
 def load_curves(study: StudyConfig, runs_dir: Path) -> pd.DataFrame:
@@ -344,4 +348,6 @@ def analyze_study(study: StudyConfig, results: str | Path) -> dict[str, Path]:
     summary.to_csv(paths["tables/summary.csv"], index=False)
     paths["tables/summary.md"].write_text(summary.to_markdown(index=False, floatfmt=".4g") + "\n")
     paths["claims.md"].write_text(claims_markdown(study, check_claims(study, curves, summary)))
+    if "tables/lr_sweep.csv" in paths:
+        write_sweep(study, summary, paths)
     return paths

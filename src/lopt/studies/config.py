@@ -372,7 +372,28 @@ class StudyConfig(_Strict):
             files.append("figures/theta.png")
         if self.analysis.surface is not None:
             files.append("figures/surface.png")
+        if self.lr_sweep_groups():
+            files += ["figures/lr_sweep.png", "tables/lr_sweep.csv", "tables/lr_sweep.md"]
         return files
+
+    def lr_sweep_groups(self) -> dict[str, list[MethodConfig]]:
+        """Methods that differ only in ``outer.lr`` (and name, label): a learning-rate sweep.
+
+        Groups with two or more rates, keyed by a label naming the estimator, K, N and
+        sigma, members sorted by rate (:mod:`lopt.studies.sweep` plots and tabulates them).
+        """
+        groups: dict[str, list[MethodConfig]] = {}
+        for m in self.methods:
+            raw = m.model_dump(mode="json", exclude={"name", "label"})
+            raw["outer"].pop("lr")
+            groups.setdefault(json.dumps(raw, sort_keys=True), []).append(m)
+        out = {}
+        for members in groups.values():
+            if len({m.outer.lr for m in members}) > 1:
+                m = members[0]
+                label = f"{m.estimator} K={self.trunc_length(m)} N={m.num_particles} sigma={m.sigma:g}"
+                out[label] = sorted(members, key=lambda x: x.outer.lr)
+        return out
 
     def variance_files(self) -> list[str]:
         """Outputs of the variance analysis (empty unless ``analysis.variance``)."""
