@@ -204,6 +204,30 @@ def test_task_family_meta_training_averages_tasks(tmp_path):
     assert "meta_loss/0" not in pd.read_csv(tmp_path / "run" / "metrics.csv").columns
 
 
+def test_outer_valid_meta_loss_scores_the_update():
+    """meta_loss_split outer_valid: the loss at the parameters the step's update produced
+    (learned_optimization's convention), so one step already depends on theta; train: the
+    pre-update training loss, which one step cannot change."""
+    from lopt.tasks import NoisyQuadratic
+
+    task = NoisyQuadratic(dim=5, condition_number=10.0, noise_std=0.1)
+    make = lambda theta, _: optax.sgd(jnp.exp(theta))  # noqa: E731
+    key, step_key = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
+
+    def one_step(split):
+        system = InnerTraining(task, make, horizon=10, meta_loss_split=split)
+        return lambda theta: system.step(theta, system.init(theta, key, None), 0, step_key, None)
+
+    theta = jnp.float32(-2.0)
+    new_state, meta_loss = one_step("outer_valid")(theta)
+    _, key_meta = jax.random.split(step_key)
+    expected = task.loss(new_state.params, task.batch(None, key_meta, "outer_valid"))
+    assert float(meta_loss) == float(expected)
+    # d/dtheta of one step: lr = e^theta moves x, so the post-update loss changes
+    assert abs(float(jax.grad(lambda t: one_step("outer_valid")(t)[1])(theta))) > 0.05
+    assert float(jax.grad(lambda t: one_step("train")(t)[1])(theta)) == 0.0
+
+
 def test_divergence_is_restarted_inside_the_unroll_and_counted():
     """An optimizer that blows the quadratic up: losses are capped, the run restarted."""
     from lopt.estimators import make_estimator

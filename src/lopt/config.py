@@ -376,7 +376,11 @@ class MetaTrainConfig(_Strict):
     horizon: PosInt = Field(100, description="T: inner steps per episode.")
     sigma: PosFloat = Field(0.01, description="Std of the Gaussian perturbation.")
     step_unlock: Bool = Field(True, description="Stagger particle starts over the horizon.")
-    meta_loss_split: Literal["train", "outer_valid"] = "train"
+    meta_loss_split: Literal["train", "outer_valid"] = Field(
+        "train",
+        description="Per-step meta-loss: the training-batch loss before the step's update "
+        "(free), or an outer_valid batch's loss after it (one extra forward pass).",
+    )
     devices: Annotated[Int, Field(ge=1)] | Literal["all"] = Field(
         1,
         description="Devices per process the particles are sharded over ('all': every local "

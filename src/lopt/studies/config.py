@@ -87,7 +87,11 @@ class LOptTrainingConfig(_Strict):
     task: TaskConfig
     lopt: LOptConfig = Field(default_factory=MLPLOptConfig)
     horizon: PosInt = 1000
-    meta_loss_split: Literal["train", "outer_valid"] = "outer_valid"
+    meta_loss_split: Literal["train", "outer_valid"] = Field(
+        "outer_valid",
+        description="Per-step meta-loss: the training-batch loss before the step's update, "
+        "or an outer_valid batch's loss after it (learned_optimization's meta_loss_split).",
+    )
 
 
 #: Dimension of theta per system kind; a learned optimizer's theta is not tracked per coordinate.

@@ -2,8 +2,8 @@
 
 This is the bridge between tasks and the unroll engine: the state is ``(params,
 opt_state)``, one step draws a training batch, applies the optimizer built from
-``theta`` and reports the meta-loss at the current parameters (on the training batch,
-or on an ``outer_valid`` batch). The optimizer factory is injected, so tasks never
+``theta`` and reports the meta-loss: the training-batch loss at the current parameters,
+or an ``outer_valid`` batch's loss at the updated ones. The optimizer factory is injected, so tasks never
 import the optimizers package.
 """
 
@@ -37,8 +37,10 @@ class InnerTraining:
         task: the inner problem.
         make_optimizer: ``(theta, num_steps) -> optax.GradientTransformation``.
         horizon: T, inner steps per episode.
-        meta_loss_split: ``train`` (the loss the step already computed) or
-            ``outer_valid`` (an extra forward pass on an outer-valid batch).
+        meta_loss_split: ``train`` (the training loss the step already computed, at the
+            parameters before its update) or ``outer_valid`` (an extra forward pass on an
+            outer-valid batch at the parameters after the update, as learned_optimization's
+            ``meta_loss_split``).
         loss_cap: meta-losses are clipped to this; a non-finite loss or one at the cap
             marks divergence, and the engine restarts that particle's inner run
             (:func:`lopt.unroll.unroll`).
@@ -59,13 +61,16 @@ class InnerTraining:
         key_train, key_meta = jax.random.split(key)
         batch = self.task.batch(data, key_train, "train")
         loss, grads = jax.value_and_grad(self.task.loss)(inner.params, batch)
-        if self.meta_loss_split == "train":
-            meta_loss = loss
-        else:
-            meta_loss = self.task.loss(inner.params, self.task.batch(data, key_meta, self.meta_loss_split))
         opt = optax.with_extra_args_support(self.make_optimizer(theta, self.horizon))
         updates, opt_state = opt.update(grads, inner.opt_state, inner.params, value=loss)
         params = optax.apply_updates(inner.params, updates)
+        if self.meta_loss_split == "train":
+            meta_loss = loss  # free: the pre-update training loss the step computed
+        else:
+            # the parameters this step's update produced (learned_optimization's
+            # meta_loss_split): at the pre-update ones the last update of a window is never
+            # scored, and a one-step truncation (K = 1) could not see theta at all
+            meta_loss = self.task.loss(params, self.task.batch(data, key_meta, self.meta_loss_split))
         cap = self.loss_cap
         meta_loss = jnp.where(jnp.isfinite(meta_loss), jnp.minimum(meta_loss, cap), cap)
         return TrainState(params, opt_state), meta_loss
