@@ -143,6 +143,11 @@ def test_lr_sweep_table_picks_the_lowest_final_loss(tmp_path):
     study = StudyConfig.model_validate(raw)
     groups = study.lr_sweep_groups()
     assert [[m.name for m in ms] for ms in groups.values()] == [["pes_0", "pes_1", "pes_2", "pes_3"]], groups
+    # a second group that differs only in a setting the label does not name keeps its own line
+    clipped = StudyConfig.model_validate(raw | {"methods": raw["methods"] + [
+        dict(pes, name=f"pes_clip{i}", label=None, grad_clip=1.0, outer={"name": "adam", "lr": lr})
+        for i, lr in enumerate((1e-3, 1e-2))]})
+    assert len(clipped.lr_sweep_groups()) == 2, list(clipped.lr_sweep_groups())
     assert "tables/lr_sweep.csv" in study.output_files()
     # finals: 1e-3 slow (0.5), 1e-2 good (0.2), 1e-1 dips to 0.01 then diverges (5.0), 3e-1 NaN
     paths = {"pes_0": [1.0, 0.7, 0.5], "pes_1": [1.0, 0.4, 0.2], "pes_2": [1.0, 0.01, 5.0],

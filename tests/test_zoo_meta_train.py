@@ -211,7 +211,7 @@ def test_outer_valid_meta_loss_scores_the_update():
     from lopt.tasks import NoisyQuadratic
 
     task = NoisyQuadratic(dim=5, condition_number=10.0, noise_std=0.1)
-    make = lambda theta, _: optax.sgd(jnp.exp(theta))  # noqa: E731
+    make = lambda theta, _: optax.sgd(jnp.exp(theta))
     key, step_key = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
 
     def one_step(split):

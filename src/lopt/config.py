@@ -618,22 +618,22 @@ class StageResources(_Strict):
     def snakemake(self) -> dict[str, Any]:
         """The rule's ``resources:`` (names the SLURM executor plugin reads)."""
         out: dict[str, Any] = {"mem_mb": self.mem_mb, "runtime": self.runtime}
-        if self.gpus and self.nodes > 1:
-            # sbatch --gpus is the job's total, which SLURM may spread unevenly over the
-            # nodes; every JAX process must see the same local devices, so ask per node.
-            model = f"{self.gpu_model}:" if self.gpu_model is not None else ""
-            out["gres"] = f"gpu:{model}{self.gpus // self.nodes}"
-        elif self.gpus:  # never `gpu: 0`: Kubernetes would still tolerate GPU nodes for the pod
-            out["gpu"] = self.gpus
-            if self.gpu_model is not None:
-                out["gpu_model"] = self.gpu_model
         if self.partition is not None:
             out["slurm_partition"] = self.partition
         if self.nodes > 1:
             # The plugin's MPI path: sbatch --nodes N --ntasks N, and the rule starts its
-            # command with `srun --nodes=N ... -n N` (resources.mpi), one process per host. tasks_per_gpu
-            # 0 stops the plugin from turning `tasks` into --ntasks-per-gpu on GPU jobs.
+            # command with `srun --nodes=N ... -n N` (resources.mpi), one process per host.
+            # tasks_per_gpu 0 stops the plugin from turning `tasks` into --ntasks-per-gpu.
             out.update(nodes=self.nodes, tasks=self.nodes, mpi="srun", tasks_per_gpu=0)
+            if self.gpus:
+                # sbatch --gpus is the job's total, which SLURM may spread unevenly over the
+                # nodes; every JAX process must see the same local devices, so ask per node.
+                model = f"{self.gpu_model}:" if self.gpu_model is not None else ""
+                out["gres"] = f"gpu:{model}{self.gpus // self.nodes}"
+        elif self.gpus:  # never `gpu: 0`: Kubernetes would still tolerate GPU nodes for the pod
+            out["gpu"] = self.gpus
+            if self.gpu_model is not None:
+                out["gpu_model"] = self.gpu_model
         return out
 
     def threads(self, default: int) -> int:

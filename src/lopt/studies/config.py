@@ -396,6 +396,8 @@ class StudyConfig(_Strict):
             if len({m.outer.lr for m in members}) > 1:
                 m = members[0]
                 label = f"{m.estimator} K={self.trunc_length(m)} N={m.num_particles} sigma={m.sigma:g}"
+                if label in out:  # groups that differ in another setting: name their first member
+                    label += f" ({m.name})"
                 out[label] = sorted(members, key=lambda x: x.outer.lr)
         return out
 

@@ -3,8 +3,9 @@
 The outer loop is the meta-training step of :mod:`lopt.meta_train` (estimator +
 optax outer optimizer, non-finite updates skipped), run ``evaluation.every`` steps (or
 the method's ``eval_every``) at a time inside one jitted ``lax.scan`` so that nothing
-syncs with the host between evaluations. Both chunk sizes (``every`` and the remainder) are compiled ahead of
-time, so the wall-clock column measures training only: no compilation, no evaluation.
+syncs with the host between evaluations. Both chunk sizes (``every`` and the remainder)
+are compiled ahead of time, so the wall-clock column measures training only: no
+compilation, no evaluation.
 
 Outputs (``out_dir``), written only when the run completes (atomic renames):
 

@@ -3,8 +3,8 @@
 This is the bridge between tasks and the unroll engine: the state is ``(params,
 opt_state)``, one step draws a training batch, applies the optimizer built from
 ``theta`` and reports the meta-loss: the training-batch loss at the current parameters,
-or an ``outer_valid`` batch's loss at the updated ones. The optimizer factory is injected, so tasks never
-import the optimizers package.
+or an ``outer_valid`` batch's loss at the updated ones. The optimizer factory is
+injected, so tasks never import the optimizers package.
 """
 
 from __future__ import annotations
