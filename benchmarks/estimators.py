@@ -189,11 +189,18 @@ def build_problem(name: str, horizon: int, sigma: float | None, config: str) -> 
 
 
 def lopt_bench(
-    problem: Problem, name: str, num_particles: int, trunc_length: int, step_unlock: bool = True
+    problem: Problem, name: str, num_particles: int, trunc_length: int, step_unlock: bool = True,
+    particle_chunk: int | None = None,
 ) -> Bench:
-    """lopt estimator ``name``: carry = (estimator state, gradient sum)."""
+    """lopt estimator ``name``: carry = (estimator state, gradient sum).
+
+    ``particle_chunk`` (the estimators' option) applies only when it splits the particles
+    (ES: the pairs) into several chunks; otherwise the particles run all at once.
+    """
     from lopt.estimators import make_estimator
 
+    unit = num_particles if name == "tbptt" else num_particles // 2
+    extra = {"particle_chunk": particle_chunk} if particle_chunk and particle_chunk < unit else {}
     est = make_estimator(
         name,
         problem.system,
@@ -201,6 +208,7 @@ def lopt_bench(
         trunc_length=trunc_length,
         sigma=problem.sigma,
         step_unlock=step_unlock,
+        **extra,
     )
 
     def body(i: jax.Array, carry: Any, consts: Any) -> Any:
@@ -363,7 +371,7 @@ def configurations(
 def run_one(problem: Problem, kind: str, name: str, n: int, k: int, args: Any) -> Row:
     label = name if kind == "lopt" else EVOSAX_NAMES[name]
     if kind == "lopt":
-        make = functools.partial(lopt_bench, step_unlock=not args.lockstep)
+        make = functools.partial(lopt_bench, step_unlock=not args.lockstep, particle_chunk=args.particle_chunk)
     else:
         make = evosax_bench
     consts = (problem.theta, jax.random.PRNGKey(3), problem.data)
@@ -560,6 +568,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--lockstep",
         action="store_true",
         help="lopt estimators with step_unlock=False (evosax's schedule) instead of True",
+    )
+    parser.add_argument(
+        "--particle-chunk", type=int, default=None,
+        help="lopt estimators unroll this many particles at a time (their particle_chunk; "
+        "ES: must divide N / 2); default: all at once",
     )
     parser.add_argument(
         "--quick",

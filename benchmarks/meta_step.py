@@ -140,9 +140,11 @@ def roofline(flops: float, nbytes: float, rate: float, bandwidth: float) -> tupl
     return (rate, "compute") if rate <= mem else (mem, "memory")
 
 
-def with_overrides(cfg, num_particles: int, trunc_length: int | None, precision: str, devices):
+def with_overrides(cfg, num_particles: int, trunc_length: int | None, precision: str, devices,
+                   particle_chunk: int | None = None):
     """``cfg`` with the sweep's meta_train / compute fields replaced (model_copy)."""
-    mt = {"num_particles": num_particles, "devices": devices}
+    chunk = particle_chunk if particle_chunk is not None and particle_chunk < num_particles // 2 else None
+    mt = {"num_particles": num_particles, "devices": devices, "particle_chunk": chunk}
     if trunc_length is not None:
         if trunc_length > cfg.meta_train.horizon:
             raise SystemExit(
@@ -254,6 +256,7 @@ def sweep_row(cfg, limits: dict, args) -> tuple[dict, dict]:
     row = {
         "precision": precision,
         "N": mt.num_particles,
+        "chunk": mt.particle_chunk or "",
         "K": mt.trunc_length,
         "devices": res["devices"],
         "compile_s": round(res["compile_s"], 2),
@@ -274,6 +277,7 @@ def sweep_row(cfg, limits: dict, args) -> tuple[dict, dict]:
 COLUMNS = [
     ("precision", "{}"),
     ("N", "{}"),
+    ("chunk", "{}"),
     ("ms_per_step", "{:.1f}"),
     ("particle_steps_per_s", "{:,}"),
     ("achieved_GFLOPs", "{:.1f}"),
@@ -338,6 +342,10 @@ def main() -> None:
         "--precision", nargs="+", choices=["float32", "bfloat16"], default=["float32"]
     )
     parser.add_argument("--devices", default="1", help="meta_train.devices: an int or 'all'")
+    parser.add_argument(
+        "--particle-chunk", type=int, nargs="+", default=[0],
+        help="meta_train.particle_chunk values to sweep (0: unset, all particles at once)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="min outer steps per timed block")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per row (median)")
     parser.add_argument("--min-time", type=float, default=0.5, help="min seconds per timed block")
@@ -357,11 +365,13 @@ def main() -> None:
         flush=True,
     )
     rows = []
-    for precision, num in itertools.product(args.precision, args.num_particles):
-        cfg = with_overrides(base, num, args.trunc_length, precision, devices)
+    for precision, num, chunk in itertools.product(args.precision, args.num_particles, args.particle_chunk):
+        cfg = with_overrides(base, num, args.trunc_length, precision, devices, chunk or None)
+        if chunk and cfg.meta_train.particle_chunk is None:
+            continue  # a chunk of all the pairs or more: the unchunked row already measures it
         row, work = sweep_row(cfg, limits, args)
         rows.append(row)
-        print(f"  {precision} N={num}: {row['ms_per_step']:.1f} ms per outer step", flush=True)
+        print(f"  {precision} N={num} chunk={chunk or '-'}: {row['ms_per_step']:.1f} ms per outer step", flush=True)
         if args.csv:  # after every row, so a run cut short (a device lease) keeps what it measured
             write_csv(args.csv, rows)
     print_report(args.config, cfg, limits, work, rows)

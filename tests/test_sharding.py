@@ -71,3 +71,64 @@ def test_sharded_meta_training_matches_single_device(tmp_path):
     assert one["moved"] > 1e-2, one["moved"]
     diff = max(abs(x - y) for a, b in zip(one["theta"], four["theta"]) for x, y in zip(a, b))
     assert diff < 1e-2 * one["moved"], (diff, one["moved"])
+
+
+STUDY_SCRIPT = r"""
+import json, logging, sys
+import jax, numpy as np, pandas as pd
+from lopt.studies.config import StudyConfig
+from lopt.studies.run import particle_mesh_for, run_method
+
+assert jax.device_count() == 4, jax.devices()
+methods = [
+    {"name": "pes", "estimator": "pes", "num_particles": 16, "trunc_length": 20},
+    {"name": "tes", "estimator": "tes", "num_particles": 16, "trunc_length": 20},
+    {"name": "gpes", "estimator": "gpes", "num_particles": 16, "trunc_length": 20, "noise_reuse_steps": 40},
+    {"name": "full_es", "estimator": "full_es", "num_particles": 8},
+    {"name": "tbptt", "estimator": "tbptt", "num_particles": 4, "trunc_length": 20},
+    {"name": "odd", "estimator": "nres", "num_particles": 12, "trunc_length": 20},  # 6 pairs: not 4 x whole pairs
+]
+for m in methods:
+    m.update(sigma=0.04, outer={"name": "sgd", "lr": 3e-4 if m["estimator"] in ("tes", "tbptt") else 3e-5})
+out = {}
+for devices in (1, 4):
+    study = StudyConfig.model_validate({
+        "kind": "study", "name": "shard", "seeds": 1, "outer_steps": 6,
+        "system": {"kind": "lorenz", "horizon": 80, "dt": 0.005, "start_noise": 0.0},
+        "evaluation": {"every": 3, "num_episodes": 8},
+        "methods": methods, "compute": {"devices": devices},
+    })
+    for m in methods:
+        mesh = particle_mesh_for(study, study.method(m["name"]))
+        curve = pd.read_csv(run_method(study, m["name"], 0, f"{sys.argv[1]}/{devices}/{m['name']}"))
+        out.setdefault(m["name"], {})[devices] = {
+            "theta": curve[["theta_0", "theta_1"]].to_numpy().tolist(),
+            "mesh": 0 if mesh is None else mesh.devices.size,
+        }
+print(json.dumps(out))
+"""
+
+
+def test_sharded_study_runs_match_single_device_for_every_estimator(tmp_path):
+    """Every other estimator (PES, TES, GPES, FullES, TBPTT; NRES is above) through a
+    study run: sharded over 4 devices it gives the one-device theta trajectory."""
+    import numpy as np
+
+    env = sandbox_env(tmp_path)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    proc = subprocess.run(
+        [sys.executable, "-c", STUDY_SCRIPT, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {name: r["4"]["mesh"] for name, r in out.items()} == {
+        "pes": 4, "tes": 4, "gpes": 4, "full_es": 4, "tbptt": 4, "odd": 0
+    }
+    assert "odd: num_particles 12 is not a multiple of 8" in proc.stderr
+    for name, r in out.items():
+        one, four = np.asarray(r["1"]["theta"]), np.asarray(r["4"]["theta"])
+        # same noise and windows; only the order of the cross-particle sums differs (float32)
+        np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-6, err_msg=name)
+        moved = np.abs(one[-1] - one[0]).max()
+        assert moved > 1e-3 and np.abs(four - one).max() < 1e-2 * moved, (name, moved)

@@ -107,7 +107,10 @@ def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_study_run(study, args: argparse.Namespace) -> None:
+    from lopt.runtime import setup
     from lopt.studies.run import run_method
+
+    setup(study.compute, distributed=False)  # before any JAX work; one process per run
 
     out = Path(args.out or _results(study) / "runs" / args.method / f"seed{args.seed}")
     with _tracker(study, "study-run", f"{args.method}-seed{args.seed}") as tracker:
@@ -128,11 +131,13 @@ def cmd_study_analyze(study, args: argparse.Namespace) -> None:
 
 def cmd_variance(study, args: argparse.Namespace) -> None:
     from lopt.analysis.variance import measure, plot_variance
+    from lopt.runtime import setup
     from lopt.studies.systems import build_system
 
     spec = study.analysis.variance
     if spec is None:
         raise SystemExit(f"error: {args.config}: set analysis.variance (trunc_lengths, ...) to run `lopt variance`")
+    setup(study.compute, distributed=False)
     root = Path(args.out or _results(study))
     system = build_system(study, study.seed_offset)
     table = measure(

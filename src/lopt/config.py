@@ -358,6 +358,31 @@ LOptConfig = Annotated[
 ]
 
 
+PARTICLE_CHUNK_HELP = (
+    "Unroll the particles this many at a time (a lax.map over chunks) instead of all at once: "
+    "same result, a working set that can stay in a CPU's cache for large num_particles "
+    "(benchmarks/RESULTS.md). Must divide the antithetic pairs (TBPTT: the particles); one "
+    "device only. Unset: all at once (right for GPUs)."
+)
+
+
+def check_particle_chunk(chunk: int, num_particles: int, estimator: str, devices: Any) -> None:
+    """Raise ValueError unless ``chunk`` splits the particles of one device evenly.
+
+    ES estimators unroll ``P`` copies and TES also its ``P / 2`` unperturbed pairs, so the
+    chunk must divide the number of pairs; TBPTT's particles are single.
+    """
+    unit = num_particles if estimator == "tbptt" else num_particles // 2
+    what = "num_particles" if estimator == "tbptt" else "the antithetic pairs (num_particles / 2)"
+    if unit % chunk:
+        raise ValueError(f"particle_chunk ({chunk}) must divide {what} = {unit}")
+    if devices != 1:
+        raise ValueError(
+            f"particle_chunk applies to one device (a CPU cache setting); with devices {devices!r} "
+            "leave it unset: each device already unrolls only its share of the particles"
+        )
+
+
 class MetaTrainConfig(_Strict):
     """Meta-training: estimator, unroll geometry and the optax outer optimizer."""
 
@@ -390,6 +415,7 @@ class MetaTrainConfig(_Strict):
     loss_diff_clip: PosFloat | None = Field(
         None, description="ES only: clip each per-step antithetic loss difference to [-c, c]."
     )
+    particle_chunk: PosInt | None = Field(None, description=PARTICLE_CHUNK_HELP)
     normalize_grad: Bool = Field(False, description="Divide the meta-gradient by its global norm.")
     outer_steps: PosInt = 200
     outer_optimizer: Literal["adam", "sgd"] = "adam"
@@ -424,6 +450,8 @@ class MetaTrainConfig(_Strict):
             raise ValueError(f"full_es unrolls whole episodes: trunc_length must equal horizon ({self.horizon})")
         if self.loss_diff_clip is not None and self.estimator == "tbptt":
             raise ValueError("loss_diff_clip applies to the ES estimators, not 'tbptt'")
+        if self.particle_chunk is not None:
+            check_particle_chunk(self.particle_chunk, self.num_particles, self.estimator, self.devices)
         if self.noise_reuse_steps is not None:
             if self.estimator != "gpes":
                 raise ValueError("noise_reuse_steps applies to estimator 'gpes' only")
@@ -551,8 +579,8 @@ class DistributedConfig(_Strict):
         return self
 
 
-class ComputeConfig(_Strict):
-    """Where and how the numerics run: platform, inner-task precision, processes."""
+class DeviceConfig(_Strict):
+    """The JAX platform and the inner task's compute dtype (shared by experiments and studies)."""
 
     platform: Literal["auto", "cpu", "gpu", "tpu"] = Field(
         "auto", description="JAX backend: auto (the best available), cpu, gpu or tpu."
@@ -562,6 +590,11 @@ class ComputeConfig(_Strict):
         description="Inner-task compute dtype (forward/backward); parameters, optimizer "
         "states and losses stay float32.",
     )
+
+
+class ComputeConfig(DeviceConfig):
+    """Where and how the numerics run: platform, inner-task precision, processes."""
+
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 

@@ -101,6 +101,8 @@ def build_trainer(cfg: ExperimentConfig) -> MetaTrainer:
     extra = {"noise_reuse_steps": mt.noise_reuse_steps} if mt.estimator == "gpes" else {}
     if mt.estimator != "tbptt":
         extra["loss_diff_clip"] = mt.loss_diff_clip
+    if mt.particle_chunk is not None:
+        extra["particle_chunk"] = mt.particle_chunk
     estimators, datas = [], []
     for task_cfg in mt.tasks():
         task, data = build_task(task_cfg, cfg.data.root, precision=cfg.compute.precision, data_cfg=cfg.data)
@@ -191,8 +193,9 @@ def meta_state_shardings(trainer: MetaTrainer, mesh: Any) -> Any:
 
 
 # Fields that do not change what a step computes: a checkpoint stays valid across them.
-# `devices` only reorders floating-point sums: a run may resume on more or fewer devices.
-_NON_FINGERPRINT = {"outer_steps", "checkpoint_every", "max_to_keep", "log_every", "devices"}
+# `devices` only reorders floating-point sums: a run may resume on more or fewer devices;
+# `particle_chunk` only changes how many particles are unrolled at once.
+_NON_FINGERPRINT = {"outer_steps", "checkpoint_every", "max_to_keep", "log_every", "devices", "particle_chunk"}
 
 
 def fingerprint(cfg: ExperimentConfig) -> str:

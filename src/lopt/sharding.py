@@ -31,12 +31,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 AXIS = "particles"
 
 
-def particle_mesh(num_devices: int | None = None) -> Mesh:
+def particle_mesh(num_devices: int | None = None, key: str = "meta_train.devices") -> Mesh:
     """A 1-D mesh named ``particles`` over ``num_devices`` local devices of every process.
 
     ``num_devices`` counts devices *per process* (None: all of them), so one config runs
     unchanged on one host or many: in a multi-host job (:mod:`lopt.runtime`) the mesh
-    spans the first ``num_devices`` local devices of each process.
+    spans the first ``num_devices`` local devices of each process. ``key`` names the
+    config setting in the error raised when there are fewer local devices.
     """
     local = jax.local_device_count()
     n = local if num_devices is None else num_devices
@@ -44,7 +45,7 @@ def particle_mesh(num_devices: int | None = None) -> Mesh:
         from lopt.runtime import SetupError
 
         raise SetupError(
-            f"meta_train.devices={num_devices}: this process has {local} local devices "
+            f"{key}={num_devices}: this process has {local} local devices "
             f"(allowed: 1 ... {local}, or 'all')"
         )
     devices = [

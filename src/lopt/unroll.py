@@ -165,6 +165,8 @@ def unroll(
     state: ParticleState,
     num_steps: int,
     data: Any = None,
+    *,
+    particle_chunk: int | None = None,
 ) -> tuple[ParticleState, Window]:
     """Advance every particle ``num_steps`` (K) steps, resetting at the horizon.
 
@@ -175,10 +177,30 @@ def unroll(
             also used to initialise the new episode.
         state: the particles.
         num_steps: K, static.
+        particle_chunk: unroll the particles ``c`` at a time (``lax.map`` over ``P / c``
+            chunks of consecutive particles, each a whole window); None: all at once.
+            Particles are independent within a window, so the result is the same; what
+            changes is the working set, which for large ``P`` on a CPU can then stay in
+            cache (see benchmarks/RESULTS.md). ``c`` must divide ``P``.
 
     Returns:
         The new state and the :class:`Window` (losses and masks, shape ``[P, K]``).
     """
+    num_particles = state.step.shape[0]
+    if particle_chunk is not None and particle_chunk < num_particles:
+        if num_particles % particle_chunk:
+            raise ValueError(f"particle_chunk ({particle_chunk}) must divide the {num_particles} particles")
+        chunks = num_particles // particle_chunk
+
+        def split(x):
+            return x.reshape(chunks, particle_chunk, *x.shape[1:])
+
+        def one_chunk(args):
+            ta, tb, st = args
+            return unroll(system, ta, tb, st, num_steps, data)
+
+        new, window = jax.lax.map(one_chunk, jax.tree.map(split, (theta_a, theta_b, state)))
+        return jax.tree.map(lambda x: x.reshape(num_particles, *x.shape[2:]), (new, window))
     horizon = system.horizon
     if num_steps > horizon:  # the reset state below covers one reset per window
         raise ValueError(f"a window of {num_steps} steps is longer than the horizon ({horizon})")

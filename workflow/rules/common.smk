@@ -55,9 +55,16 @@ DATA_FILES = ("manifest.json", "train.npz", "inner_valid.npz", "outer_valid.npz"
 EVAL_TASKS = [] if IS_STUDY else [t.name for t in CFG.evaluation.tasks]
 
 
+# Settings that change how, not what, a stage computes: never a rerun trigger.
+NOT_A_TRIGGER = {"meta_train": ("particle_chunk",)}
+
+
 def spec(*sections):
     """The config sections (or `section.key`s) a stage depends on, as a stable string for the params trigger."""
     resolved = CFG.to_dict()
+    for section, keys in NOT_A_TRIGGER.items():
+        for key in keys:
+            resolved.get(section, {}).pop(key, None)
 
     def get(path):
         value = resolved

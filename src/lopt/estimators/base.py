@@ -20,6 +20,10 @@ Conventions (see also :mod:`lopt.config`):
       g = 1 / (2 M sigma^2) * sum_m sum_j w_{m,j} (L+_{m,j} - L-_{m,j}) / K,
 
   i.e. ``1/(P sigma^2) sum_i eps_i L_i`` with ``eps_{i+M} = -eps_i``.
+
+Every estimator factory also takes ``particle_chunk`` (default None), passed to
+:func:`lopt.unroll.unroll`: how many particles to unroll at a time. It changes the
+working set, not the estimate.
 """
 
 from __future__ import annotations

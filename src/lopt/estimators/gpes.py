@@ -51,6 +51,7 @@ def gpes(
     *,
     step_unlock: bool = True,
     loss_diff_clip: float | None = None,
+    particle_chunk: int | None = None,
 ) -> Estimator:
     """GPES with a fresh perturbation every ``noise_reuse_steps`` (default: never, i.e. NRES)."""
     if noise_reuse_steps is None:
@@ -78,7 +79,8 @@ def gpes(
         noise = tree_where(redraw, drawn, state.noise)
         xi = tree_where(redraw, jax.tree.map(jnp.add, state.accumulator, drawn), state.accumulator)
         particles, window = unroll(
-            system, antithetic(theta, noise), antithetic(theta, reset_eps), state.particles, trunc_length, data
+            system, antithetic(theta, noise), antithetic(theta, reset_eps), state.particles, trunc_length, data,
+            particle_chunk=particle_chunk,
         )
         grad = window_gradient(xi, reset_eps, window, scale, loss_diff_clip)
         _, fresh, done = pair_differences(window)

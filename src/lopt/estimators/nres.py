@@ -43,6 +43,7 @@ def nres(
     *,
     step_unlock: bool = True,
     loss_diff_clip: float | None = None,
+    particle_chunk: int | None = None,
 ) -> Estimator:
     """NRES with ``num_particles`` perturbed copies (``num_particles / 2`` pairs)."""
     num_pairs = num_pairs_of(num_particles)
@@ -65,6 +66,7 @@ def nres(
             state.particles,
             trunc_length,
             data,
+            particle_chunk=particle_chunk,
         )
         grad = window_gradient(state.noise, new_eps, window, scale, loss_diff_clip)
         noise = tree_where(window.done[:num_pairs], new_eps, state.noise)

@@ -50,6 +50,7 @@ def pes(
     *,
     step_unlock: bool = True,
     loss_diff_clip: float | None = None,
+    particle_chunk: int | None = None,
 ) -> Estimator:
     """PES with ``num_particles`` perturbed copies (``num_particles / 2`` pairs)."""
     num_pairs = num_pairs_of(num_particles)
@@ -65,7 +66,7 @@ def pes(
     def estimate(theta, state: PESState, key, data=None):
         eps = sample_noise(key, theta, num_pairs, sigma)
         thetas = antithetic(theta, eps)
-        particles, window = unroll(system, thetas, thetas, state.particles, trunc_length, data)
+        particles, window = unroll(system, thetas, thetas, state.particles, trunc_length, data, particle_chunk=particle_chunk)
         accumulated = jax.tree.map(jnp.add, state.accumulator, eps)
         grad = window_gradient(accumulated, eps, window, scale, loss_diff_clip)
         _, fresh, done = pair_differences(window)

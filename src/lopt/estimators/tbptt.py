@@ -9,6 +9,14 @@ steps only, treating the carried state as a constant:
 Cheap and low-variance, but biased: it ignores theta's influence on the state it
 starts from (wrong sign on influence balancing for K <= 10).
 
+``window_loss="end"`` differentiates only the loss of the window's last step,
+``1/P sum_i L_{i,tau_end}``, as the PES code's influence-balancing script does (its
+unroll returns the loss of the state after ``K`` steps). The two differ in which
+truncated sensitivities they weigh: on influence balancing the ``k``-step sensitivity
+is ``+k`` up to ``k = 10`` and about ``-6`` by ``k = 100``, so with ``K = 100`` the
+window-end loss points the right way while the mean over the window's steps (``+0.58``)
+does not. The default ``"mean"`` is lopt's convention for every estimator.
+
 Divergence: the engine caps a diverged particle's loss and restarts it, but
 backpropagating through its non-finite forward values still yields NaN (0 x inf), so the
 gradient is taken per particle (w.r.t. each particle's copy of theta, one joint unroll)
@@ -27,6 +35,8 @@ import jax.numpy as jnp
 from lopt.estimators.base import Estimator, window_metrics
 from lopt.unroll import ParticleState, UnrolledSystem, broadcast_theta, init_particles, unroll
 
+WINDOW_LOSSES = ("mean", "end")
+
 
 class TBPTTState(NamedTuple):
     particles: ParticleState
@@ -39,9 +49,17 @@ def tbptt(
     sigma: float | None = None,
     *,
     step_unlock: bool = True,
+    window_loss: str = "mean",
+    particle_chunk: int | None = None,
 ) -> Estimator:
-    """TBPTT over ``num_particles`` independent unperturbed particles (``sigma`` unused)."""
+    """TBPTT over ``num_particles`` independent unperturbed particles (``sigma`` unused).
+
+    ``window_loss``: ``"mean"`` (every step of the window, lopt's convention) or ``"end"``
+    (the window's last step only).
+    """
     del sigma
+    if window_loss not in WINDOW_LOSSES:
+        raise ValueError(f"window_loss must be one of {WINDOW_LOSSES}, got {window_loss!r}")
 
     def init(theta, key, data=None) -> TBPTTState:
         return TBPTTState(
@@ -52,12 +70,13 @@ def tbptt(
         del key  # deterministic given the state: the engine's keys come from the particles
         particles = jax.lax.stop_gradient(state.particles)
 
-        def window_loss(thetas):
-            new, window = unroll(system, thetas, thetas, particles, trunc_length, data)
-            return jnp.mean(window.losses), (new, window)
+        def objective(thetas):
+            new, window = unroll(system, thetas, thetas, particles, trunc_length, data, particle_chunk=particle_chunk)
+            losses = window.losses if window_loss == "mean" else window.losses[:, -1]  # [P, K] / [P]
+            return jnp.mean(losses), (new, window)
 
         # d/d thetas_i is particle i's share of the gradient (sum_i = grad of the mean)
-        per_particle, (new, window) = jax.grad(window_loss, has_aux=True)(broadcast_theta(theta, num_particles))
+        per_particle, (new, window) = jax.grad(objective, has_aux=True)(broadcast_theta(theta, num_particles))
         rows = lambda g: g.reshape(num_particles, -1)
         finite = jnp.all(jnp.stack([jnp.isfinite(rows(g)).all(axis=1) for g in jax.tree.leaves(per_particle)]), axis=0)
         rescale = num_particles / jnp.sum(finite)  # inf when none is finite: a NaN gradient

@@ -41,6 +41,7 @@ def tes(
     *,
     step_unlock: bool = True,
     loss_diff_clip: float | None = None,
+    particle_chunk: int | None = None,
 ) -> Estimator:
     """TES with ``num_particles`` perturbed copies (``num_particles / 2`` pairs)."""
     num_pairs = num_pairs_of(num_particles)
@@ -56,10 +57,10 @@ def tes(
         thetas = antithetic(theta, eps)
         # + and - copies of pair m start from base particle m (same key, same data)
         pairs = jax.tree.map(lambda x: jnp.concatenate([x, x]), state.base)
-        _, window = unroll(system, thetas, thetas, pairs, trunc_length, data)
+        _, window = unroll(system, thetas, thetas, pairs, trunc_length, data, particle_chunk=particle_chunk)
         grad = window_gradient(eps, eps, window, scale, loss_diff_clip)
         plain = broadcast_theta(theta, num_pairs)
-        base, _ = unroll(system, plain, plain, state.base, trunc_length, data)
+        base, _ = unroll(system, plain, plain, state.base, trunc_length, data, particle_chunk=particle_chunk)
         return grad, TESState(base), window_metrics(window)
 
     return Estimator(init, estimate, unroll_steps=(num_particles + num_pairs) * trunc_length)

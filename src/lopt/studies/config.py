@@ -26,10 +26,12 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from lopt.config import (
+    PARTICLE_CHUNK_HELP,
     AnalysisConfig,
     Bool,
     ConfigError,
     DataConfig,
+    DeviceConfig,
     Float,
     Int,
     LOptConfig,
@@ -41,6 +43,7 @@ from lopt.config import (
     TrackingConfig,
     _error_lines,
     _Strict,
+    check_particle_chunk,
     load_yaml,
     parse_yaml,
 )
@@ -121,6 +124,24 @@ class OuterOptimizerConfig(_Strict):
     )
 
 
+class StudyComputeConfig(DeviceConfig):
+    """Where a study's runs compute. Each (method, seed) run is one process (no multi-host:
+    a study's parallelism is its many runs, which Snakemake schedules)."""
+
+    devices: Annotated[Int, Field(ge=1)] | Literal["all"] = Field(
+        1,
+        description="Local devices each run shards its particles over ('all': every one). A "
+        "method whose num_particles does not split into whole antithetic pairs per device "
+        "(TBPTT: whole particles) runs on one device.",
+    )
+
+
+# MethodConfig options added after studies had run, with their no-op defaults.
+_LATER_METHOD_OPTIONS: dict[str, Any] = {"eval_every": None, "window_loss": "mean"}
+# MethodConfig options that change how, not what, a run computes: never in its spec.
+_NOT_IN_SPEC = {"particle_chunk"}
+
+
 class MethodConfig(_Strict):
     """One estimator with its hyperparameters (a curve in the study's figures)."""
 
@@ -135,6 +156,12 @@ class MethodConfig(_Strict):
     noise_reuse_steps: PosInt | None = Field(None, description="GPES only: K'.")
     step_unlock: Bool = True
     loss_diff_clip: PosFloat | None = None
+    window_loss: Literal["mean", "end"] = Field(
+        "mean",
+        description="TBPTT only: differentiate the mean loss over the window's K steps (lopt's "
+        "convention) or the window's last step only (the PES code's influence-balancing TBPTT).",
+    )
+    particle_chunk: PosInt | None = Field(None, description=PARTICLE_CHUNK_HELP)
     grad_clip: PosFloat | None = Field(None, description="Global-norm clip (the papers use none).")
     outer: OuterOptimizerConfig = Field(default_factory=OuterOptimizerConfig)
     outer_steps: PosInt | None = Field(None, description="Overrides the study's budget for this method.")
@@ -156,6 +183,13 @@ class MethodConfig(_Strict):
             raise ValueError("noise_reuse_steps applies to estimator 'gpes' only")
         if self.loss_diff_clip is not None and self.estimator == "tbptt":
             raise ValueError("loss_diff_clip applies to the ES estimators, not 'tbptt'")
+        if self.particle_chunk is not None:
+            check_particle_chunk(self.particle_chunk, self.num_particles, self.estimator, 1)
+        if self.window_loss != "mean" and self.estimator != "tbptt":
+            raise ValueError(
+                f"window_loss {self.window_loss!r} applies to estimator 'tbptt' only; the ES "
+                "estimators use the mean over the window ('mean')"
+            )
         return self
 
 
@@ -278,6 +312,7 @@ class StudyConfig(_Strict):
     analysis: StudyAnalysisConfig = Field(default_factory=StudyAnalysisConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    compute: StudyComputeConfig = Field(default_factory=StudyComputeConfig)
     quick: QuickConfig = Field(default_factory=QuickConfig)
 
     @model_validator(mode="after")
@@ -305,6 +340,18 @@ class StudyConfig(_Strict):
                 raise ValueError(f"method {m.name}: full_es needs trunc_length = horizon ({self.system.horizon}) or null")
             if m.noise_reuse_steps is not None and m.noise_reuse_steps % k:
                 raise ValueError(f"method {m.name}: noise_reuse_steps must be a multiple of trunc_length ({k})")
+        chunked = [m.name for m in self.methods if m.particle_chunk is not None]
+        if chunked and self.compute.devices != 1:
+            raise ValueError(
+                f"methods {chunked} set particle_chunk, a one-device (CPU cache) setting; with "
+                f"compute.devices {self.compute.devices!r} leave it unset"
+            )
+        if self.compute.precision != "float32" and self.system.kind != "lopt_training":
+            raise ValueError(
+                f"compute.precision {self.compute.precision!r} applies to system kind "
+                f"'lopt_training' only (its inner task); system.kind is {self.system.kind!r}: "
+                "use 'float32'"
+            )
         if self.analysis.variance is not None:
             bad = [k for k in self.analysis.variance.trunc_lengths if self.system.horizon % k]
             if bad:
@@ -408,14 +455,20 @@ class StudyConfig(_Strict):
     def run_spec(self, method: MethodConfig) -> dict[str, Any]:
         """Everything one (method, seed) run's numbers depend on (a rerun trigger)."""
         raw = self.to_dict()
-        return {
+        # Options added later appear only when changed from their default, so runs from
+        # before each option existed keep their spec and are not re-run.
+        unset = {k for k, default in _LATER_METHOD_OPTIONS.items() if getattr(method, k) == default} | _NOT_IN_SPEC
+        spec = {
             "system": raw["system"],
             "data": raw["data"],
             "evaluation": raw["evaluation"],
-            # eval_every only when set: adding the option left existing runs' specs unchanged
-            "method": method.model_dump(mode="json", exclude={"eval_every"} if method.eval_every is None else None),
+            "method": method.model_dump(mode="json", exclude=unset),
             "outer_steps": self.outer_steps_for(method),
         }
+        # Devices and platform change only the order of float sums; precision changes the numbers.
+        if self.compute.precision != "float32":
+            spec["precision"] = self.compute.precision
+        return spec
 
     def quick_variant(self) -> StudyConfig:
         """The CI-sized variant: fewer seeds/methods/steps, named ``<name>_quick``."""

@@ -18,6 +18,8 @@ Outputs (``out_dir``), written only when the run completes (atomic renames):
 from __future__ import annotations
 
 import csv
+import functools
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from lopt.estimators import make_estimator
 from lopt.meta_train import KEY_ESTIMATOR_INIT, MetaState, meta_step_fn, outer_optimizer
 from lopt.studies.config import MethodConfig, StudyConfig
 from lopt.studies.systems import StudySystem, build_system
+
+log = logging.getLogger(__name__)
 
 CURVE_FIELDS = (
     "outer_step",
@@ -62,6 +66,10 @@ def build_method(study: StudyConfig, method: MethodConfig, system: StudySystem):
         extra["noise_reuse_steps"] = method.noise_reuse_steps
     if method.estimator != "tbptt":
         extra["loss_diff_clip"] = method.loss_diff_clip
+    else:
+        extra["window_loss"] = method.window_loss
+    if method.particle_chunk is not None:
+        extra["particle_chunk"] = method.particle_chunk
     estimator = make_estimator(
         method.estimator,
         system.system,
@@ -72,6 +80,31 @@ def build_method(study: StudyConfig, method: MethodConfig, system: StudySystem):
         **extra,
     )
     return estimator, build_outer(method)
+
+
+def particle_mesh_for(study: StudyConfig, method: MethodConfig) -> Any:
+    """The ``particles`` mesh a run shards over, or None for one device.
+
+    ``compute.devices`` local devices (:mod:`lopt.sharding`); None when that is one device,
+    or when the method's particles do not split into whole antithetic pairs (TBPTT: whole
+    particles) per device, which is logged: such a method runs on one device.
+    """
+    if study.compute.devices == 1:
+        return None
+    from lopt.sharding import particle_mesh
+
+    mesh = particle_mesh(None if study.compute.devices == "all" else study.compute.devices, "compute.devices")
+    n = mesh.devices.size
+    per_device = n if method.estimator == "tbptt" else 2 * n
+    if n == 1 or method.num_particles % per_device:
+        if n > 1:
+            log.warning(
+                "%s: num_particles %d is not a multiple of %d (%s over %d devices): it runs on one device",
+                method.name, method.num_particles, per_device,
+                "particles" if method.estimator == "tbptt" else "antithetic pairs", n,
+            )
+        return None
+    return mesh
 
 
 def _theta_columns(theta: Any) -> list[float]:
@@ -114,11 +147,25 @@ def run_method(
         state, (loss, gnorm, skipped) = jax.lax.scan(body, state, None, length=length)
         return state, jnp.mean(loss), jnp.mean(gnorm), skipped[-1]
 
+    jit_chunk = lambda n: jax.jit(functools.partial(chunk, length=n))
+    mesh = particle_mesh_for(study, method)
+    if mesh is not None:
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from lopt.sharding import place, replicate, state_shardings
+
+        shard = state_shardings(state, mesh, lambda s: MetaState(False, False, True, False))
+        rep = NamedSharding(mesh, PartitionSpec())
+        state, data = place(state, shard), replicate(data, mesh)
+        jit_chunk = lambda n: jax.jit(
+            functools.partial(chunk, length=n), in_shardings=(shard, rep), out_shardings=(shard, rep, rep, rep)
+        )
+
     total = study.outer_steps_for(method)
     every = study.eval_every_for(method)
     lengths = sorted({min(every, total), total % every} - {0})
-    compiled = {n: jax.jit(chunk, static_argnums=2).lower(state, data, n).compile() for n in lengths}
-    evaluate = jax.jit(system.evaluate).lower(theta, data).compile()
+    compiled = {n: jit_chunk(n).lower(state, data).compile() for n in lengths}
+    evaluate = jax.jit(system.evaluate)  # not timed; recompiles once for sharded inputs
 
     steps_per_estimate = estimator.unroll_steps
     theta_cols = _theta_columns(theta)

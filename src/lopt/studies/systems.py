@@ -84,7 +84,7 @@ def build_system(study: StudyConfig, seed: int) -> StudySystem:
         from lopt.tasks.training import InnerTraining
 
         lopt = from_config(cfg.lopt)
-        task, data = build_task(cfg.task, study.data.root, data_cfg=study.data)
+        task, data = build_task(cfg.task, study.data.root, precision=study.compute.precision, data_cfg=study.data)
         system = InnerTraining(task, lopt.to_optax, cfg.horizon, cfg.meta_loss_split)
         theta0 = lopt.init(jax.random.fold_in(jax.random.PRNGKey(seed), 0))
         return StudySystem(system, data, theta0, mean_episode_loss(system, ev.num_episodes, ev.seed), None)
