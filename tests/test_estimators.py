@@ -310,7 +310,11 @@ def test_truncation_bias_points_the_wrong_way_on_influence_balancing():
         g = _influence_estimates(factory, 1, 400, 500)[:, 200:].mean(axis=1)
         sem = g.std() / np.sqrt(g.size)
         assert g.mean() - 5 * sem > 0
-        assert abs(g.mean() - exact) < 4 * sem + 0.15 * exact, (factory, g.mean(), sem)
+        # From window 200 on the state sits at its fixed point and the t-step sensitivity
+        # equals its limit -6 to float precision, so +24 is the exact per-window gradient
+        # and 4 s.e. over 500 independent seeds is the whole tolerance (false alarm 6e-5;
+        # measured: PES 23.7 +- 2.8, NRES 25.0 +- 1.5)
+        assert abs(g.mean() - exact) < 4 * sem, (factory, g.mean(), sem)
 
 
 def test_loss_difference_clipping_bounds_the_estimate_and_is_off_by_default():
