@@ -160,3 +160,26 @@ def test_meta_train_over_existing_checkpoints_is_a_one_line_error(cluster_repo, 
     # the last line (W&B's offline notes come first: the run had started)
     assert proc.stderr.strip().splitlines()[-1] == (f"error: {out / 'checkpoints'} already holds checkpoints; "
                                                     "pass --resume to continue or delete it"), proc.stderr
+
+
+def test_slurm_profile_plans_a_study_with_its_resources_and_compute(cluster_repo):
+    """A paper study on the SLURM profile: every (method, seed) run asks for the GPU and
+    memory of `resources.study_run`, the analysis keeps the defaults (no GPU, the profile's
+    CPU partition), and a study's `compute` section (devices, platform) validates there."""
+    repo, env, _ = cluster_repo
+    raw = yaml.safe_load((repo / "configs" / "paper" / "toy_schedule.yaml").read_text())
+    raw["name"] = "toyslurm"
+    raw["compute"] = {"devices": "all", "platform": "gpu"}
+    raw["resources"] = {"study_run": {"gpus": 1, "gpu_model": "a100", "partition": "gpu", "mem_mb": 12000,
+                                      "runtime": 45, "cpus": 4}}
+    (repo / "study.yaml").write_text(yaml.safe_dump(raw))
+    proc, _ = run(["snakemake", "-n", "-p", "--profile", "workflow/profiles/slurm", "--configfile", "study.yaml"],
+                  repo, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_resources(proc.stdout)
+    assert {"study_run", "study_analyze"} <= set(jobs), jobs
+    for item in ("gpu=1", "gpu_model=a100", "slurm_partition=gpu", "mem_mb=12000", "runtime=45"):
+        assert item in jobs["study_run"], jobs["study_run"]
+    assert "gpu=" not in jobs["study_analyze"] and "slurm_partition=cpu" in jobs["study_analyze"], jobs["study_analyze"]
+    runs = [line for line in proc.stdout.splitlines() if line.startswith("Shell command: lopt study-run")]
+    assert len(runs) == len(raw["methods"]) * raw["seeds"], len(runs)
