@@ -49,15 +49,20 @@ print(json.dumps(out))
 """
 
 
-def test_sharded_meta_training_matches_single_device(tmp_path):
+def _on_four_devices(script: str, tmp_path) -> tuple[dict, str]:
+    """Run ``script`` in a fresh Python with 4 forced CPU devices; (its JSON result, stderr)."""
     env = sandbox_env(tmp_path)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        [sys.executable, "-c", script, str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def test_sharded_meta_training_matches_single_device(tmp_path):
+    out, _ = _on_four_devices(SCRIPT, tmp_path)
     one, four = out["1"], out["4"]
     assert one["num_devices"] == 1
     assert four["num_devices"] == 4 and four["shard_shape"] == [4]  # 16 particles / 4 devices
@@ -114,18 +119,11 @@ def test_sharded_study_runs_match_single_device_for_every_estimator(tmp_path):
     study run: sharded over 4 devices it gives the one-device theta trajectory."""
     import numpy as np
 
-    env = sandbox_env(tmp_path)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    proc = subprocess.run(
-        [sys.executable, "-c", STUDY_SCRIPT, str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out, stderr = _on_four_devices(STUDY_SCRIPT, tmp_path)
     assert {name: r["4"]["mesh"] for name, r in out.items()} == {
         "pes": 4, "tes": 4, "gpes": 4, "full_es": 4, "tbptt": 4, "odd": 0
     }
-    assert "odd: num_particles 12 is not a multiple of 8" in proc.stderr
+    assert "odd: num_particles 12 is not a multiple of 8" in stderr
     for name, r in out.items():
         one, four = np.asarray(r["1"]["theta"]), np.asarray(r["4"]["theta"])
         # same noise and windows; only the order of the cross-particle sums differs (float32)

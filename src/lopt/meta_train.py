@@ -188,8 +188,13 @@ def meta_state_shardings(trainer: MetaTrainer, mesh: Any) -> Any:
     """Shardings of the :class:`MetaState`: particle / pair axes of the estimator state split."""
     from lopt.sharding import state_shardings
 
-    shapes = jax.eval_shape(trainer.init)
-    return state_shardings(shapes, mesh, lambda s: MetaState(False, False, True, False))
+    return state_shardings(jax.eval_shape(trainer.init), mesh, particle_leaves)
+
+
+def particle_leaves(state: MetaState) -> MetaState:
+    """Which parts of a :class:`MetaState` have a leading particle / pair axis: the
+    estimator state's (for :func:`lopt.sharding.state_shardings`)."""
+    return MetaState(False, False, True, False)
 
 
 # Fields that do not change what a step computes: a checkpoint stays valid across them.

@@ -30,7 +30,13 @@ import numpy as np
 import optax
 
 from lopt.estimators import make_estimator
-from lopt.meta_train import KEY_ESTIMATOR_INIT, MetaState, meta_step_fn, outer_optimizer
+from lopt.meta_train import (
+    KEY_ESTIMATOR_INIT,
+    MetaState,
+    meta_step_fn,
+    outer_optimizer,
+    particle_leaves,
+)
 from lopt.studies.config import MethodConfig, StudyConfig
 from lopt.studies.systems import StudySystem, build_system
 
@@ -145,21 +151,16 @@ def run_method(
             return s, (metrics["meta_loss"], metrics["grad_norm"], metrics["skipped_updates"])
 
         state, (loss, gnorm, skipped) = jax.lax.scan(body, state, None, length=length)
-        return state, jnp.mean(loss), jnp.mean(gnorm), skipped[-1]
+        return state, (jnp.mean(loss), jnp.mean(gnorm), skipped[-1])
 
     jit_chunk = lambda n: jax.jit(functools.partial(chunk, length=n))
     mesh = particle_mesh_for(study, method)
     if mesh is not None:
-        from jax.sharding import NamedSharding, PartitionSpec
+        from lopt.sharding import jit_sharded, place, replicate, state_shardings
 
-        from lopt.sharding import place, replicate, state_shardings
-
-        shard = state_shardings(state, mesh, lambda s: MetaState(False, False, True, False))
-        rep = NamedSharding(mesh, PartitionSpec())
+        shard = state_shardings(state, mesh, particle_leaves)
         state, data = place(state, shard), replicate(data, mesh)
-        jit_chunk = lambda n: jax.jit(
-            functools.partial(chunk, length=n), in_shardings=(shard, rep), out_shardings=(shard, rep, rep, rep)
-        )
+        jit_chunk = lambda n: jit_sharded(functools.partial(chunk, length=n), shard, mesh)
 
     total = study.outer_steps_for(method)
     every = study.eval_every_for(method)
@@ -176,7 +177,7 @@ def run_method(
     while done < total:
         n = min(every, total - done)
         t0 = time.perf_counter()
-        state, loss, gnorm, skipped = jax.block_until_ready(compiled[n](state, data))
+        state, (loss, gnorm, skipped) = jax.block_until_ready(compiled[n](state, data))
         wall += time.perf_counter() - t0
         done += n
         row = _row(done, done * steps_per_estimate, wall, evaluate(state.theta, data), loss, gnorm, skipped,
