@@ -197,9 +197,10 @@ def lopt_bench(
     ``particle_chunk`` (the estimators' option) applies only when it splits the particles
     (ES: the pairs) into several chunks; otherwise the particles run all at once.
     """
+    from lopt.config import particle_chunk_unit
     from lopt.estimators import make_estimator
 
-    unit = num_particles if name == "tbptt" else num_particles // 2
+    unit = particle_chunk_unit(num_particles, name)
     extra = {"particle_chunk": particle_chunk} if particle_chunk and particle_chunk < unit else {}
     est = make_estimator(
         name,

@@ -143,7 +143,10 @@ def roofline(flops: float, nbytes: float, rate: float, bandwidth: float) -> tupl
 def with_overrides(cfg, num_particles: int, trunc_length: int | None, precision: str, devices,
                    particle_chunk: int | None = None):
     """``cfg`` with the sweep's meta_train / compute fields replaced (model_copy)."""
-    chunk = particle_chunk if particle_chunk is not None and particle_chunk < num_particles // 2 else None
+    from lopt.config import particle_chunk_unit
+
+    unit = particle_chunk_unit(num_particles, cfg.meta_train.estimator)
+    chunk = particle_chunk if particle_chunk is not None and particle_chunk < unit else None
     mt = {"num_particles": num_particles, "devices": devices, "particle_chunk": chunk}
     if trunc_length is not None:
         if trunc_length > cfg.meta_train.horizon:

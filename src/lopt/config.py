@@ -366,13 +366,18 @@ PARTICLE_CHUNK_HELP = (
 )
 
 
+def particle_chunk_unit(num_particles: int, estimator: str) -> int:
+    """What a particle chunk must divide: the antithetic pairs (TBPTT: the particles)."""
+    return num_particles if estimator == "tbptt" else num_particles // 2
+
+
 def check_particle_chunk(chunk: int, num_particles: int, estimator: str, devices: Any) -> None:
     """Raise ValueError unless ``chunk`` splits the particles of one device evenly.
 
     ES estimators unroll ``P`` copies and TES also its ``P / 2`` unperturbed pairs, so the
     chunk must divide the number of pairs; TBPTT's particles are single.
     """
-    unit = num_particles if estimator == "tbptt" else num_particles // 2
+    unit = particle_chunk_unit(num_particles, estimator)
     what = "num_particles" if estimator == "tbptt" else "the antithetic pairs (num_particles / 2)"
     if unit % chunk:
         raise ValueError(f"particle_chunk ({chunk}) must divide {what} = {unit}")

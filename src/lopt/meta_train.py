@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.config import ExperimentConfig
-from lopt.estimators import Estimator, make_estimator, multi_task
+from lopt.estimators import Estimator, estimator_options, make_estimator, multi_task
 from lopt.optimizers import LearnedOptimizer
 from lopt.optimizers.pretrained import from_config as lopt_from_config
 from lopt.tasks import build_task
@@ -98,11 +98,10 @@ def build_trainer(cfg: ExperimentConfig) -> MetaTrainer:
     """Build the learned optimizer, inner system, estimator and outer optimizer."""
     mt = cfg.meta_train
     lopt = lopt_from_config(cfg.lopt)
-    extra = {"noise_reuse_steps": mt.noise_reuse_steps} if mt.estimator == "gpes" else {}
-    if mt.estimator != "tbptt":
-        extra["loss_diff_clip"] = mt.loss_diff_clip
-    if mt.particle_chunk is not None:
-        extra["particle_chunk"] = mt.particle_chunk
+    extra = estimator_options(
+        mt.estimator, noise_reuse_steps=mt.noise_reuse_steps, loss_diff_clip=mt.loss_diff_clip,
+        particle_chunk=mt.particle_chunk,
+    )
     estimators, datas = [], []
     for task_cfg in mt.tasks():
         task, data = build_task(task_cfg, cfg.data.root, precision=cfg.compute.precision, data_cfg=cfg.data)

@@ -12,6 +12,8 @@
 :func:`multi_task` (``multi_task.py``) averages one estimator per task of a task family.
 """
 
+from typing import Any
+
 from lopt.estimators.base import Estimator
 from lopt.estimators.full_es import FullESState, full_es
 from lopt.estimators.gpes import GPESState, gpes
@@ -22,6 +24,24 @@ from lopt.estimators.tbptt import TBPTTState, tbptt
 from lopt.estimators.tes import TESState, tes
 
 ESTIMATORS = {"tbptt": tbptt, "full_es": full_es, "tes": tes, "pes": pes, "gpes": gpes, "nres": nres}
+
+
+def estimator_options(
+    name: str,
+    *,
+    noise_reuse_steps: int | None = None,
+    loss_diff_clip: float | None = None,
+    window_loss: str = "mean",
+    particle_chunk: int | None = None,
+) -> dict[str, Any]:
+    """The options estimator ``name`` takes, from the settings a config carries for all of
+    them (``noise_reuse_steps``: GPES; ``window_loss``: TBPTT; ``loss_diff_clip``: ES)."""
+    options: dict[str, Any] = {"window_loss": window_loss} if name == "tbptt" else {"loss_diff_clip": loss_diff_clip}
+    if name == "gpes":
+        options["noise_reuse_steps"] = noise_reuse_steps
+    if particle_chunk is not None:
+        options["particle_chunk"] = particle_chunk
+    return options
 
 
 def make_estimator(name: str, system, **kwargs) -> Estimator:
@@ -42,6 +62,7 @@ __all__ = [
     "PESState",
     "TBPTTState",
     "TESState",
+    "estimator_options",
     "full_es",
     "gpes",
     "make_estimator",

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt.estimators import make_estimator
+from lopt.estimators import estimator_options, make_estimator
 from lopt.meta_train import (
     KEY_ESTIMATOR_INIT,
     MetaState,
@@ -67,15 +67,10 @@ def build_outer(method: MethodConfig) -> optax.GradientTransformation:
 
 def build_method(study: StudyConfig, method: MethodConfig, system: StudySystem):
     """``(estimator, outer optimizer)`` of a method over the study's system."""
-    extra: dict[str, Any] = {}
-    if method.estimator == "gpes":
-        extra["noise_reuse_steps"] = method.noise_reuse_steps
-    if method.estimator != "tbptt":
-        extra["loss_diff_clip"] = method.loss_diff_clip
-    else:
-        extra["window_loss"] = method.window_loss
-    if method.particle_chunk is not None:
-        extra["particle_chunk"] = method.particle_chunk
+    extra = estimator_options(
+        method.estimator, noise_reuse_steps=method.noise_reuse_steps, loss_diff_clip=method.loss_diff_clip,
+        window_loss=method.window_loss, particle_chunk=method.particle_chunk,
+    )
     estimator = make_estimator(
         method.estimator,
         system.system,
