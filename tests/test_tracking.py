@@ -38,7 +38,7 @@ def wandb_env(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     for var in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(tracking, "_online_unreachable", False)
+    monkeypatch.setattr(tracking.tracker, "_online_unreachable", False)
     return tmp_path
 
 

@@ -41,12 +41,12 @@ from lopt.config import (
     ResourcesConfig,
     TaskConfig,
     TrackingConfig,
-    _error_lines,
-    _Strict,
     check_particle_chunk,
     load_yaml,
     parse_yaml,
 )
+from lopt.config.base import _Strict
+from lopt.config.errors import _error_lines
 
 Name = Annotated[str, Field(min_length=2, pattern=r"^[A-Za-z0-9_\-]+$")]
 EstimatorName = Literal["tbptt", "full_es", "tes", "pes", "gpes", "nres"]

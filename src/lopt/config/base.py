@@ -1,0 +1,37 @@
+"""Building blocks of every config model: strict scalars, the strict base model, the error type."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+# Strict scalars: YAML `true` is not the integer 1, the string "no" is not False, a
+# quoted "0.1" is not a number, and .inf / .nan are not finite floats (ints still pass
+# as floats: `lr: 1`).
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+PosInt = Annotated[Int, Field(ge=1)]
+PosFloat = Annotated[Float, Field(gt=0)]
+
+
+class ConfigError(ValueError):
+    """A config file failed validation; the message names file, key path and allowed values."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo must never silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+
+def _kind(default: str):
+    """Discriminator that reads ``kind`` and falls back to ``default`` when it is omitted."""
+
+    def get(value: Any) -> str:
+        if isinstance(value, dict):
+            return value.get("kind", default)
+        return getattr(value, "kind", default)
+
+    return get

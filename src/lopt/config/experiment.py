@@ -1,0 +1,87 @@
+"""The experiment config (one ``configs/*.yaml``): its top-level model, validation and loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError
+
+from lopt.config.base import Bool, ConfigError, Int, _Strict
+from lopt.config.compute import ComputeConfig, ResourcesConfig
+from lopt.config.errors import _error_lines
+from lopt.config.evaluation import AnalysisConfig, EvaluationConfig
+from lopt.config.loader import load_yaml
+from lopt.config.meta_train import MetaTrainConfig
+from lopt.config.optimizers import LOptConfig, MLPLOptConfig
+from lopt.config.tasks import DataConfig
+
+
+class TrackingConfig(_Strict):
+    """Weights & Biases tracking (offline unless asked for online; `wandb sync` uploads later)."""
+
+    project: Annotated[str, Field(min_length=2)] = "lopt"
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="Overrides WANDB_MODE; unset and without WANDB_MODE, runs are offline."
+    )
+    log_artifacts: Bool = True
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: everything a pipeline run needs."""
+
+    name: Annotated[str, Field(min_length=2, pattern=r"^[A-Za-z0-9_\-]+$")]
+    seed: Annotated[Int, Field(ge=0)] = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    lopt: LOptConfig = Field(default_factory=MLPLOptConfig)
+    meta_train: MetaTrainConfig = Field(default_factory=MetaTrainConfig)
+    evaluation: EvaluationConfig
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+
+    def datasets(self) -> list[str]:
+        """Every dataset the experiment touches, in first-use order."""
+        names = self.meta_train.tasks() + [t.task for t in self.evaluation.tasks]
+        out: list[str] = []
+        for task in names:
+            ds = getattr(task, "dataset", None)
+            if ds is not None and ds not in out:
+                out.append(ds)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config (all defaults filled in) as plain JSON-able data."""
+        return json.loads(self.model_dump_json())
+
+
+
+
+def validate_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
+    """Validate an already-parsed mapping; ``source`` names it in error messages."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = _error_lines(exc, ExperimentConfig)
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment YAML file.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, repeats a key, or violates the schema. The
+            message names the file, each offending key path and the allowed values.
+    """
+    return validate_config(load_yaml(path), source=str(path))
+
+
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of an experiment config (``configs/schema.json``)."""
+    return ExperimentConfig.model_json_schema()
