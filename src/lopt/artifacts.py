@@ -110,9 +110,15 @@ def restamp(roots: list[Path], when: float | None = None) -> int:
     return count
 
 
-def pull(targets: list[str]) -> int:
-    """``dvc pull TARGETS`` (every stage when none), then :func:`restamp` what they track."""
-    rc = subprocess.run([sys.executable, "-m", "dvc", "pull", *targets], check=False).returncode
+def pull(targets: list[str], remote: str | None = None) -> int:
+    """``dvc pull [-r REMOTE] TARGETS`` (every stage when none), then :func:`restamp` them.
+
+    ``remote`` names a remote of ``.dvc/config`` (default: the default remote); the
+    repository's ``release`` remote holds the released default experiment (README, DVC).
+    """
+    remote_args = ["--remote", remote] if remote else []
+    cmd = [sys.executable, "-m", "dvc", "pull", *remote_args, *targets]
+    rc = subprocess.run(cmd, check=False).returncode
     if rc:
         return rc
     from dvc.repo import Repo

@@ -23,7 +23,7 @@ study's CI-sized variant, results in ``results/<name>_quick``):
 
 Versioned outputs (no config):
 
-    lopt pull [TARGET ...]    dvc pull, then one modification time for every pulled file
+    lopt pull [-r REMOTE] [TARGET ...]   dvc pull, then one modification time for every pulled file
 """
 
 from __future__ import annotations
@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         "pull", help="dvc pull TARGETS, then give the pulled files one modification time (see README, DVC)"
     )
     pull_p.add_argument("targets", nargs="*", help="DVC targets, e.g. data pretrained@default experiment@default")
+    pull_p.add_argument(
+        "-r", "--remote", help="DVC remote to pull from (default: the default remote; 'release': the shipped artifacts)"
+    )
     helps = {
         "validate": "validate a config and print it with defaults filled in",
         "prepare-data": "prepare the datasets a config uses under data/",
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pull":
         from lopt.artifacts import pull
 
-        return pull(args.targets)
+        return pull(args.targets, remote=args.remote)
     from lopt.studies.config import is_study, load_study
 
     try:
