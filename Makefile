@@ -9,7 +9,7 @@ CORES  ?= all
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test test-slow setup lock report
+.PHONY: run test test-slow setup lock report release
 
 setup: $(STAMP)
 
@@ -34,6 +34,16 @@ test-slow: $(STAMP)
 
 report: $(STAMP)
 	snakemake --configfile configs/default.yaml --report results/default/report.html
+
+# Refresh the artifacts the repository ships (README, DVC): re-run the default pipeline,
+# record its outputs in dvc.lock and rebuild the in-repo `release` remote from them alone.
+# Then commit dvc.lock and dvc-release/ (tests/test_release.py checks they match the code).
+RELEASED := data pretrained@default experiment@default
+release: $(STAMP)
+	snakemake --cores $(CORES) --configfile configs/default.yaml
+	dvc commit --force $(RELEASED)
+	rm -rf dvc-release
+	dvc push --remote release $(RELEASED)
 
 lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
