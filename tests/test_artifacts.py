@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +55,39 @@ def test_references_resolve_to_a_local_file(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="DVC-tracked path") as info:
         resolve_checkpoint(tmp_path / "nope" / "meta_params.npz")
     assert "wandb:<entity>/<project>/<name>:<version>" in str(info.value)
+
+
+def test_tracked_checkpoint_is_pulled_from_the_first_remote_that_has_it(tmp_path, monkeypatch):
+    """Default remote unreachable -> the next remote; none has it -> each one's failure named."""
+    import subprocess
+    import sys
+
+    from lopt.artifacts import remotes
+
+    def dvc(*args):
+        subprocess.run([sys.executable, "-m", "dvc", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(FIXTURE, tmp_path / "meta")
+    sha = (tmp_path / "meta" / "meta_params.npz").read_bytes()
+    dvc("init", "--no-scm")
+    dvc("remote", "add", "-d", "lab", str(tmp_path / "unreachable"))
+    dvc("remote", "add", "shipped", str(tmp_path / "shipped"))
+    dvc("add", "meta")
+    dvc("push", "-r", "shipped")
+    assert remotes(tmp_path) == ["lab", "shipped"]
+    shutil.rmtree(tmp_path / "meta")
+    shutil.rmtree(tmp_path / ".dvc" / "cache")
+    assert resolve_checkpoint("meta") == Path("meta") / "meta_params.npz"
+    assert (tmp_path / "meta" / "meta_params.npz").read_bytes() == sha
+
+    shutil.rmtree(tmp_path / "meta")
+    shutil.rmtree(tmp_path / ".dvc" / "cache")
+    shutil.rmtree(tmp_path / "shipped")
+    with pytest.raises(FileNotFoundError, match="failed from every remote") as info:
+        resolve_checkpoint("meta")
+    assert "remote 'lab'" in str(info.value) and "remote 'shipped'" in str(info.value)
 
 
 def test_wandb_reference_without_network_fails_with_a_clear_message(tmp_path, monkeypatch):

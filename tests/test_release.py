@@ -9,6 +9,7 @@ the code and ``configs/default.yaml``; ``make release`` refreshes it.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -30,14 +31,28 @@ def _pull(tmp_path, *targets: str):
     return repo, env
 
 
-def test_pulled_optimizer_is_the_current_default_config_and_only_evaluation_is_planned(tmp_path):
-    """A colleague's path without a shared remote: pull the optimizer, re-run the figures."""
+def test_pulled_optimizer_is_the_current_default_config_and_only_evaluation_is_planned(tmp_path, monkeypatch):
+    """A colleague's path without a shared remote: pull the optimizer, re-run the figures.
+
+    No ``--remote`` anywhere: the default remote (the lab store, absent in a fresh clone)
+    fails and both ``lopt pull`` and ``--checkpoint`` resolution fall back to ``release``.
+    """
+    from lopt.artifacts import remotes, resolve_checkpoint
     from lopt.config import load_config
     from lopt.meta_train import fingerprint
     from lopt.optimizers.pretrained import load_pretrained
 
-    repo, env = _pull(tmp_path, "data", "pretrained@default")
+    repo = copy_repo(tmp_path / "repo")
+    env = sandbox_env(tmp_path)
+    assert remotes(repo) == ["local", "release"]
+    assert not (tmp_path / "lopt-dvc-store").exists()  # where the default remote points
+    proc, _ = run(["lopt", "pull", "data"], repo, env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "trying remote 'release'" in proc.stderr
+    monkeypatch.chdir(repo)
     meta = repo / "results" / "default" / "meta"
+    assert not meta.exists()
+    assert resolve_checkpoint("results/default/meta") == Path("results/default/meta/meta_params.npz")
     cfg = load_config(repo / "configs" / "default.yaml")
     stamp = json.loads((meta / "checkpoints" / "fingerprint.json").read_text())
     assert stamp["fingerprint"] == fingerprint(cfg), (

@@ -4,7 +4,9 @@
 
 - a local ``meta_params.npz`` or a directory holding one (e.g. ``results/default/meta``);
 - a path that DVC tracks but that is not in the workspace yet: it is fetched with
-  ``dvc pull`` from the repository's default remote first;
+  ``dvc pull``, from the default remote and, when that fails (a fresh clone has no lab
+  store), from each other remote of ``.dvc/config`` in turn (``release``: the shipped
+  default experiment);
 - ``wandb:<entity>/<project>/<name>:<version>``: a W&B artifact logged by meta-training,
   downloaded into ``cache_dir`` (needs network access and a W&B key).
 
@@ -68,8 +70,30 @@ def _find_npz(root: Path) -> Path | None:
     return hits[0] if hits else None
 
 
+def remotes(repo_root: str | Path = ".") -> list[str]:
+    """The DVC remotes of ``repo_root`` to try in order: the default one, then the others.
+
+    A fresh clone usually cannot reach the lab's default remote (a shared store on
+    another machine) but can read the repository's own ``release`` remote, so readers
+    fall back along this list instead of failing on the first remote.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(repo_root)) as repo:
+        return _remote_order(repo.config)
+
+
+def _remote_order(config) -> list[str]:
+    names = list(config.get("remote", {}))
+    default = config.get("core", {}).get("remote")
+    return ([default] if default in names else []) + [n for n in names if n != default]
+
+
 def _dvc_pull(path: Path) -> Path | None:
-    """``dvc pull`` the DVC output that contains ``path``; None when DVC does not track it."""
+    """``dvc pull`` the DVC output that contains ``path``; None when DVC does not track it.
+
+    Tries the remotes of :func:`remotes` in order and stops at the first that has it.
+    """
     try:
         from dvc.exceptions import DvcException
         from dvc.repo import Repo
@@ -79,17 +103,22 @@ def _dvc_pull(path: Path) -> Path | None:
         repo = Repo(str(Path.cwd()))
     except DvcException:
         return None  # not inside a DVC repository
-    try:
-        with repo:
-            target = path.resolve()
-            outs = [o for o in repo.index.outs if target.is_relative_to(Path(o.fs_path))]
-            if not outs:
-                return None
-            repo.pull(targets=[str(Path(o.fs_path)) for o in outs])
-            restamp([Path(o.fs_path) for o in outs])  # see restamp: keeps Snakemake from re-running
-    except DvcException as exc:
-        raise FileNotFoundError(f"{path}: tracked by DVC but `dvc pull` failed: {exc}") from None
-    return path
+    failures = []
+    with repo:
+        target = path.resolve()
+        outs = [o for o in repo.index.outs if target.is_relative_to(Path(o.fs_path))]
+        if not outs:
+            return None
+        roots = [Path(o.fs_path) for o in outs]
+        for remote in _remote_order(repo.config) or [None]:
+            try:
+                repo.pull(targets=[str(r) for r in roots], remote=remote)
+            except DvcException as exc:
+                failures.append(f"remote {remote!r}: {exc}")
+                continue
+            restamp(roots)  # see restamp: keeps Snakemake from re-running
+            return path
+    raise FileNotFoundError(f"{path}: tracked by DVC but `dvc pull` failed from every remote: " + "; ".join(failures))
 
 
 def restamp(roots: list[Path], when: float | None = None) -> int:
@@ -113,12 +142,19 @@ def restamp(roots: list[Path], when: float | None = None) -> int:
 def pull(targets: list[str], remote: str | None = None) -> int:
     """``dvc pull [-r REMOTE] TARGETS`` (every stage when none), then :func:`restamp` them.
 
-    ``remote`` names a remote of ``.dvc/config`` (default: the default remote); the
-    repository's ``release`` remote holds the released default experiment (README, DVC).
+    ``remote`` names a remote of ``.dvc/config``; without one, the remotes of
+    :func:`remotes` are tried in order until one pull succeeds (the repository's
+    ``release`` remote holds the released default experiment: README, DVC).
     """
-    remote_args = ["--remote", remote] if remote else []
-    cmd = [sys.executable, "-m", "dvc", "pull", *remote_args, *targets]
-    rc = subprocess.run(cmd, check=False).returncode
+    names = [remote] if remote else remotes() or [None]
+    for i, name in enumerate(names):
+        remote_args = ["--remote", name] if name else []
+        cmd = [sys.executable, "-m", "dvc", "pull", *remote_args, *targets]
+        rc = subprocess.run(cmd, check=False).returncode
+        if rc == 0:
+            break
+        if i + 1 < len(names):
+            print(f"lopt pull: remote {name!r} failed; trying remote {names[i + 1]!r}", file=sys.stderr)
     if rc:
         return rc
     from dvc.repo import Repo

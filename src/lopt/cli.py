@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pull_p.add_argument("targets", nargs="*", help="DVC targets, e.g. data pretrained@default experiment@default")
     pull_p.add_argument(
-        "-r", "--remote", help="DVC remote to pull from (default: the default remote; 'release': the shipped artifacts)"
+        "-r", "--remote", help="DVC remote to pull from (default: the default remote, then each other remote in turn; 'release': the shipped artifacts)"
     )
     helps = {
         "validate": "validate a config and print it with defaults filled in",
