@@ -106,5 +106,5 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
     raw = bytearray((run / "meta_params.npz").read_bytes())
     raw[-40] ^= 0xFF
     (run / "meta_params.npz").write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match="sha256 does not match"):
+    with pytest.raises(ValueError, match="corrupt .its sha256 differs"):
         load_pretrained(run / "meta_params.npz")

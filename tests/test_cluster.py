@@ -12,7 +12,10 @@ checkpoints a non-resuming meta-train would overwrite).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import sandbox_env
+from conftest import REPO, sandbox_env
 from pipeline_utils import cluster_config, copy_repo, planned_resources, run
 
 CONFIG = cluster_config("quadslurm", {"gpus": 4, "gpu_model": "a100", "partition": "gpu", "mem_mb": 16000,
@@ -148,6 +151,34 @@ def test_evaluate_unknown_task_is_a_config_error_before_any_work(cluster_repo):
     assert proc.stderr.strip() == ("error: cfg.yaml: --task 'nope' is not one of the config's evaluation.tasks; "
                                    "allowed: quad"), proc.stderr
     assert proc.stdout.strip() == "False"  # validated before JAX (and before any W&B run)
+
+
+@pytest.mark.parametrize("damage", ["flipped_byte", "not_npz", "bad_json"])
+def test_evaluate_with_a_damaged_checkpoint_is_a_one_line_error(cluster_repo, tmp_path, damage):
+    """A corrupt meta_params.npz or sidecar: exit 2, one line naming the file, no traceback,
+    and no tracked (W&B) run started for it."""
+    repo, env, _ = cluster_repo
+    run_dir = tmp_path / "run"
+    shutil.copytree(REPO / "tests" / "fixtures" / "old_run", run_dir)
+    npz, sidecar = run_dir / "meta_params.npz", run_dir / "meta_params.npz.json"
+    if damage == "flipped_byte":
+        raw = bytearray(npz.read_bytes())
+        raw[-40] ^= 0xFF
+        npz.write_bytes(bytes(raw))
+        expected = f"error: {npz}: corrupt (its sha256 differs from the one in {sidecar})"
+    elif damage == "not_npz":
+        npz.write_bytes(b"not a zip file")
+        meta = json.loads(sidecar.read_text())
+        sidecar.write_text(json.dumps(dict(meta, sha256=hashlib.sha256(b"not a zip file").hexdigest())))
+        expected = f"error: {npz}: not a meta-parameter .npz"
+    else:
+        sidecar.write_text("{\n")
+        expected = f"error: {sidecar}: not valid JSON"
+    proc = _lopt(repo, env, "evaluate", "--config", "cfg.yaml", "--task", "quad", "--checkpoint", str(npz))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "wandb" not in proc.stderr.lower(), proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
 
 
 def test_meta_train_over_existing_checkpoints_is_a_one_line_error(cluster_repo, tmp_path):

@@ -84,6 +84,44 @@ def test_resume_after_kill_is_bit_identical(tmp_path, digits_root):
     assert list(mb["step"]) == list(range(1, 201))
 
 
+def _damage(step_dir):
+    """Empty every OCDBT data chunk of one orbax step: bytes lost on disk, not a torn save."""
+    chunks = [f for f in step_dir.rglob("*") if f.is_file() and f.parent.name == "d"]
+    assert chunks, f"no OCDBT chunks under {step_dir}"
+    for f in chunks:
+        f.write_bytes(b"")
+
+
+def test_unreadable_newest_checkpoint_is_set_aside_and_resume_is_exact(tmp_path, digits_root):
+    """A damaged newest step is moved aside (never deleted) and the run resumes from the step
+    before it, republishing byte-identical meta-parameters; when no step reads, nothing moves
+    and the error names every step."""
+    from lopt.checkpoint import CheckpointError
+    from lopt.meta_train import meta_train
+
+    _, cfg = _config(tmp_path, outer_steps=6, checkpoint_every=2, log_every=2)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(digits_root)})})
+    out = tmp_path / "out"
+    meta_train(cfg, out, progress=False)
+    published = (out / "meta_params.npz").read_bytes()
+    ckpt = out / "checkpoints"
+    assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [2, 4, 6]
+    _damage(ckpt / "6")
+
+    with pytest.warns(UserWarning, match=r"checkpoints/6: unreadable checkpoint .*resuming from step 4"):
+        state = meta_train(cfg, out, resume=True, progress=False)
+    assert int(state.step) == 6
+    assert (out / "checkpoints.unreadable" / "6" / "default").is_dir()  # kept for inspection
+    assert (out / "meta_params.npz").read_bytes() == published
+    assert list(pd.read_csv(out / "metrics.csv")["step"]) == [1, 2, 3, 4, 5, 6]
+
+    for step in (2, 4, 6):
+        _damage(ckpt / str(step))
+    with pytest.raises(CheckpointError, match=r"unreadable checkpoint step\(s\) 6 .*; 4 .*; 2 .*no step reads back"):
+        meta_train(cfg, out, resume=True, progress=False)
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.isdigit()) == ["2", "4", "6"]
+
+
 def test_existing_checkpoints_are_never_overwritten(tmp_path, digits_root):
     from lopt.meta_train import meta_train
 

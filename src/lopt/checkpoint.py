@@ -16,13 +16,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Self
 
 import jax
 import numpy as np
 
-__all__ = ["Checkpointer", "load_meta_params", "save_meta_params", "sha256_file"]
+__all__ = ["CheckpointError", "Checkpointer", "load_meta_params", "save_meta_params", "sha256_file"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or ``meta_params.npz`` that exists but cannot be read; the message names
+    the file and what is wrong with it (the CLI prints it as a one-line error)."""
 
 
 class Checkpointer:
@@ -54,6 +62,46 @@ class Checkpointer:
         abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, template)
         return self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
 
+    def restore_newest_readable(self, template: Any, aside: str | Path) -> tuple[int | None, Any]:
+        """Restore the newest step that reads back; ``(None, template)`` when there is none.
+
+        A newer step that fails to read (damaged on disk: orbax's saves are atomic, so a kill
+        cannot cause this) is moved to ``aside/<step>`` with a warning, but only once an
+        older step has restored: that proves the fault is the step's, not the template's or
+        the code's, so a bug never moves every checkpoint aside. When no step reads, nothing
+        moves and :class:`CheckpointError` names each step's error.
+        """
+        failed: list[tuple[int, Exception]] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                restored = self.restore(step, template)
+            except Exception as exc:  # noqa: BLE001 -- orbax/tensorstore raise ValueError, OSError, ...; safe because only an older step that reads proves a step bad
+                failed.append((step, exc))
+                continue
+            if failed and jax.process_count() > 1:
+                raise CheckpointError(self._unreadable(failed) + f"; step {step} reads: move the "
+                                      "newer steps aside (by hand, on a multi-host run) to resume from it")
+            for bad, exc in failed:
+                dest, n = Path(aside) / str(bad), 1
+                while dest.exists():  # the same step damaged again after a re-save
+                    dest, n = Path(aside) / f"{bad}.{n}", n + 1
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(self.directory / str(bad), dest)
+                warnings.warn(f"{self.directory / str(bad)}: unreadable checkpoint "
+                              f"({type(exc).__name__}: {_first_line(exc)}); moved to {dest}, "
+                              f"resuming from step {step}", stacklevel=2)
+            if failed:
+                self._manager.reload()
+            return step, restored
+        if failed:
+            raise CheckpointError(self._unreadable(failed) + "; no step reads back: move "
+                                  f"{self.directory} aside to meta-train afresh")
+        return None, template
+
+    def _unreadable(self, failed: list[tuple[int, Exception]]) -> str:
+        return f"{self.directory}: unreadable checkpoint step(s) " + "; ".join(
+            f"{step} ({type(exc).__name__}: {_first_line(exc)})" for step, exc in failed)
+
     def close(self) -> None:
         self._manager.close()
 
@@ -62,6 +110,11 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _first_line(exc: Exception, limit: int = 200) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else "")[:limit]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -95,25 +148,40 @@ def save_meta_params(path: str | Path, meta_params: Any, metadata: dict[str, Any
     return digest
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON sidecar as a dict; :class:`CheckpointError` naming it if it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def load_meta_params(path: str | Path, template: Any, verify: bool = True) -> Any:
     """Read meta-parameters written by :func:`save_meta_params` into ``template``'s structure."""
     path = Path(path)
     if verify:
         meta_path = path.with_name(path.name + ".json")
         if meta_path.exists():
-            expected = json.loads(meta_path.read_text()).get("sha256")
+            expected = read_json(meta_path).get("sha256")
             if expected and expected != sha256_file(path):
-                raise ValueError(f"{path}: sha256 does not match {meta_path}; the file is corrupt")
-    with np.load(path) as npz:
-        stored = dict(npz)
+                raise CheckpointError(f"{path}: corrupt (its sha256 differs from the one in {meta_path}); "
+                                      "fetch it again (lopt pull) or re-run meta-training")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            stored = dict(npz)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a meta-parameter .npz ({type(exc).__name__}: {_first_line(exc)})") from None
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
     leaves = []
     for key_path, leaf in flat:
         name = jax.tree_util.keystr(key_path)
         if name not in stored:
-            raise ValueError(f"{path}: missing meta-parameter {name}; the optimizer config differs")
+            raise CheckpointError(f"{path}: missing meta-parameter {name}; the optimizer config differs")
         if stored[name].shape != np.shape(leaf):
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: {name} has shape {stored[name].shape}, the config expects {np.shape(leaf)}"
             )
         leaves.append(jax.numpy.asarray(stored[name]))

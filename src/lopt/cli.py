@@ -97,12 +97,15 @@ def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
     setup(cfg.compute, distributed=False)  # evaluation is one process per task
     from lopt.artifacts import resolve_checkpoint
     from lopt.evaluate import run_evaluation
+    from lopt.optimizers.pretrained import load_pretrained
 
     ref = args.checkpoint or _results(cfg) / "meta" / "meta_params.npz"
-    meta_params = resolve_checkpoint(ref)
+    # read (and verify) the optimizer before a tracked run starts: a bad checkpoint is a
+    # one-line error, not a failed W&B run
+    pretrained = load_pretrained(resolve_checkpoint(ref), fallback=cfg.lopt)
     out = Path(args.out or _results(cfg) / "eval" / args.task)
     with _tracker(cfg, "evaluate", f"eval-{args.task}") as tracker:
-        summary = run_evaluation(cfg, args.task, meta_params, out, tracker=tracker)
+        summary = run_evaluation(cfg, args.task, pretrained, out, tracker=tracker)
     print(summary.to_string(index=False))
 
 
@@ -306,6 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError) as exc:
         # an unresolvable --checkpoint (lopt.artifacts); checkpoints that meta-train without
         # --resume would overwrite (lopt.meta_train)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        from lopt.checkpoint import CheckpointError
+
+        if not isinstance(exc, CheckpointError):  # a damaged checkpoint or npz, named in the message
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:

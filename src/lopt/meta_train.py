@@ -400,7 +400,12 @@ def meta_train(
             f"that run, or move {ckpt_dir} aside to meta-train {mt.outer_steps} steps afresh"
         )
     if latest is not None:
-        state = checkpointer.restore(latest, state)
+        # a step damaged on disk is set aside beside the stale ones, never deleted
+        try:
+            _, state = checkpointer.restore_newest_readable(state, ckpt_dir.with_name(f"{ckpt_dir.name}.unreadable"))
+        except BaseException:
+            checkpointer.close()
+            raise
         start = int(state.step)
     log = _MetricsLog(ckpt_dir / LIVE_METRICS, start) if primary else None
     pending: list[dict[str, Any]] = []

@@ -14,7 +14,6 @@ training-fraction features).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -48,11 +47,11 @@ def load_pretrained(path: str | Path, fallback: Any = None) -> Pretrained:
 
     The sha256 in the metadata is verified. ``fallback`` (an ``lopt:`` config) names the
     architecture when the metadata has none. Raises ``FileNotFoundError`` /
-    ``ValueError`` naming the file when a file is missing or they disagree.
+    ``CheckpointError`` (a ``ValueError``) naming the file when a file is missing or they disagree.
     """
     from pydantic import TypeAdapter, ValidationError
 
-    from lopt.checkpoint import load_meta_params
+    from lopt.checkpoint import CheckpointError, load_meta_params, read_json
     from lopt.config import LOptConfig
 
     path = Path(path)
@@ -60,16 +59,16 @@ def load_pretrained(path: str | Path, fallback: Any = None) -> Pretrained:
     for p in (path, meta_path):
         if not p.exists():
             raise FileNotFoundError(f"{p}: not found (a pretrained optimizer is meta_params.npz + .json)")
-    metadata = json.loads(meta_path.read_text())
+    metadata = read_json(meta_path)
     if "optimizer" in metadata:
         try:
             cfg = TypeAdapter(LOptConfig).validate_python(metadata["optimizer"])
         except ValidationError as exc:
-            raise ValueError(f"{meta_path}: 'optimizer' is not a valid lopt config: {exc}") from None
+            raise CheckpointError(f"{meta_path}: 'optimizer' is not a valid lopt config: {exc}") from None
     elif fallback is not None:
         cfg = fallback
     else:
-        raise ValueError(f"{meta_path}: no 'optimizer' key; cannot tell which architecture to build")
+        raise CheckpointError(f"{meta_path}: no 'optimizer' key; cannot tell which architecture to build")
     lopt = from_config(cfg)
     theta = load_meta_params(path, lopt.init(jax.random.PRNGKey(0)))
     return Pretrained(lopt, theta, metadata)
