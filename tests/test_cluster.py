@@ -181,6 +181,19 @@ def test_evaluate_with_a_damaged_checkpoint_is_a_one_line_error(cluster_repo, tm
     assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
 
 
+def test_analyze_without_results_and_variance_without_its_section_are_one_line_errors(cluster_repo, tmp_path):
+    repo, env, _ = cluster_repo
+    proc = _lopt(repo, env, "analyze", "--config", "cfg.yaml", "--results", str(tmp_path / "none"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"error: cfg.yaml: no results to analyse at {tmp_path / 'none' / 'meta' / 'metrics.csv'}, "), proc.stderr
+    assert "run meta-train and evaluate first" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    study = "configs/paper/pes_influence.yaml"  # has no analysis.variance
+    proc = _lopt(repo, env, "variance", "--config", study)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == f"error: {study}: analysis.variance is not set; give it (trunc_lengths, ...) to run `lopt variance`"
+    assert proc.stdout.strip() == "False"  # refused before JAX
+
+
 def test_meta_train_over_existing_checkpoints_is_a_one_line_error(cluster_repo, tmp_path):
     repo, env, _ = cluster_repo
     out = tmp_path / "meta"

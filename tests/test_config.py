@@ -59,6 +59,8 @@ MALFORMED = [
     ("lopt.momentum_decays", [0.9, 1.5], "less than 1"),
     ("evaluation.baselines", ["sgd", "lamb"], "'adamw', 'nadamw', 'rmsprop', 'lion' or 'adafactor'"),
     ("evaluation.eval_every", 7, "multiple of eval_every"),
+    ("evaluation.baselines", ["adam", "sgd", "adam"], "lists adam more than once; give each at most once"),
+    ("evaluation.schedules", ["cosine", "cosine"], "lists cosine more than once"),
     ("evaluation.tasks", [], "at least 1 item"),
     ("evaluation.lr_grid.low", 2.0, "low (2.0) must be < high"),
     ("tracking.mode", "cloud", "'online', 'offline' or 'disabled'"),
@@ -122,8 +124,13 @@ def test_malformed_config_names_file_key_and_allowed(tmp_path, path, value, expe
 def test_not_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text("name: [unclosed\n")
-    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML") as err:
         load_config(bad)
+    assert f'in "{bad}", line 1' in str(err.value) and "<unicode string>" not in str(err.value)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing but a comment\n")
+    with pytest.raises(ConfigError, match="empty.yaml: the file is empty .or only comments.; expected a mapping"):
+        load_config(empty)
     with pytest.raises(ConfigError, match="nope.yaml: cannot read config"):
         load_config(tmp_path / "nope.yaml")
     top = tmp_path / "list.yaml"
@@ -221,6 +228,19 @@ def test_duplicate_keys_in_a_study_are_errors(tmp_path):
         is_study(kind)
 
 
+def test_study_cross_field_and_kind_errors_name_the_keys(tmp_path):
+    from lopt.studies.config import is_study, load_study
+
+    text = (REPO / "configs" / "paper" / "pes_influence.yaml").read_text()
+    assert "  num_positive: 10\n" in text and "\nkind: study\n" in text
+    path = _write(tmp_path, text.replace("  num_positive: 10\n", "  num_positive: 50\n"), "pi.yaml")
+    with pytest.raises(ConfigError, match=re.escape("  system: num_positive (50) must be <= dim (23)")):
+        load_study(path)
+    path = _write(tmp_path, text.replace("\nkind: study\n", "\nkind: studyy\n"), "pi.yaml")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: kind: 'studyy' is not allowed; the only value is 'study'")):
+        is_study(path)
+
+
 def test_study_scalars_are_strict(tmp_path):
     from lopt.studies.config import load_study
 
@@ -247,7 +267,7 @@ def test_gpu_model_needs_gpus():
     assert "gpu" not in StageResources().snakemake() and "gpu_model" not in StageResources().snakemake()
     raw = yaml.safe_load(SMOKE)
     raw["resources"] = {"evaluate": {"gpu_model": "h100", "gpus": 0}}
-    with pytest.raises(ConfigError, match=r"  resources\.evaluate: Value error, gpu_model \('h100'\) needs gpus >= 1 \(got gpus: 0\)"):
+    with pytest.raises(ConfigError, match=r"  resources\.evaluate: gpu_model \('h100'\) needs gpus >= 1 \(got gpus: 0\)"):
         validate_config(raw, "exp.yaml")
 
 
@@ -264,7 +284,7 @@ def test_multi_node_gpus_are_requested_per_node():
     assert "gres" not in StageResources(nodes=2).snakemake()  # CPU-only hosts ask for no GPU
     raw = yaml.safe_load(SMOKE)
     raw["resources"] = {"meta_train": {"nodes": 2, "gpus": 3}}
-    with pytest.raises(ConfigError, match=r"  resources\.meta_train: Value error, gpus \(3\) must be a multiple of nodes \(2\)"):
+    with pytest.raises(ConfigError, match=r"  resources\.meta_train: gpus \(3\) must be a multiple of nodes \(2\)"):
         validate_config(raw, "exp.yaml")
 
 

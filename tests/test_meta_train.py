@@ -419,3 +419,20 @@ def test_every_estimator_passes_particle_chunk_to_the_engine(estimator):
         jaxpr = str(jax.make_jaxpr(est.estimate)(theta, state, jax.random.PRNGKey(1)))
         scans[chunk] = jaxpr.count("scan[")
     assert scans[2] > scans[None] > 0, scans
+
+
+def test_grad_clip_null_turns_the_outer_clip_off(tmp_path):
+    """`meta_train.grad_clip: null` (the papers' setting) leaves the meta-gradient unclipped."""
+    import optax
+
+    from lopt.meta_train import outer_optimizer
+
+    _, cfg = _config(tmp_path, grad_clip=None)
+    assert cfg.meta_train.grad_clip is None
+    grad = {"w": jax.numpy.full((4,), 5.0)}  # global norm 10
+    norms = {}
+    for clip in (None, 1.0):
+        opt = outer_optimizer(optax.sgd(1.0), clip)
+        update, _ = opt.update(grad, opt.init(grad))
+        norms[clip] = float(optax.global_norm(update))
+    assert norms == pytest.approx({None: 10.0, 1.0: 1.0}, rel=1e-6)

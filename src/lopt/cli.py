@@ -138,8 +138,7 @@ def cmd_variance(study, args: argparse.Namespace) -> None:
     from lopt.studies.systems import build_system
 
     spec = study.analysis.variance
-    if spec is None:
-        raise SystemExit(f"error: {args.config}: set analysis.variance (trunc_lengths, ...) to run `lopt variance`")
+    assert spec is not None  # main() refuses a study without analysis.variance
     setup(study.compute, distributed=False)
     root = Path(args.out or _results(study))
     system = build_system(study, study.seed_offset)
@@ -158,9 +157,17 @@ def cmd_analyze(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
     from lopt.analysis.run import analyze
 
     root = Path(args.results or _results(cfg))
+    eval_dirs = [root / "eval" / t.name for t in cfg.evaluation.tasks]
+    missing = [p for p in [root / "meta" / "metrics.csv"] + [d / f for d in eval_dirs for f in ("curves.csv", "summary.csv")]
+               if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{args.config}: no results to analyse at {', '.join(map(str, missing))}; run meta-train and "
+            "evaluate first (snakemake does both), or pass --results DIR"
+        )
     paths = analyze(
         root / "meta" / "metrics.csv",
-        [root / "eval" / t.name for t in cfg.evaluation.tasks],
+        eval_dirs,
         root,
         title=f"{cfg.name}: {cfg.meta_train.estimator.upper()} meta-training",
         dpi=cfg.analysis.dpi,
@@ -297,8 +304,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.config}: --task {args.task!r} is not one of the config's evaluation.tasks; "
                     f"allowed: {', '.join(names)}"
                 )
+        if args.command == "variance" and cfg.analysis.variance is None:
+            raise ConfigError(f"{args.config}: analysis.variance is not set; give it (trunc_lengths, ...) to run `lopt variance`")
         if args.command == "study-run":
-            cfg.method(args.method)
+            names = [m.name for m in cfg.methods]
+            if args.method not in names:
+                raise ConfigError(f"{args.config}: --method {args.method!r} is not one of the study's methods; "
+                                  f"allowed: {', '.join(names)}")
             if args.seed not in cfg.seed_list():
                 raise ConfigError(f"{args.config}: seed {args.seed} is not one of the study's seeds {cfg.seed_list()}")
     except (ConfigError, KeyError) as exc:

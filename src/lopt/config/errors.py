@@ -118,6 +118,8 @@ def _error_lines(exc: ValidationError, model: type[BaseModel]) -> list[str]:
         path, dropped = _key_path(model, loc)
         key = _format_loc(path)
         allowed = _allowed(err, model, loc)
+        if err["type"] == "value_error":  # our own validators' messages name their keys already
+            err = dict(err, msg=err["msg"].removeprefix("Value error, "))
         if dropped and key in merged:
             msgs, hints = merged[key]
             msgs.append(err["msg"].removeprefix("Input should be ") if msgs[0].startswith("Input should be") else err["msg"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lopt.config.base import Int, PosFloat, PosInt, _Strict
 from lopt.config.tasks import TaskConfig
@@ -77,6 +77,15 @@ class EvaluationConfig(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"evaluation task names must be unique, got {names}")
         return self
+
+    @field_validator("baselines", "schedules")
+    @classmethod
+    def _no_repeats(cls, values: list[str]) -> list[str]:
+        # a repeat would tune, plot and report the same optimizer twice
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once; give each at most once")
+        return values
 
 
 class AnalysisConfig(_Strict):

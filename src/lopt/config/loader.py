@@ -84,6 +84,7 @@ def parse_yaml(text: str, source: str = "<config>") -> Any:
     """
     loader = _ConfigLoader(text)
     loader.source = source
+    loader.name = source  # syntax errors say `in "<source>", line L` instead of "<unicode string>"
     try:
         return loader.get_single_data()
     finally:
@@ -102,6 +103,10 @@ def load_yaml(path: str | Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     try:
-        return parse_yaml(text, str(path))
+        raw = parse_yaml(text, str(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty (or only comments); expected a mapping of keys "
+                          "such as configs/default.yaml")
+    return raw

@@ -76,7 +76,7 @@ class MetaTrainConfig(_Strict):
     outer_steps: PosInt = 200
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     outer_lr: PosFloat = 3e-3
-    grad_clip: PosFloat = Field(1.0, description="Global-norm clip on the meta-gradient.")
+    grad_clip: PosFloat | None = Field(1.0, description="Global-norm clip on the meta-gradient (null: none, as in the papers).")
     checkpoint_every: PosInt = 50
     max_to_keep: PosInt = 3
     log_every: PosInt = 10

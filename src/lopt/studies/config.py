@@ -61,8 +61,14 @@ class InfluenceBalancingConfig(_Strict):
     kind: Literal["influence_balancing"] = "influence_balancing"
     horizon: PosInt = Field(10**9, description="T; the paper never resets the state.")
     dim: Annotated[Int, Field(ge=2)] = 23
-    num_positive: PosInt = 10
+    num_positive: PosInt = Field(10, description="Entries of b that are +1 (the rest are -1); at most dim.")
     eval_steps: PosInt = Field(500, description="Metric: the per-step loss after this many steps from s_0.")
+
+    @model_validator(mode="after")
+    def _check_num_positive(self) -> InfluenceBalancingConfig:
+        if self.num_positive > self.dim:
+            raise ValueError(f"num_positive ({self.num_positive}) must be <= dim ({self.dim})")
+        return self
 
 
 class ToyScheduleConfig(_Strict):
@@ -385,7 +391,7 @@ class StudyConfig(_Strict):
         for m in self.methods:
             if m.name == name:
                 return m
-        raise KeyError(f"{self.name}: unknown method {name!r}; allowed: {[m.name for m in self.methods]}")
+        raise KeyError(f"study {self.name}: unknown method {name!r}; allowed: {', '.join(m.name for m in self.methods)}")
 
     def trunc_length(self, method: MethodConfig) -> int:
         return method.trunc_length or self.system.horizon
@@ -502,12 +508,16 @@ def is_study(path: str | Path) -> bool:
     An unreadable or non-YAML file is not a study (loading it reports why).
 
     Raises:
-        ConfigError: the file repeats a key (which one it means is ambiguous).
+        ConfigError: the file repeats a key (which one it means is ambiguous), or has a
+            top-level ``kind`` other than ``study`` (experiment configs have none).
     """
     try:
         raw = parse_yaml(Path(path).read_text(), str(path))
     except (OSError, yaml.YAMLError):
         return False
+    if isinstance(raw, dict) and "kind" in raw and raw["kind"] != "study":
+        raise ConfigError(f"{path}: kind: {raw['kind']!r} is not allowed; the only value is 'study' "
+                          "(a paper study; omit kind for an experiment config)")
     return isinstance(raw, dict) and raw.get("kind") == "study"
 
 
