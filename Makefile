@@ -26,8 +26,11 @@ $(STAMP): requirements.lock pyproject.toml
 run: $(STAMP)
 	snakemake --cores $(CORES) --configfile configs/default.yaml
 
+# --dist loadscope: a module's tests share one worker, so a module fixture that runs a pipeline
+# or several processes is built once, not once per worker (loadgroup would be finer, but its
+# xdist_group marks are ignored under pytest 9.2: pytest-xdist issue #1386)
 test: $(STAMP)
-	pytest -m "not slow" -n 2 --timeout 900
+	pytest -m "not slow" -n 2 --dist loadscope --timeout 900
 
 test-slow: $(STAMP)
 	pytest -m slow
