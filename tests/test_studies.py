@@ -310,10 +310,10 @@ def test_window_loss_end_differentiates_the_last_step_only():
         state = est.init(theta, jax.random.PRNGKey(0))
         for _ in range(5):  # 500 steps: the state reaches the fixed point (spectral radius 0.5)
             state = est.estimate(theta, state, None)[1]
-        s, terms = state.particles.inner[0], []
+        s, terms, sens = state.particles.inner[0], [], system.k_step_sensitivities(k)
         for j in range(1, k + 1):
             s, _ = system.step(theta, s, jnp.asarray(j), None, None)
-            terms.append(float((s[0] - 1.0) * system.k_step_sensitivity(j)))
+            terms.append(float((s[0] - 1.0) * sens[j - 1]))
         grads[window_loss] = float(est.estimate(theta, state, None)[0][0])
         expected = terms[-1] if window_loss == "end" else np.mean(terms)
         assert grads[window_loss] == pytest.approx(expected, rel=1e-4), (window_loss, terms[:3], terms[-3:])

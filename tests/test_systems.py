@@ -33,6 +33,10 @@ def test_influence_balancing_k_step_sensitivity():
     assert system.k_step_sensitivity(1) == pytest.approx(1.0, abs=1e-5)
     assert system.k_step_sensitivity(10) == pytest.approx(10.0, abs=1e-4)
     assert system.k_step_sensitivity(100) == pytest.approx(-6.0, abs=1e-3)
+    profile = system.k_step_sensitivities(100)
+    assert profile.shape == (100,)
+    assert profile[[0, 9, 99]] == pytest.approx([1.0, 10.0, -6.0], abs=1e-3)
+    assert profile.mean() == pytest.approx(0.58, abs=0.01)  # the README's mean over k = 1..100
 
 
 def test_influence_balancing_fixed_point():

@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["InfluenceBalancing", "Lorenz", "ToySchedule"]
 
@@ -124,14 +125,22 @@ class InfluenceBalancing:
         about ``-6`` for ``k = 100`` with the paper's settings.
         """
 
-        def s0_after_k(theta):
+        return float(self.k_step_sensitivities(k)[-1])
+
+    def k_step_sensitivities(self, num_steps: int) -> np.ndarray:
+        """:meth:`k_step_sensitivity` for ``k = 1 .. num_steps`` at once, shape ``(num_steps,)``.
+
+        One forward-mode pass through one scan, so the whole profile costs one compile.
+        """
+
+        def first_coordinates(theta):
             def body(s, _):
-                return self._transition(theta, s), None
+                s = self._transition(theta, s)
+                return s, s[0]
 
-            s, _ = jax.lax.scan(body, self.init(theta, None, None), None, length=k)
-            return s[0]
+            return jax.lax.scan(body, self.init(theta, None, None), None, length=num_steps)[1]
 
-        return float(jax.grad(s0_after_k)(_float(0.0)))
+        return np.asarray(jax.jacfwd(first_coordinates)(_float(0.0)))
 
     def unroll_loss(self, theta: jax.Array, num_steps: int = 500) -> jax.Array:
         """The per-step loss after ``num_steps`` steps from ``s_0`` (the paper's metric)."""
