@@ -366,17 +366,18 @@ def summarise(curves: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def run_evaluation(cfg: Any, task_name: str, meta_params_path: str | Path | Any, out_dir: str | Path, tracker: Any = None) -> pd.DataFrame:
+def run_evaluation(cfg: Any, task_name: str, pretrained: Any, out_dir: str | Path, tracker: Any = None) -> pd.DataFrame:
     """CLI entry: evaluate the trained optimizer and baselines on eval task ``task_name``.
 
-    ``meta_params_path`` is a local ``meta_params.npz`` (see :mod:`lopt.artifacts` for
-    resolving DVC and W&B references), whose ``.json`` names the architecture, or an
-    already loaded :class:`~lopt.optimizers.pretrained.Pretrained`.
+    ``pretrained`` is a :class:`~lopt.optimizers.pretrained.Pretrained`, loaded with
+    ``load_pretrained(path, fallback=cfg.lopt)``: the architecture comes from the
+    checkpoint's own metadata, so any saved optimizer evaluates under this config's tasks,
+    whatever this config's ``lopt:`` section says (see :mod:`lopt.artifacts` for resolving
+    DVC and W&B references to a local file).
 
     Writes ``curves.csv``, ``sweep.csv`` and ``summary.csv`` into ``out_dir``; returns
     the summary.
     """
-    from lopt.optimizers.pretrained import Pretrained, load_pretrained
     from lopt.tasks import build_task
 
     ev = cfg.evaluation
@@ -387,10 +388,6 @@ def run_evaluation(cfg: Any, task_name: str, meta_params_path: str | Path | Any,
         spec[task_name].task, cfg.data.root, ev.eval_batch_size, precision=cfg.compute.precision, data_cfg=cfg.data
     )
     num_steps = spec[task_name].num_steps or ev.num_steps
-    # the architecture comes from the checkpoint's own metadata, so any saved optimizer
-    # evaluates under this config's tasks, whatever this config's `lopt:` section says
-    pretrained = (meta_params_path if isinstance(meta_params_path, Pretrained)
-                  else load_pretrained(meta_params_path, fallback=cfg.lopt))
     learned = {"lopt": pretrained.to_optax(num_steps)}
     curves, sweep, reference = evaluate_task(
         task, task_name, data, learned, list(ev.baselines), ev.lr_grid, num_steps, ev.num_seeds, ev.seed_offset,
