@@ -392,9 +392,9 @@ def test_particle_chunk_must_split_the_pairs_on_one_device():
     }
     from lopt.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"particle_chunk \(3\) must divide the antithetic pairs"):
+    with pytest.raises(ConfigError, match=r"meta_train\.particle_chunk: 3 must divide the antithetic pairs"):
         validate_config({**base, "meta_train": {**base["meta_train"], "particle_chunk": 3}})
-    with pytest.raises(ConfigError, match=r"particle_chunk applies to one device"):
+    with pytest.raises(ConfigError, match=r"meta_train\.particle_chunk: applies to one device"):
         validate_config({**base, "meta_train": {**base["meta_train"], "particle_chunk": 2, "devices": 2}})
     ok = validate_config({**base, "meta_train": {**base["meta_train"], "particle_chunk": 2}})
     assert ok.meta_train.particle_chunk == 2

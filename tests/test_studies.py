@@ -56,18 +56,26 @@ def _base() -> dict:
     [
         (lambda r: r["methods"][0].update(estimator="es"), ["methods[0].estimator", "tbptt", "nres"]),
         (lambda r: r["system"].update(kind="pendulum"), ["system", "lorenz", "influence_balancing"]),
-        (lambda r: r["claims"][0].update(methods=["nope"]), ["unknown methods", "nope", "tbptt_k1"]),
+        (lambda r: r["claims"][0].update(methods=["nope"]), ["claims[0]: names unknown methods", "nope", "tbptt_k1"]),
         (lambda r: r["methods"][0].update(num_particles=7), ["methods[0]", "even"]),
-        (lambda r: r.update(unroll_budget=10), ["exactly one of 'outer_steps' and 'unroll_budget'"]),
+        (lambda r: r.update(unroll_budget=10), ["unroll_budget: set exactly one of 'outer_steps' and 'unroll_budget'"]),
         (lambda r: r["methods"][0].update(sigmaa=0.1), ["methods[0].sigmaa", "allowed keys", "sigma"]),
-        (lambda r: r["quick"].update(methods=["x1"]), ["quick.methods", "x1"]),
+        (lambda r: r["quick"].update(methods=["x1"]), ["quick.methods: names unknown methods", "x1"]),
+        # cross-field checks name the key to change, not the study as a whole ("<root>")
+        (lambda r: r["methods"][1].update(trunc_length=2 * r["system"]["horizon"]),
+         ["methods[1].trunc_length: 2000000000 must be <= system.horizon (1000000000)"]),
+        (lambda r: r["methods"].append(dict(r["methods"][0])), ["methods: method names must be unique"]),
+        (lambda r: r.update(compute={"precision": "bfloat16"}),
+         ["compute.precision: 'bfloat16' applies to system kind 'lopt_training' only"]),
+        (lambda r: r["analysis"].update(variance={"trunc_lengths": [7, 1], "sigma": 0.1, "replicas": 10}),
+         ["analysis.variance.trunc_lengths: [7] must divide system.horizon (1000000000)"]),
         # theta claims must fit theta: zip() once dropped the extra target values (a 1-D target
         # on a 2-D theta passed on one coordinate) and no theta columns at all passed vacuously
-        (lambda r: r["claims"][0].update(target=[-0.16667, 0.0]), ["claims[0].target has 2 values", "has 1"]),
+        (lambda r: r["claims"][0].update(target=[-0.16667, 0.0]), ["claims[0].target: has 2 values", "has 1"]),
         (lambda r: r.update(system={"kind": "lopt_training", "task": {"kind": "quadratic"}}),
-         ["claims[0].check 'theta_near'", "allowed kinds: influence_balancing, toy_schedule, lorenz"]),
+         ["claims[0].check: 'theta_near'", "allowed kinds: influence_balancing, toy_schedule, lorenz"]),
         (lambda r: r.update(system={"kind": "lopt_training", "task": {"kind": "quadratic"}}, claims=[]),
-         ["analysis.plot_theta needs a low-dimensional theta", "'lopt_training'"]),
+         ["analysis.plot_theta: needs a low-dimensional theta", "'lopt_training'"]),
     ],
 )
 def test_bad_study_config_names_file_key_and_allowed(tmp_path, edit, fragments):
@@ -80,6 +88,7 @@ def test_bad_study_config_names_file_key_and_allowed(tmp_path, edit, fragments):
     assert str(path) in message
     for fragment in fragments:
         assert fragment in message, message
+    assert "<root>" not in message
 
 
 def test_unroll_budget_gives_equal_steps():
@@ -281,7 +290,7 @@ def test_window_loss_applies_to_tbptt_only(tmp_path):
     raw = yaml.safe_load((REPO / "configs" / "paper" / "pes_influence.yaml").read_text())
     pes = next(m for m in raw["methods"] if m["name"] == "pes")
     pes["window_loss"] = "end"
-    with pytest.raises(ConfigError, match=r"window_loss 'end' applies to estimator 'tbptt' only"):
+    with pytest.raises(ConfigError, match=r"methods\[0\]\.window_loss: 'end' applies to estimator 'tbptt' only"):
         load_study(_write(tmp_path, raw))
     pes["window_loss"] = "last"
     with pytest.raises(ConfigError, match=r"window_loss.*'mean'.*'end'"):

@@ -20,6 +20,19 @@ class ConfigError(ValueError):
     """A config file failed validation; the message names file, key path and allowed values."""
 
 
+class KeyedError(ValueError):
+    """A cross-field validator's error at a key below the model that raises it.
+
+    pydantic reports a model validator's error at the model itself (``<root>`` for a whole
+    study); raising this instead lets the error lines name the key the user has to change,
+    e.g. ``KeyedError(("methods", 2, "trunc_length"), "...")`` -> ``methods[2].trunc_length``.
+    """
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class _Strict(BaseModel):
     # Unknown keys are errors: a typo must never silently fall back to a default.
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)

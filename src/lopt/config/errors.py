@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from lopt.config.base import KeyedError
 from lopt.config.optimizers import LOPT_KINDS
 from lopt.config.tasks import TASK_KINDS
 
@@ -14,8 +15,15 @@ _UNION_TAGS = TASK_KINDS + LOPT_KINDS
 
 
 def _error_loc(err: dict[str, Any]) -> tuple[Any, ...]:
-    """The error's key path; an unknown union ``kind`` is reported at ``<section>.kind``."""
+    """The error's key path.
+
+    An unknown union ``kind`` is reported at ``<section>.kind``, and a :class:`KeyedError`
+    from a model validator at the key it names below that model.
+    """
     loc = tuple(err["loc"])
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, KeyedError):
+        return loc + tuple(cause.loc)
     return loc + ("kind",) if err["type"] in ("invalid_kind", "union_tag_invalid") else loc
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from lopt.config.base import Bool, Int, PosFloat, PosInt, _Strict
+from lopt.config.base import Bool, Int, KeyedError, PosFloat, PosInt, _Strict
 from lopt.config.tasks import ImageMLPTaskConfig, TaskConfig, TaskFamilyConfig
 
 PARTICLE_CHUNK_HELP = (
@@ -23,7 +23,7 @@ def particle_chunk_unit(num_particles: int, estimator: str) -> int:
 
 
 def check_particle_chunk(chunk: int, num_particles: int, estimator: str, devices: Any) -> None:
-    """Raise ValueError unless ``chunk`` splits the particles of one device evenly.
+    """Raise a :class:`KeyedError` at ``particle_chunk`` unless it splits one device's particles evenly.
 
     ES estimators unroll ``P`` copies and TES also its ``P / 2`` unperturbed pairs, so the
     chunk must divide the number of pairs; TBPTT's particles are single.
@@ -31,10 +31,11 @@ def check_particle_chunk(chunk: int, num_particles: int, estimator: str, devices
     unit = particle_chunk_unit(num_particles, estimator)
     what = "num_particles" if estimator == "tbptt" else "the antithetic pairs (num_particles / 2)"
     if unit % chunk:
-        raise ValueError(f"particle_chunk ({chunk}) must divide {what} = {unit}")
+        raise KeyedError(("particle_chunk",), f"{chunk} must divide {what} = {unit}")
     if devices != 1:
-        raise ValueError(
-            f"particle_chunk applies to one device (a CPU cache setting); with devices {devices!r} "
+        raise KeyedError(
+            ("particle_chunk",),
+            f"applies to one device (a CPU cache setting); with devices {devices!r} "
             "leave it unset: each device already unrolls only its share of the particles"
         )
 
@@ -90,29 +91,29 @@ class MetaTrainConfig(_Strict):
         if self.task_family is not None and "task" in self.model_fields_set:
             raise ValueError("give either task or task_family, not both")
         if self.num_particles % 2:
-            raise ValueError(
-                f"num_particles must be even (antithetic pairs), got {self.num_particles}"
-            )
+            raise KeyedError(("num_particles",), f"must be even (antithetic pairs), got {self.num_particles}")
         if isinstance(self.devices, int) and self.num_particles % (2 * self.devices) and self.devices > 1:
-            raise ValueError(
+            raise KeyedError(
+                ("devices",),
                 f"num_particles ({self.num_particles}) must be a multiple of 2 x devices "
                 f"({self.devices}) so particles and antithetic pairs split evenly"
             )
         if self.trunc_length > self.horizon:
-            raise ValueError(
-                f"trunc_length ({self.trunc_length}) must be <= horizon ({self.horizon})"
-            )
+            raise KeyedError(("trunc_length",), f"{self.trunc_length} must be <= horizon ({self.horizon})")
         if self.estimator == "full_es" and self.trunc_length != self.horizon:
-            raise ValueError(f"full_es unrolls whole episodes: trunc_length must equal horizon ({self.horizon})")
+            raise KeyedError(
+                ("trunc_length",), f"full_es unrolls whole episodes: trunc_length must equal horizon ({self.horizon})"
+            )
         if self.loss_diff_clip is not None and self.estimator == "tbptt":
-            raise ValueError("loss_diff_clip applies to the ES estimators, not 'tbptt'")
+            raise KeyedError(("loss_diff_clip",), "applies to the ES estimators, not 'tbptt'")
         if self.particle_chunk is not None:
             check_particle_chunk(self.particle_chunk, self.num_particles, self.estimator, self.devices)
         if self.noise_reuse_steps is not None:
             if self.estimator != "gpes":
-                raise ValueError("noise_reuse_steps applies to estimator 'gpes' only")
+                raise KeyedError(("noise_reuse_steps",), "applies to estimator 'gpes' only")
             if self.noise_reuse_steps % self.trunc_length:
-                raise ValueError(
-                    f"noise_reuse_steps ({self.noise_reuse_steps}) must be a multiple of trunc_length ({self.trunc_length})"
+                raise KeyedError(
+                    ("noise_reuse_steps",),
+                    f"{self.noise_reuse_steps} must be a multiple of trunc_length ({self.trunc_length})",
                 )
         return self

@@ -45,7 +45,7 @@ from lopt.config import (
     load_yaml,
     parse_yaml,
 )
-from lopt.config.base import _Strict
+from lopt.config.base import KeyedError, _Strict
 from lopt.config.errors import _error_lines
 
 Name = Annotated[str, Field(min_length=2, pattern=r"^[A-Za-z0-9_\-]+$")]
@@ -67,7 +67,7 @@ class InfluenceBalancingConfig(_Strict):
     @model_validator(mode="after")
     def _check_num_positive(self) -> InfluenceBalancingConfig:
         if self.num_positive > self.dim:
-            raise ValueError(f"num_positive ({self.num_positive}) must be <= dim ({self.dim})")
+            raise KeyedError(("num_positive",), f"{self.num_positive} must be <= dim ({self.dim})")
         return self
 
 
@@ -184,16 +184,17 @@ class MethodConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> MethodConfig:
         if self.estimator != "tbptt" and self.num_particles % 2:
-            raise ValueError(f"num_particles must be even for ES estimators (antithetic pairs), got {self.num_particles}")
+            raise KeyedError(("num_particles",), f"must be even for ES estimators (antithetic pairs), got {self.num_particles}")
         if self.noise_reuse_steps is not None and self.estimator != "gpes":
-            raise ValueError("noise_reuse_steps applies to estimator 'gpes' only")
+            raise KeyedError(("noise_reuse_steps",), "applies to estimator 'gpes' only")
         if self.loss_diff_clip is not None and self.estimator == "tbptt":
-            raise ValueError("loss_diff_clip applies to the ES estimators, not 'tbptt'")
+            raise KeyedError(("loss_diff_clip",), "applies to the ES estimators, not 'tbptt'")
         if self.particle_chunk is not None:
             check_particle_chunk(self.particle_chunk, self.num_particles, self.estimator, 1)
         if self.window_loss != "mean" and self.estimator != "tbptt":
-            raise ValueError(
-                f"window_loss {self.window_loss!r} applies to estimator 'tbptt' only; the ES "
+            raise KeyedError(
+                ("window_loss",),
+                f"{self.window_loss!r} applies to estimator 'tbptt' only; the ES "
                 "estimators use the mean over the window ('mean')"
             )
         return self
@@ -326,63 +327,77 @@ class StudyConfig(_Strict):
         if (self.outer_steps is None) == (self.unroll_budget is None) and any(
             m.outer_steps is None for m in self.methods
         ):
-            raise ValueError("set exactly one of 'outer_steps' and 'unroll_budget' (or outer_steps on every method)")
+            raise KeyedError(
+                ("unroll_budget",) if self.unroll_budget is not None else ("outer_steps",),
+                "set exactly one of 'outer_steps' and 'unroll_budget' (or outer_steps on every method)",
+            )
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
-            raise ValueError(f"method names must be unique, got {names}")
+            raise KeyedError(("methods",), f"method names must be unique, got {names}")
         for i, claim in enumerate(self.claims):
             unknown = [n for n in claim.method_names() if n not in names]
             if unknown:
-                raise ValueError(f"claims[{i}] names unknown methods {unknown}; allowed: {names}")
+                raise KeyedError(("claims", i), f"names unknown methods {unknown}; allowed: {names}")
         if self.quick.methods is not None:
             unknown = [n for n in self.quick.methods if n not in names]
             if unknown:
-                raise ValueError(f"quick.methods names unknown methods {unknown}; allowed: {names}")
-        for m in self.methods:
-            k = m.trunc_length or self.system.horizon
-            if k > self.system.horizon:
-                raise ValueError(f"method {m.name}: trunc_length ({k}) must be <= system.horizon ({self.system.horizon})")
-            if m.estimator == "full_es" and k != self.system.horizon:
-                raise ValueError(f"method {m.name}: full_es needs trunc_length = horizon ({self.system.horizon}) or null")
+                raise KeyedError(("quick", "methods"), f"names unknown methods {unknown}; allowed: {names}")
+        horizon = self.system.horizon
+        for i, m in enumerate(self.methods):
+            k = m.trunc_length or horizon
+            if k > horizon:
+                raise KeyedError(("methods", i, "trunc_length"),
+                                 f"{k} must be <= system.horizon ({horizon}) (method {m.name})")
+            if m.estimator == "full_es" and k != horizon:
+                raise KeyedError(("methods", i, "trunc_length"),
+                                 f"full_es needs trunc_length = system.horizon ({horizon}) or null (method {m.name})")
             if m.noise_reuse_steps is not None and m.noise_reuse_steps % k:
-                raise ValueError(f"method {m.name}: noise_reuse_steps must be a multiple of trunc_length ({k})")
-        chunked = [m.name for m in self.methods if m.particle_chunk is not None]
+                raise KeyedError(("methods", i, "noise_reuse_steps"),
+                                 f"must be a multiple of trunc_length ({k}) (method {m.name})")
+        chunked = [i for i, m in enumerate(self.methods) if m.particle_chunk is not None]
         if chunked and self.compute.devices != 1:
-            raise ValueError(
-                f"methods {chunked} set particle_chunk, a one-device (CPU cache) setting; with "
-                f"compute.devices {self.compute.devices!r} leave it unset"
+            raise KeyedError(
+                ("methods", chunked[0], "particle_chunk"),
+                f"a one-device (CPU cache) setting; with compute.devices {self.compute.devices!r} "
+                f"leave it unset (set on methods {[self.methods[i].name for i in chunked]})",
             )
         if self.compute.precision != "float32" and self.system.kind != "lopt_training":
-            raise ValueError(
-                f"compute.precision {self.compute.precision!r} applies to system kind "
-                f"'lopt_training' only (its inner task); system.kind is {self.system.kind!r}: "
-                "use 'float32'"
+            raise KeyedError(
+                ("compute", "precision"),
+                f"{self.compute.precision!r} applies to system kind 'lopt_training' only (its inner "
+                f"task); system.kind is {self.system.kind!r}: use 'float32'",
             )
         if self.analysis.variance is not None:
-            bad = [k for k in self.analysis.variance.trunc_lengths if self.system.horizon % k]
+            bad = [k for k in self.analysis.variance.trunc_lengths if horizon % k]
             if bad:
-                raise ValueError(f"analysis.variance.trunc_lengths {bad} must divide system.horizon ({self.system.horizon})")
+                raise KeyedError(("analysis", "variance", "trunc_lengths"),
+                                 f"{bad} must divide system.horizon ({horizon})")
         dim = THETA_DIM.get(self.system.kind)
         for i, claim in enumerate(self.claims):
             if claim.target is None:
                 continue
             if dim is None:
-                raise ValueError(
-                    f"claims[{i}].check {claim.check!r} needs a low-dimensional theta; system kind "
-                    f"{self.system.kind!r} has none (allowed kinds: {', '.join(THETA_DIM)})"
+                raise KeyedError(
+                    ("claims", i, "check"),
+                    f"{claim.check!r} needs a low-dimensional theta; system kind "
+                    f"{self.system.kind!r} has none (allowed kinds: {', '.join(THETA_DIM)})",
                 )
             if len(claim.target) != dim:
-                raise ValueError(
-                    f"claims[{i}].target has {len(claim.target)} values; theta of system kind "
-                    f"{self.system.kind!r} has {dim}"
+                raise KeyedError(
+                    ("claims", i, "target"),
+                    f"has {len(claim.target)} values; theta of system kind {self.system.kind!r} has {dim}",
                 )
         if self.analysis.plot_theta and dim is None:
-            raise ValueError(
-                f"analysis.plot_theta needs a low-dimensional theta; system kind {self.system.kind!r} "
-                f"has none (allowed kinds: {', '.join(THETA_DIM)})"
+            raise KeyedError(
+                ("analysis", "plot_theta"),
+                f"needs a low-dimensional theta; system kind {self.system.kind!r} "
+                f"has none (allowed kinds: {', '.join(THETA_DIM)})",
             )
         if self.analysis.surface is not None and self.system.kind not in ("toy_schedule", "lorenz"):
-            raise ValueError("analysis.surface needs a 2-D theta (system kind toy_schedule or lorenz)")
+            raise KeyedError(
+                ("analysis", "surface"),
+                f"needs a 2-D theta (allowed system kinds: toy_schedule, lorenz; got {self.system.kind!r})",
+            )
         return self
 
     # -- derived ----------------------------------------------------------------
