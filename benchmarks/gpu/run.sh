@@ -6,6 +6,8 @@
 #                        on the roofline measured in the same process (matmul rate, bandwidth);
 #   2. estimators.py  -- lopt task: PES / NRES / TBPTT vs evosax PersistentES / NoiseReuseES;
 #   3. estimators.py  -- Lorenz: PES / NRES vs evosax, K in {1, 10, 100}.
+# Both comparisons run --lockstep (evosax's schedule), as the CPU tables in RESULTS.md do, so
+# the GPU ratios compare with them.
 # Then record the tables in benchmarks/RESULTS.md.
 #
 # Here first:  bash benchmarks/gpu/fetch_wheels.sh
@@ -52,8 +54,8 @@ step() {  # step NAME LIMIT_S ARGS...: one benchmark, its log and CSV under $OUT
 # shellcheck disable=SC2086  # the size lists split into arguments on purpose
 step meta_step "${LIMITS[0]}" benchmarks/meta_step.py --num-particles $STEP_N \
   --precision float32 bfloat16 --devices all --repeats 3
-step estimators_lopt "${LIMITS[1]}" benchmarks/estimators.py --problems lopt \
+step estimators_lopt "${LIMITS[1]}" benchmarks/estimators.py --lockstep --problems lopt \
   --estimators pes nres tbptt --num-particles $LOPT_N --trunc-lengths 10 --horizon 20 "${TIMING[@]}"
-step estimators_lorenz "${LIMITS[2]}" benchmarks/estimators.py --problems lorenz \
+step estimators_lorenz "${LIMITS[2]}" benchmarks/estimators.py --lockstep --problems lorenz \
   --estimators pes nres --num-particles $LORENZ_N --trunc-lengths $LORENZ_K "${TIMING[@]}"
 exit $status
