@@ -121,6 +121,49 @@ def test_unreadable_newest_checkpoint_is_set_aside_and_resume_is_exact(tmp_path)
         meta_train(cfg, out, resume=True, progress=False)
     assert sorted(p.name for p in ckpt.iterdir() if p.name.isdigit()) == ["2", "4", "6"]
 
+    # the CLI says so in one line: the reads orbax left in flight when the first one failed
+    # land on its closed event loop later and once printed ~130 lines of tracebacks after it
+    cfg_path = tmp_path / "cfg.yaml"
+    proc = _run(["meta-train", "--config", str(cfg_path), "--out", str(out), "--resume"], tmp_path)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, output
+    assert output.count("\n") == 1 and output.startswith(f"error: {ckpt}: unreadable checkpoint step(s) 6"), output
+
+
+def test_stray_read_filter_drops_only_the_failed_restore_noise(tmp_path):
+    """What the filter behind the one-line error above swallows, and what it passes on."""
+    import asyncio
+    import logging
+    import types
+
+    from lopt.checkpoint import _StrayReads
+
+    reads = _StrayReads()
+    reads.directories = {str(tmp_path / "checkpoints")}
+    passed = []
+    reads._previous_hook = passed.append
+
+    def record(message, exc):
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, (type(exc), exc, None))
+
+    ours = ValueError(f'Error reading "w/.zarray" at local file "{tmp_path}/checkpoints/4/default/"')
+    assert not reads.filter(record("Future exception was never retrieved\nfuture: <Future>", ours))
+    assert not reads.filter(record("Task exception was never retrieved", ours))
+    assert reads.filter(record("Future exception was never retrieved", ValueError("/elsewhere/x")))
+    assert reads.filter(record("Exception in callback", ours))
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as exc:
+        closed = exc
+    reads.unraisable_hook(types.SimpleNamespace(exc_value=closed, exc_traceback=closed.__traceback__, object=None))
+    assert passed == []
+    other = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), exc_traceback=None, object=None)
+    reads.unraisable_hook(other)
+    assert passed == [other]  # the same words raised anywhere else are not swallowed
+
 
 def test_existing_checkpoints_are_never_overwritten(tmp_path, digits_root):
     from lopt.meta_train import meta_train

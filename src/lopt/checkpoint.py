@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -72,6 +74,8 @@ class Checkpointer:
         moves and :class:`CheckpointError` names each step's error.
         """
         failed: list[tuple[int, Exception]] = []
+        # before the first try: a failed read's stray callbacks can land before it returns
+        _STRAY_READS.watch(self.directory)
         for step in sorted(self.all_steps(), reverse=True):
             try:
                 restored = self.restore(step, template)
@@ -110,6 +114,62 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _StrayReads(logging.Filter):
+    """Drops the noise of a failed orbax restore's reads that were still in flight.
+
+    orbax reads a step's arrays concurrently on an event loop that it closes as soon as one
+    read fails. The reads still in flight finish later on tensorstore's threads: each tries
+    to post its result to that closed loop (an unraisable ``RuntimeError: Event loop is
+    closed``), and each failed read's future, never awaited, is logged by asyncio as
+    "exception was never retrieved" with the whole tensorstore spec when it is collected.
+    Both reach stderr after the CLI's one-line error (about 130 lines for three damaged
+    steps) and repeat what that line says. The reads are harmless: their results are
+    discarded. So a process that restores with :meth:`Checkpointer.restore_newest_readable`
+    drops exactly those reports (asyncio's only for errors that name one of its checkpoint
+    directories) and passes everything else on.
+    """
+
+    _MESSAGES = ("Future exception was never retrieved", "Task exception was never retrieved")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.directories: set[str] = set()
+        self._previous_hook: Any = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        stray = (
+            exc is not None
+            and record.getMessage().startswith(self._MESSAGES)
+            and any(d in str(exc) for d in self.directories)
+        )
+        return not stray
+
+    def unraisable_hook(self, unraisable: Any) -> None:
+        if not _posted_to_closed_loop(unraisable.exc_value, unraisable.exc_traceback):
+            self._previous_hook(unraisable)
+
+    def watch(self, directory: Path) -> None:
+        self.directories |= {str(directory), str(directory.resolve())}  # as given, and as opened
+        if self._previous_hook is None:  # once per process
+            logging.getLogger("asyncio").addFilter(self)
+            self._previous_hook, sys.unraisablehook = sys.unraisablehook, self.unraisable_hook
+
+
+def _posted_to_closed_loop(exc: BaseException | None, tb: Any) -> bool:
+    """Whether ``exc`` is asyncio refusing a callback posted from another thread to a closed loop."""
+    if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+        return False
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+_STRAY_READS = _StrayReads()
 
 
 def _first_line(exc: Exception, limit: int = 200) -> str:
