@@ -25,7 +25,13 @@ def pytest_configure(config):
     carries over between CI runs, and a cached executable is the very program a fresh
     compile produces (bit-identical results). A size limit turns on JAX's file lock, so
     concurrent processes never read a half-written entry.
+
+    In-process tests also get the command line's CPU lowering of Threefry
+    (:func:`lopt.runtime.setup`): the same bits, compiled about twice as fast.
     """
+    from lopt.threefry_cpu import use_unrolled_threefry_on_cpu
+
+    use_unrolled_threefry_on_cpu()
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # set by the user, or by the xdist controller
         return
     cache = tempfile.mkdtemp(prefix="lopt-test-jax-cache-")

@@ -8,6 +8,8 @@ validated and before anything touches a JAX backend. It
    ``compute.distributed`` asks for it: one process per host, each driving all its
    local accelerators; afterwards ``jax.devices()`` lists every device of every host
    and one jitted program spans them (:mod:`lopt.sharding`).
+3. lowers Threefry on CPU round by round (:mod:`lopt.threefry_cpu`): the same random
+   bits, compiled about twice as fast.
 
 Who launches the processes is the cluster's business, never lopt's: SLURM's ``srun``
 (the Snakemake rule does this when ``resources.meta_train.nodes > 1``), Open MPI's
@@ -149,6 +151,9 @@ def setup(compute: Any, *, distributed: bool = True, process_id: int | None = No
     """
     import jax
 
+    from lopt.threefry_cpu import use_unrolled_threefry_on_cpu
+
+    use_unrolled_threefry_on_cpu()
     if compute.platform in ("cpu", "tpu"):
         jax.config.update("jax_platforms", compute.platform)
     # "gpu" is checked below rather than forced: jax_platforms wants the plugin's own
