@@ -1,0 +1,52 @@
+"""Start-up cost of meta-training on CPU: initialisation, meta-step compile, step time.
+
+For ``--config``: build the trainer, time ``MetaTrainer.init`` (one jitted program),
+AOT-compile the meta-step, then time ``--steps`` outer steps after one warm-up step.
+``--lowering jax`` keeps JAX's loop lowering of Threefry on CPU; ``lopt`` installs
+:mod:`lopt.threefry_cpu` as every ``lopt`` command does. Run each in its own process
+(a lowering applies process-wide) and compare; ``benchmarks/RESULTS.md`` has the figures.
+
+    python benchmarks/compile_time.py --config configs/default.yaml --lowering jax
+    python benchmarks/compile_time.py --config configs/default.yaml --lowering lopt
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--lowering", choices=["jax", "lopt"], default="lopt")
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    if args.lowering == "lopt":
+        from lopt.threefry_cpu import use_unrolled_threefry_on_cpu
+
+        use_unrolled_threefry_on_cpu()
+    from lopt.config import load_config
+    from lopt.meta_train import build_trainer, make_meta_step
+
+    trainer = build_trainer(load_config(args.config))
+    t = time.perf_counter()
+    state = jax.block_until_ready(trainer.init())
+    init_s = time.perf_counter() - t
+    t = time.perf_counter()
+    step = make_meta_step(trainer).lower(state, trainer.data).compile()
+    compile_s = time.perf_counter() - t
+    state = jax.block_until_ready(step(state, trainer.data)[0])  # warm-up
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        state, _ = step(state, trainer.data)
+    jax.block_until_ready(state)
+    step_ms = (time.perf_counter() - t) / args.steps * 1e3
+    print(f"{args.config} lowering={args.lowering}: init {init_s:.2f} s, "
+          f"meta-step compile {compile_s:.2f} s, step {step_ms:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
