@@ -27,7 +27,7 @@ import pytest
 
 from lopt.estimators import full_es, gpes, nres, pes, tbptt, tes
 from lopt.tasks.systems import InfluenceBalancing
-from lopt.unroll import init_particles, unroll
+from lopt.unroll import init_particles, unpair, unroll
 
 jax.config.update("jax_enable_x64", False)
 
@@ -155,8 +155,10 @@ def _step_unlocked_z(factory, horizon, trunc, windows=12, pairs=2, num_seeds=300
         state = est.init(THETA, jax.random.fold_in(key, 0))
 
         def body(state, i):
-            particles = state.base if hasattr(state, "base") else state.particles  # TES: its base
-            age0, t0 = particles.inner[1][:pairs], particles.step[:pairs]
+            if hasattr(state, "base"):  # TES: one base particle per pair
+                age0, t0 = state.base.inner[1], state.base.step
+            else:  # the + copy of each pair
+                age0, t0 = unpair(state.particles.inner[1])[0], unpair(state.particles.step)[0]
             t = t0[:, None] + jnp.arange(trunc)
             age = jnp.where(t < horizon, age0[:, None] + jnp.arange(trunc), t - horizon)
             g, state, _ = est.estimate(THETA, state, jax.random.fold_in(key, i + 1))
@@ -252,8 +254,10 @@ def test_biased_control_is_rejected():
 def test_antithetic_pairs_share_keys_and_resets():
     system = LinearQuadratic(7)
     state = init_particles(system, THETA, jax.random.PRNGKey(0), 6, step_unlock=True)
-    np.testing.assert_array_equal(state.key[:3], state.key[3:])
-    np.testing.assert_array_equal(state.step[:3], state.step[3:])
+    # particles 2m and 2m + 1 are pair m: same key, same start offset; pairs differ
+    np.testing.assert_array_equal(state.key[0::2], state.key[1::2])
+    np.testing.assert_array_equal(state.step[0::2], state.step[1::2])
+    assert len({tuple(np.asarray(k)) for k in state.key[0::2]}) == 3
     assert np.all((state.step >= 0) & (state.step < 7))
     thetas = jnp.broadcast_to(THETA, (6, 3))
     new, window = unroll(system, thetas, thetas, state, 7)

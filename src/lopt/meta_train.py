@@ -217,6 +217,19 @@ def fingerprint(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# How the estimator state orders antithetic copies (lopt.unroll.pair_up). Checkpoints
+# whose stamp names no layout were written with pair m at particles m and m + P/2; their
+# estimator state would pair the wrong particles, so a resume moves them aside like those
+# of another config (the stamp's fingerprint is unchanged: the computation is the same).
+PARTICLE_LAYOUT = "pairs-adjacent"
+
+
+def _stamped_identity(stamp: dict[str, Any]) -> str:
+    """The fingerprint a checkpoint directory's stamp stands for, its layout included."""
+    layout = stamp.get("particle_layout", "pairs-halves")
+    return stamp["fingerprint"] if layout == PARTICLE_LAYOUT else f"{stamp['fingerprint']}-{layout}"
+
+
 def _barrier(name: str) -> None:
     """Wait for every process of a multi-host job (a no-op in a single process)."""
     if jax.process_count() > 1:
@@ -247,7 +260,7 @@ def _prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool)
     legacy_log = ckpt_dir.parent / LIVE_METRICS  # where runs before the log moved kept it
     if exists and legacy_log.exists() and not (ckpt_dir / LIVE_METRICS).exists() and jax.process_index() == 0:
         legacy_log.replace(ckpt_dir / LIVE_METRICS)
-    previous = json.loads(stamp.read_text())["fingerprint"] if stamp.exists() else "unknown"
+    previous = _stamped_identity(json.loads(stamp.read_text())) if stamp.exists() else "unknown"
     _barrier("lopt-checkpoint-dir-read")
     if jax.process_index() == 0:
         if exists and previous != current:
@@ -262,10 +275,13 @@ def _prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool)
                 _move_published(ckpt_dir / PUBLISHED_ASIDE, ckpt_dir.parent)
                 warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and "
                               f"resuming this config's earlier run from {earlier}")
+            elif previous.split("-", 1)[0] == current:
+                warnings.warn(f"{ckpt_dir} was written by an older lopt with another particle layout, which "
+                              f"cannot resume; moved it to {stale} and starting afresh")
             else:
                 warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and starting afresh")
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"fingerprint": current, "experiment": cfg.name}))
+        stamp.write_text(json.dumps({"fingerprint": current, "experiment": cfg.name, "particle_layout": PARTICLE_LAYOUT}))
     _barrier("lopt-checkpoint-dir-ready")
 
 

@@ -19,7 +19,8 @@ Conventions (see also :mod:`lopt.config`):
 
       g = 1 / (2 M sigma^2) * sum_m sum_j w_{m,j} (L+_{m,j} - L-_{m,j}) / K,
 
-  i.e. ``1/(P sigma^2) sum_i eps_i L_i`` with ``eps_{i+M} = -eps_i``.
+  i.e. ``1/(P sigma^2) sum_i eps_i L_i`` with particles ``2m`` and ``2m + 1`` carrying
+  ``+eps_m`` and ``-eps_m`` (:func:`lopt.unroll.pair_up`).
 
 Every estimator factory also takes ``particle_chunk`` (default None), passed to
 :func:`lopt.unroll.unroll`: how many particles to unroll at a time. It changes the
@@ -34,7 +35,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lopt.unroll import Window
+from lopt.unroll import Window, pair_up, unpair
 
 Theta = Any
 
@@ -58,8 +59,9 @@ def sample_noise(key: jax.Array, theta: Theta, num: int, sigma: float) -> Theta:
 
 
 def antithetic(theta: Theta, eps: Theta) -> Theta:
-    """Per-particle parameters ``[theta + eps; theta - eps]`` (leading axis ``2M``)."""
-    return jax.tree.map(lambda t, e: jnp.concatenate([t + e, t - e]), theta, eps)
+    """Per-particle parameters ``theta + eps_m``, ``theta - eps_m`` for every pair ``m``
+    (leading axis ``2M``, :func:`lopt.unroll.pair_up` layout)."""
+    return jax.tree.map(lambda t, e: pair_up(t + e, t - e), theta, eps)
 
 
 def pair_differences(window: Window) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -68,9 +70,8 @@ def pair_differences(window: Window) -> tuple[jax.Array, jax.Array, jax.Array]:
     Returns ``(delta [M, K], fresh [M, K], done [M])`` where ``delta = L+ - L-``. The
     masks of the two copies are identical by construction (shared key and offset).
     """
-    half = window.losses.shape[0] // 2
-    delta = window.losses[:half] - window.losses[half:]
-    return delta, window.fresh[:half], window.done[:half]
+    plus, minus = unpair(window.losses)
+    return plus - minus, unpair(window.fresh)[0], unpair(window.done)[0]
 
 
 def weighted_sum(weights: Theta, coef: jax.Array) -> Theta:

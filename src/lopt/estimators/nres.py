@@ -27,7 +27,7 @@ from lopt.estimators.base import (
     window_gradient,
     window_metrics,
 )
-from lopt.unroll import ParticleState, UnrolledSystem, init_particles, unroll
+from lopt.unroll import ParticleState, UnrolledSystem, init_particles, unpair, unroll
 
 
 class NRESState(NamedTuple):
@@ -69,7 +69,7 @@ def nres(
             particle_chunk=particle_chunk,
         )
         grad = window_gradient(state.noise, new_eps, window, scale, loss_diff_clip)
-        noise = tree_where(window.done[:num_pairs], new_eps, state.noise)
+        noise = tree_where(unpair(window.done)[0], new_eps, state.noise)  # a pair resets together
         return grad, NRESState(particles, noise), window_metrics(window)
 
     return Estimator(init, estimate, unroll_steps=num_particles * trunc_length)

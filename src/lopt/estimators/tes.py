@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from lopt.estimators.base import (
     Estimator,
@@ -26,7 +25,14 @@ from lopt.estimators.base import (
     window_gradient,
     window_metrics,
 )
-from lopt.unroll import ParticleState, UnrolledSystem, broadcast_theta, init_particles, unroll
+from lopt.unroll import (
+    ParticleState,
+    UnrolledSystem,
+    broadcast_theta,
+    init_particles,
+    pair_up,
+    unroll,
+)
 
 
 class TESState(NamedTuple):
@@ -56,7 +62,7 @@ def tes(
         eps = sample_noise(key, theta, num_pairs, sigma)
         thetas = antithetic(theta, eps)
         # + and - copies of pair m start from base particle m (same key, same data)
-        pairs = jax.tree.map(lambda x: jnp.concatenate([x, x]), state.base)
+        pairs = jax.tree.map(lambda x: pair_up(x, x), state.base)
         _, window = unroll(system, thetas, thetas, pairs, trunc_length, data, particle_chunk=particle_chunk)
         grad = window_gradient(eps, eps, window, scale, loss_diff_clip)
         plain = broadcast_theta(theta, num_pairs)
