@@ -28,9 +28,10 @@ run: $(STAMP)
 
 # --dist loadscope: a module's tests share one worker, so a module fixture that runs a pipeline
 # or several processes is built once, not once per worker (loadgroup would be finer, but its
-# xdist_group marks are ignored under pytest 9.2: pytest-xdist issue #1386)
+# xdist_group marks are ignored under pytest 9.2: pytest-xdist issue #1386); modules start
+# longest first (tests/conftest.py, LONGEST_FIRST), which --no-loadscope-reorder keeps
 test: $(STAMP)
-	pytest -m "not slow" -n 2 --dist loadscope --timeout 900
+	pytest -m "not slow" -n 2 --dist loadscope --no-loadscope-reorder --timeout 900
 
 test-slow: $(STAMP)
 	pytest -m slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -413,43 +415,61 @@ def test_normalized_meta_gradient_makes_sgd_steps_of_length_lr(tmp_path, digits_
 # FullES pass the same keyword the same way), a second unroll over P / 2 pairs (TES), and
 # reverse-mode through the chunked map (TBPTT).
 @pytest.mark.parametrize("estimator", ["nres", "tes", "tbptt"])
-def test_particle_chunk_computes_the_same_meta_steps(estimator):
+def test_particle_chunk_computes_the_same_estimates(estimator):
     """``particle_chunk`` unrolls the particles a few at a time (lax.map over chunks) for
-    cache locality; the particles are independent within a window, so three outer steps
+    cache locality; the particles are independent within a window, so four windows
     (step-unlocked, so windows hold resets and the reset path runs) must give the same
-    meta-parameters as all at once. Tolerance: the chunks' batched matmuls may round
-    differently from the full batch's, at float32 epsilon level."""
-    import jax.numpy as jnp
+    estimates and particle states as all at once. The system has a pytree theta, a matmul
+    and per-particle noise in every step (so a chunk that got another particle's key or
+    theta would show). Tolerance: the chunks' batched matmuls may round differently from
+    the full batch's, at float32 epsilon level. (The meta-trainer passes the config's
+    ``particle_chunk`` to the estimator factory: test_every_estimator_passes_particle_chunk.)"""
+    from lopt.estimators import make_estimator
 
-    from lopt.meta_train import build_trainer, fingerprint, make_meta_step
-
-    meta = {
-        "task": {"kind": "quadratic", "dim": 6}, "estimator": estimator, "num_particles": 8,
-        "trunc_length": 12 if estimator == "full_es" else 4, "horizon": 12, "step_unlock": True,
-    }
-    if estimator == "gpes":
-        meta["noise_reuse_steps"] = 8
-    raw = {
-        "name": "chunk", "lopt": {"kind": "mlp_lopt", "hidden_size": 8, "step_mult": 0.1},
-        "meta_train": meta, "evaluation": {"tasks": [{"name": "quad", "task": {"kind": "quadratic"}}]},
-        "tracking": {"mode": "disabled"},
-    }
-    thetas, prints = {}, {}
+    system = _NoisyLinear(horizon=6)
+    theta = {"b": jnp.array([0.1, -0.2, 0.3]), "a": jnp.eye(3) * 0.9}
+    out = {}
     for chunk in (None, 2):
-        cfg = validate_config({**raw, "meta_train": {**meta, "particle_chunk": chunk}})
-        prints[chunk] = fingerprint(cfg)
-        trainer = build_trainer(cfg)
-        state, step = trainer.init(), make_meta_step(trainer)
-        theta0 = state.theta
-        for _ in range(3):
-            state, metrics = step(state, trainer.data)
-        assert np.isfinite(float(metrics["meta_loss"]))
-        thetas[chunk] = jax.tree.leaves(state.theta)
-    moved = max(float(jnp.abs(a - b).max()) for a, b in zip(thetas[None], jax.tree.leaves(theta0)))
-    assert moved > 1e-4, moved  # the comparison means something: theta moved
-    for a, b in zip(thetas[None], thetas[2], strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
-    assert prints[None] == prints[2]  # a checkpoint resumes with or without chunking
+        est = make_estimator(estimator, system, num_particles=8, trunc_length=4, sigma=0.1,
+                             step_unlock=True, particle_chunk=chunk)
+
+        def windows(key, est=est):
+            def body(state, i):
+                grad, state, _ = est.estimate(theta, state, jax.random.fold_in(key, i))
+                return state, grad
+
+            return jax.lax.scan(body, est.init(theta, key), jnp.arange(1, 5))
+
+        out[chunk] = jax.jit(windows)(jax.random.PRNGKey(3))
+    (state, grads), (chunked_state, chunked_grads) = out[None], out[2]
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 1e-2  # estimates are not trivial
+    for a, b in zip(jax.tree.leaves((grads, state)), jax.tree.leaves((chunked_grads, chunked_state)), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoisyLinear:
+    """``s <- a @ s + b + 0.1 noise``, loss ``0.5 ||s||^2``; a fresh random start per episode."""
+
+    horizon: int
+
+    def init(self, theta, key, data=None):
+        return jax.random.normal(key, (3,))
+
+    def step(self, theta, s, t, key, data=None):
+        s = theta["a"] @ s + theta["b"] + 0.1 * jax.random.normal(key, (3,))
+        return s, 0.5 * jnp.sum(s**2)
+
+
+def test_particle_chunk_keeps_the_fingerprint():
+    """A checkpoint resumes with or without chunking (it only changes the working set)."""
+    from lopt.meta_train import fingerprint
+
+    base = {"name": "chunk", "meta_train": {"task": {"kind": "quadratic"}, "num_particles": 8},
+            "evaluation": {"tasks": [{"name": "quad", "task": {"kind": "quadratic"}}]}}
+    prints = {fingerprint(validate_config({**base, "meta_train": {**base["meta_train"], "particle_chunk": c}}))
+              for c in (None, 2, 4)}
+    assert len(prints) == 1
 
 
 def test_particle_chunk_must_split_the_pairs_on_one_device():
@@ -471,7 +491,7 @@ def test_particle_chunk_must_split_the_pairs_on_one_device():
 def test_every_estimator_passes_particle_chunk_to_the_engine(estimator):
     """The chunked unroll adds a lax.map (a scan over P / c chunks) around each window, so
     the traced estimate holds more scans with the option than without (tracing only: cheap).
-    The equality test above shows the chunked result is the same; this one that it is used."""
+    test_particle_chunk_computes_the_same_estimates shows the result is the same; this one that it is used."""
     from lopt.estimators import make_estimator
     from lopt.tasks.systems import InfluenceBalancing
 
