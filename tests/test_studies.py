@@ -36,6 +36,13 @@ def test_paper_configs_validate(path):
         assert study.outer_steps_for(m) >= 1
 
 
+def test_quick_variance_replaces_the_studys():
+    full = load_study(REPO / "configs" / "paper" / "nres_lorenz.yaml")
+    quick = load_study(REPO / "configs" / "paper" / "nres_lorenz.yaml", quick=True)
+    assert full.analysis.variance.replicas == 500 and full.analysis.variance.trunc_lengths == [2000, 500, 100, 20]
+    assert quick.analysis.variance == full.quick.variance and quick.analysis.variance.replicas == 100
+
+
 def test_study_schema_file_is_current():
     shipped = json.loads((REPO / "configs" / "paper" / "schema.json").read_text())
     assert shipped == StudyConfig.model_json_schema(), "regenerate: lopt schema --study > configs/paper/schema.json"
@@ -69,6 +76,10 @@ def _base() -> dict:
          ["compute.precision: 'bfloat16' applies to system kind 'lopt_training' only"]),
         (lambda r: r["analysis"].update(variance={"trunc_lengths": [7, 1], "sigma": 0.1, "replicas": 10}),
          ["analysis.variance.trunc_lengths: [7] must divide system.horizon (1000000000)"]),
+        (lambda r: r["quick"].update(variance={"trunc_lengths": [7, 1]}),
+         ["quick.variance.trunc_lengths: [7] must divide system.horizon (1000000000)"]),
+        (lambda r: r["quick"].update(variance={"trunc_lengths": [2, 1]}),
+         ["quick.variance: replaces analysis.variance in the quick variant"]),
         # theta claims must fit theta: zip() once dropped the extra target values (a 1-D target
         # on a 2-D theta passed on one coordinate) and no theta columns at all passed vacuously
         (lambda r: r["claims"][0].update(target=[-0.16667, 0.0]), ["claims[0].target: has 2 values", "has 1"]),

@@ -296,6 +296,9 @@ class QuickConfig(_Strict):
     outer_steps: PosInt | None = None
     unroll_budget: PosInt | None = None
     eval_every: PosInt | None = None
+    variance: VarianceConfig | None = Field(
+        None, description="Replaces analysis.variance (e.g. fewer truncation lengths and replicas)."
+    )
 
 
 class StudyConfig(_Strict):
@@ -367,11 +370,13 @@ class StudyConfig(_Strict):
                 f"{self.compute.precision!r} applies to system kind 'lopt_training' only (its inner "
                 f"task); system.kind is {self.system.kind!r}: use 'float32'",
             )
-        if self.analysis.variance is not None:
-            bad = [k for k in self.analysis.variance.trunc_lengths if horizon % k]
+        for where, variance in ((("analysis", "variance"), self.analysis.variance), (("quick", "variance"), self.quick.variance)):
+            bad = [k for k in variance.trunc_lengths if horizon % k] if variance is not None else []
             if bad:
-                raise KeyedError(("analysis", "variance", "trunc_lengths"),
-                                 f"{bad} must divide system.horizon ({horizon})")
+                raise KeyedError((*where, "trunc_lengths"), f"{bad} must divide system.horizon ({horizon})")
+        if self.quick.variance is not None and self.analysis.variance is None:
+            raise KeyedError(("quick", "variance"), "replaces analysis.variance in the quick variant; "
+                             "set analysis.variance too (the full study runs it), or remove quick.variance")
         dim = THETA_DIM.get(self.system.kind)
         for i, claim in enumerate(self.claims):
             if claim.target is None:
@@ -511,6 +516,8 @@ class StudyConfig(_Strict):
             raw["evaluation"]["every"] = q.eval_every
             for m in raw["methods"]:
                 m["eval_every"] = None
+        if q.variance is not None:
+            raw["analysis"]["variance"] = raw["quick"]["variance"]
         return StudyConfig.model_validate(raw)
 
     def to_dict(self) -> dict[str, Any]:
