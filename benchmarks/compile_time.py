@@ -8,6 +8,13 @@ AOT-compile the meta-step, then time ``--steps`` outer steps after one warm-up s
 
     python benchmarks/compile_time.py --config configs/default.yaml --lowering jax
     python benchmarks/compile_time.py --config configs/default.yaml --lowering lopt
+
+``--devices N`` shards the particles over N local devices (``lopt.sharding``, as
+``meta_train.devices``) and also counts the collectives in the compiled step; on a CPU use
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 \
+        python benchmarks/compile_time.py --config configs/default.yaml --devices 4
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--lowering", choices=["jax", "lopt"], default="lopt")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--devices", type=int, default=1, help="shard the particles over this many devices")
     args = parser.parse_args()
     if args.lowering == "lopt":
         from lopt.threefry_cpu import use_unrolled_threefry_on_cpu
@@ -35,17 +43,29 @@ def main() -> None:
     t = time.perf_counter()
     state = jax.block_until_ready(trainer.init())
     init_s = time.perf_counter() - t
+    data, mesh = trainer.data, None
+    if args.devices > 1:
+        from lopt.meta_train import meta_state_shardings
+        from lopt.sharding import particle_mesh, place, replicate
+
+        mesh = particle_mesh(args.devices)
+        state, data = place(state, meta_state_shardings(trainer, mesh)), replicate(data, mesh)
     t = time.perf_counter()
-    step = make_meta_step(trainer).lower(state, trainer.data).compile()
+    step = make_meta_step(trainer, mesh).lower(state, data).compile()
     compile_s = time.perf_counter() - t
-    state = jax.block_until_ready(step(state, trainer.data)[0])  # warm-up
+    hlo = step.as_text()
+    collectives = {op: hlo.count(f" {op}(") for op in COLLECTIVES if f" {op}(" in hlo}
+    state = jax.block_until_ready(step(state, data)[0])  # warm-up
     t = time.perf_counter()
     for _ in range(args.steps):
-        state, _ = step(state, trainer.data)
+        state, _ = step(state, data)
     jax.block_until_ready(state)
     step_ms = (time.perf_counter() - t) / args.steps * 1e3
-    print(f"{args.config} lowering={args.lowering}: init {init_s:.2f} s, "
-          f"meta-step compile {compile_s:.2f} s, step {step_ms:.1f} ms")
+    print(f"{args.config} lowering={args.lowering} devices={args.devices}: init {init_s:.2f} s, "
+          f"meta-step compile {compile_s:.2f} s, step {step_ms:.1f} ms, collectives {collectives or 'none'}")
+
+
+COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter")
 
 
 if __name__ == "__main__":
