@@ -20,6 +20,10 @@ from conftest import REPO, sandbox_env
 
 from lopt.config import validate_config
 
+# The inner task of tests about files, keys and the outer update, not about learning: the
+# cheapest meta-step to compile (about 2 s less than the smoke config's digits MLP).
+QUAD = {"kind": "quadratic", "dim": 6}
+
 
 def _config(tmp_path, **meta):
     raw = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
@@ -102,7 +106,7 @@ def test_unreadable_newest_checkpoint_is_set_aside_and_resume_is_exact(tmp_path)
     from lopt.meta_train import meta_train
 
     # a quadratic inner task: the test is about files, so the cheapest program to compile
-    _, cfg = _config(tmp_path, task={"kind": "quadratic", "dim": 6}, outer_steps=6, checkpoint_every=2, log_every=2)
+    _, cfg = _config(tmp_path, task=QUAD, outer_steps=6, checkpoint_every=2, log_every=2)
     out = tmp_path / "out"
     meta_train(cfg, out, progress=False)
     published = (out / "meta_params.npz").read_bytes()
@@ -167,11 +171,10 @@ def test_stray_read_filter_drops_only_the_failed_restore_noise(tmp_path):
     assert passed == [other]  # the same words raised anywhere else are not swallowed
 
 
-def test_existing_checkpoints_are_never_overwritten(tmp_path, digits_root):
+def test_existing_checkpoints_are_never_overwritten(tmp_path):
     from lopt.meta_train import meta_train
 
-    _, cfg = _config(tmp_path, outer_steps=4, checkpoint_every=2, log_every=2)
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(digits_root)})})
+    _, cfg = _config(tmp_path, task=QUAD, outer_steps=4, checkpoint_every=2, log_every=2)
     meta_train(cfg, tmp_path / "out", progress=False)
     with pytest.raises(FileExistsError, match="--resume"):
         meta_train(cfg, tmp_path / "out", progress=False)
@@ -205,12 +208,11 @@ def test_nres_meta_training_lowers_meta_loss(tmp_path, digits_root, precision):
     assert last < 0.75 * first, (first, last)
 
 
-def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, digits_root, capsys):
+def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, capsys):
     """outer_steps can grow across a resume; a changed sigma starts afresh (old run kept aside)."""
     from lopt.meta_train import meta_train
 
-    _, cfg = _config(tmp_path, outer_steps=6, checkpoint_every=3, log_every=3)
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(digits_root)})})
+    _, cfg = _config(tmp_path, task=QUAD, outer_steps=6, checkpoint_every=3, log_every=3)
     out = tmp_path / "out"
     meta_train(cfg, out, progress=False)
     # a run from before the live log moved into checkpoints/ resumes with its log
@@ -231,8 +233,8 @@ def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, digits_
     # ... and through the CLI it is a one-line error, exit status 2, not a traceback
     from lopt.cli import main
 
-    path, _ = _config(tmp_path, outer_steps=7, checkpoint_every=3, log_every=3)
-    argv = ["meta-train", "--config", str(path), "--data-root", str(digits_root), "--out", str(out), "--resume", "--quiet"]
+    path, _ = _config(tmp_path, task=QUAD, outer_steps=7, checkpoint_every=3, log_every=3)
+    argv = ["meta-train", "--config", str(path), "--out", str(out), "--resume", "--quiet"]
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -366,7 +368,7 @@ def test_metrics_log_keeps_rows_with_blank_columns_across_resumes(tmp_path):
     assert list(pd.read_csv(path)["step"]) == [1, 2, 3]
 
 
-def test_nres_new_episodes_draw_new_noise(tmp_path, digits_root):
+def test_nres_new_episodes_draw_new_noise(tmp_path):
     """A pair starting a new episode gets noise unlike its last episode's.
 
     Guards the run's key layout: the estimator's init draws (the first episodes' noise)
@@ -374,8 +376,7 @@ def test_nres_new_episodes_draw_new_noise(tmp_path, digits_root):
     """
     from lopt.meta_train import build_trainer, make_meta_step
 
-    _, cfg = _config(tmp_path, num_particles=32)
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(digits_root)})})
+    _, cfg = _config(tmp_path, task=QUAD, num_particles=32)
     trainer = build_trainer(cfg)
     step = make_meta_step(trainer)
     state = trainer.init()
@@ -394,14 +395,13 @@ def test_nres_new_episodes_draw_new_noise(tmp_path, digits_root):
     assert renewed >= 16
 
 
-def test_normalized_meta_gradient_makes_sgd_steps_of_length_lr(tmp_path, digits_root):
+def test_normalized_meta_gradient_makes_sgd_steps_of_length_lr(tmp_path):
     import optax
 
     from lopt.meta_train import build_trainer, make_meta_step
 
-    _, cfg = _config(tmp_path, outer_optimizer="sgd", outer_lr=0.01, grad_clip=1e6, normalize_grad=True,
+    _, cfg = _config(tmp_path, task=QUAD, outer_optimizer="sgd", outer_lr=0.01, grad_clip=1e6, normalize_grad=True,
                      loss_diff_clip=10.0)
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(digits_root)})})
     trainer = build_trainer(cfg)
     step = make_meta_step(trainer)
     state = trainer.init()
