@@ -29,16 +29,16 @@ def pytest_configure(config):
     In-process tests also get the command line's CPU lowering of Threefry
     (:func:`lopt.runtime.setup`): the same bits, compiled about twice as fast.
     """
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # else set by the user, or by the xdist controller
+        cache = tempfile.mkdtemp(prefix="lopt-test-jax-cache-")
+        config._lopt_jax_cache = cache
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+        os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 * 2**30)
+    # only now import JAX: it reads the cache settings above from the environment at import
     from lopt.threefry_cpu import use_unrolled_threefry_on_cpu
 
     use_unrolled_threefry_on_cpu()
-    if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # set by the user, or by the xdist controller
-        return
-    cache = tempfile.mkdtemp(prefix="lopt-test-jax-cache-")
-    config._lopt_jax_cache = cache
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 * 2**30)
 
 
 def pytest_unconfigure(config):

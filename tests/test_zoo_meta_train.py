@@ -155,11 +155,13 @@ def _train_losses(opt) -> np.ndarray:
 
 
 def test_task_family_meta_training_averages_tasks(tmp_path):
-    """A family of 3 drawn quadratics: one estimator each, mean gradient, loss goes down."""
+    """A family of 2 drawn quadratics: one estimator each, mean gradient, loss goes down.
+    (Each task adds its own unroll to the meta-step, so its compile time grows with the
+    number of tasks: 2 are the fewest that test averaging.)"""
     family = {
         "base": QUADRATIC,
-        "choices": {"dim": [10, 20, 40], "condition_number": [5.0, 20.0]},
-        "num_tasks": 3,
+        "choices": {"dim": [10, 40], "condition_number": [5.0, 20.0]},
+        "num_tasks": 2,
         "seed": 0,
     }
     raw = _config(LOPT["mlp_lopt"], tmp_path).to_dict()
@@ -167,9 +169,9 @@ def test_task_family_meta_training_averages_tasks(tmp_path):
     raw["meta_train"]["task_family"] = family
     cfg = validate_config(raw)
     drawn = cfg.meta_train.tasks()
-    assert len({(t.dim, t.condition_number) for t in drawn}) == 3
+    assert len({(t.dim, t.condition_number) for t in drawn}) == 2
     trainer = build_trainer(cfg)
-    assert isinstance(trainer.data, tuple) and len(trainer.data) == 3
+    assert isinstance(trainer.data, tuple) and len(trainer.data) == 2
     state = trainer.init()
     step = make_meta_step(trainer)
     evals = []
@@ -181,7 +183,7 @@ def test_task_family_meta_training_averages_tasks(tmp_path):
     for _ in range(200):
         state, metrics = step(state, trainer.data)
     end = [float(f(state.theta, d)) for f, d in evals]
-    assert set(metrics) >= {"meta_loss", "meta_loss/0", "meta_loss/2", "diverged"}
+    assert set(metrics) >= {"meta_loss", "meta_loss/0", "meta_loss/1", "diverged"}
     # every drawn task improves: the averaged gradient serves all of them
     for s0, s1 in zip(start, end):
         assert s1 < 0.8 * s0, (start, end)
@@ -199,7 +201,7 @@ def test_task_family_meta_training_averages_tasks(tmp_path):
     meta_train(validate_config(raw), tmp_path / "run", tracker=recorder, progress=False)
     assert [step for step, _ in recorder.rows] == [1, 2, 3]
     for _, values in recorder.rows:
-        per_task = [values[f"meta/meta_loss/{i}"] for i in range(3)]
+        per_task = [values[f"meta/meta_loss/{i}"] for i in range(2)]
         np.testing.assert_allclose(np.mean(per_task), values["meta/meta_loss"], rtol=1e-5)
     assert "meta_loss/0" not in pd.read_csv(tmp_path / "run" / "metrics.csv").columns
 
