@@ -260,7 +260,8 @@ def _prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool)
     legacy_log = ckpt_dir.parent / LIVE_METRICS  # where runs before the log moved kept it
     if exists and legacy_log.exists() and not (ckpt_dir / LIVE_METRICS).exists() and jax.process_index() == 0:
         legacy_log.replace(ckpt_dir / LIVE_METRICS)
-    previous = _stamped_identity(json.loads(stamp.read_text())) if stamp.exists() else "unknown"
+    stamped = json.loads(stamp.read_text()) if stamp.exists() else {}
+    previous = _stamped_identity(stamped) if stamped else "unknown"
     _barrier("lopt-checkpoint-dir-read")
     if jax.process_index() == 0:
         if exists and previous != current:
@@ -275,7 +276,7 @@ def _prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool)
                 _move_published(ckpt_dir / PUBLISHED_ASIDE, ckpt_dir.parent)
                 warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and "
                               f"resuming this config's earlier run from {earlier}")
-            elif previous.split("-", 1)[0] == current:
+            elif stamped.get("fingerprint") == current:  # same config, older layout
                 warnings.warn(f"{ckpt_dir} was written by an older lopt with another particle layout, which "
                               f"cannot resume; moved it to {stale} and starting afresh")
             else:
