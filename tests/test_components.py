@@ -67,25 +67,32 @@ def test_train_curves_vectorises_hparams_and_seeds():
     np.testing.assert_allclose(curves["train_batch"][1, :, 0], curves["train_batch"][2, :, 0])
 
 
-def test_one_program_serves_every_baseline_like_its_own():
-    """baseline_curves' shared program (lax.switch over candidates) trains each candidate
-    as its own program does: same curves to float rounding (stable rates on a quadratic,
-    where rounding differences cannot grow), for optimizers with different state
-    structures, schedules included."""
-    from lopt.evaluate import baseline_curves
+def test_one_program_serves_every_optimizer_like_its_own():
+    """switched_program (lax.switch over candidates) trains each candidate as its own
+    program does: same curves to float rounding (stable rates on a quadratic, where
+    rounding differences cannot grow), for optimizers with different state structures,
+    schedules and a learned optimizer included. And a tuning run (no curves) ends on
+    the value its curve ends on, so selection reads what the reported curves show."""
+    from lopt.evaluate import SELECTION_SPLIT, baseline_tuner, switched_program
 
     task = NoisyQuadratic(dim=4, noise_std=0.0)
     lrs = jnp.asarray([0.01, 0.05])
     candidates = [("sgd", "constant"), ("adam", "cosine"), ("lion", "constant"), ("adafactor", "constant")]
-    shared = baseline_curves(task, candidates, None, 20, 5)
-    for name, schedule in candidates:
-        own = train_curves(task, lambda lr, n=name, s=schedule: make_baseline(n, lr, s, 20), lrs, np.arange(2), None, 20, 5)
-        got = shared(name, schedule, lrs, np.arange(2))
+    lopt = MLPLOpt(hidden_size=4, zero_init_output=False)
+    learned = lopt.to_optax(lopt.init(jax.random.PRNGKey(2)), 20)
+    factories = [lambda lr, n=n, s=s: make_baseline(n, lr, s, 20) for n, s in candidates] + [lambda _: learned]
+    shared = switched_program(task, factories, 20, 5)
+    tuner = baseline_tuner(task, candidates, None, 20, 5)
+    for i, factory in enumerate(factories):
+        own = train_curves(task, factory, lrs, np.arange(2), None, 20, 5)
+        got = jax.device_get(shared(jnp.int32(i), lrs, jnp.arange(2), None))
         for k in own:
-            np.testing.assert_allclose(got[k], own[k], rtol=1e-5, atol=1e-7, err_msg=f"{name} {k}")
+            np.testing.assert_allclose(got[k], own[k], rtol=1e-5, atol=1e-7, err_msg=f"{i} {k}")
+        if i < len(candidates):
+            final = tuner(*candidates[i], lrs, np.arange(2))
+            np.testing.assert_allclose(final, own[f"{SELECTION_SPLIT}_loss"][..., -1], rtol=1e-5, atol=1e-7)
     # and the candidates differ (the index picks the branch)
-    assert not np.allclose(shared("sgd", "constant", lrs, np.arange(2))["test_loss"],
-                           shared("adam", "cosine", lrs, np.arange(2))["test_loss"])
+    assert not np.allclose(shared(0, lrs, jnp.arange(2), None)["test_loss"], shared(1, lrs, jnp.arange(2), None)["test_loss"])
 
 
 def test_tuning_selects_the_best_rate_and_avoids_divergence():

@@ -5,10 +5,11 @@ Protocol (one held-out task at a time):
 1. **Tune** each baseline's learning rate on a log grid: every (rate, tuning seed)
    trains for the same step budget as the learned optimizer, all in one ``vmap``; the
    rate with the lowest mean final ``inner_valid`` loss wins (non-finite counts as
-   +inf). Tuning seeds are disjoint from reporting seeds.
+   +inf). Tuning seeds are disjoint from reporting seeds. Tuning runs evaluate that
+   one split once, at the end: nothing else of them is kept (:func:`baseline_tuner`).
 2. **Report**: the learned optimizer and each tuned baseline train ``num_seeds``
-   fresh seeds (vmapped; the baselines' tuning and reporting runs all come from one
-   compiled program per task, :func:`baseline_curves`); every ``eval_every`` steps the
+   fresh seeds (vmapped; every reported optimizer is a branch of one compiled program
+   per task, :func:`switched_program`); every ``eval_every`` steps the
    loss and accuracy on the ``train``, ``inner_valid`` and ``test`` splits are
    recorded, and every step's minibatch loss as split ``train_batch``.
 
@@ -31,6 +32,7 @@ from lopt.optimizers import lr_grid, make_baseline, select_optimizer
 from lopt.tasks.base import Task
 
 EVAL_SPLITS = ("train", "inner_valid", "test")
+SELECTION_SPLIT = "inner_valid"  # baselines are tuned on its final loss
 TUNE_SEED_SHIFT = 100_000
 
 
@@ -76,43 +78,74 @@ def _over_hparams_and_seeds(run: Callable) -> Callable:
     return jax.vmap(jax.vmap(run, in_axes=(None, 0, None)), in_axes=(0, None, None))
 
 
-BaselineCurves = Callable[[str, str, Any, np.ndarray], dict[str, np.ndarray]]
+Optimizers = Sequence[Callable[[Any], optax.GradientTransformation]]
 
 
-def baseline_curves(
-    task: Task, candidates: Sequence[tuple[str, str]], data: Any, num_steps: int, eval_every: int
-) -> BaselineCurves:
-    """``curves(name, schedule, hparams [H], seeds [S])`` for any (baseline, schedule) in
-    ``candidates``, all from one compiled program (:func:`train_curves` layout).
+def switched_program(
+    task: Task, optimizers: Optimizers, num_steps: int, eval_every: int, *, curves: bool = True
+) -> Callable[[jax.Array, Any, jax.Array, Any], dict[str, jax.Array]]:
+    """The jitted ``(choice, hparams [H], seeds [S], data) -> outputs`` program that trains
+    ``optimizers[choice]`` (a factory ``hparam -> optax optimizer``) for every (hparam, seed).
 
-    Compilation, not training, dominates evaluation on small tasks (benchmarks/RESULTS.md),
-    and most of a program is the task (init, forward/backward, batches, evaluations),
-    so the candidates share one program and differ in a ``lax.switch`` branch
+    Compilation dominates evaluation on small tasks (benchmarks/RESULTS.md), and most of a
+    program is the task (init, forward/backward, batches, evaluations), so the candidates
+    share one program and differ in a ``lax.switch`` branch
     (:func:`lopt.optimizers.select_optimizer`); each call runs only its candidate.
+    With ``curves`` the outputs are :func:`train_curves`' curves; without, only
+    :data:`SELECTION_SPLIT`'s final loss ``[H, S]`` (:func:`training_run`).
     """
-    index = {c: i for i, c in enumerate(candidates)}
 
     def program(choice, hparams, seeds, data):
-        def make(lr):
-            return select_optimizer(choice, [make_baseline(n, lr, s, num_steps) for n, s in candidates])
+        def make(hparam):
+            return select_optimizer(choice, [factory(hparam) for factory in optimizers])
 
-        return _over_hparams_and_seeds(training_run(task, make, num_steps, eval_every))(hparams, seeds, data)
+        run = training_run(task, make, num_steps, eval_every, curves=curves)
+        return _over_hparams_and_seeds(run)(hparams, seeds, data)
 
-    compiled = jax.jit(program)
+    return jax.jit(program)
 
-    def curves(name: str, schedule: str, hparams: Any, seeds: np.ndarray) -> dict[str, np.ndarray]:
-        return jax.device_get(compiled(jnp.int32(index[name, schedule]), hparams, jnp.asarray(seeds), data))
 
-    return curves
+Tuner = Callable[[str, str, Any, np.ndarray], np.ndarray]
+
+
+def baseline_tuner(
+    task: Task, candidates: Sequence[tuple[str, str]], data: Any, num_steps: int, eval_every: int
+) -> Tuner:
+    """``final(name, schedule, hparams [H], seeds [S]) -> [H, S]``: the final
+    :data:`SELECTION_SPLIT` loss of every (rate, seed) for any (baseline, schedule) in
+    ``candidates``, all from one compiled program (:func:`switched_program`).
+
+    A tuning run computes only what selection reads: no curves, one evaluation of one
+    split at the end (the value the run's curve would end on). The reported runs are
+    trained again by :func:`evaluate_task` for the selected setting only.
+    """
+    index = {c: i for i, c in enumerate(candidates)}
+    factories = [lambda lr, n=n, s=s: make_baseline(n, lr, s, num_steps) for n, s in candidates]
+    compiled = switched_program(task, factories, num_steps, eval_every, curves=False)
+
+    def final(name: str, schedule: str, hparams: Any, seeds: np.ndarray) -> np.ndarray:
+        out = compiled(jnp.int32(index[name, schedule]), hparams, jnp.asarray(seeds), data)
+        return np.asarray(jax.device_get(out[f"{SELECTION_SPLIT}_loss"]))
+
+    return final
 
 
 def training_run(
-    task: Task, make_opt: Callable[[Any], optax.GradientTransformation], num_steps: int, eval_every: int
+    task: Task,
+    make_opt: Callable[[Any], optax.GradientTransformation],
+    num_steps: int,
+    eval_every: int,
+    *,
+    curves: bool = True,
 ) -> Callable[[Any, jax.Array, Any], dict[str, jax.Array]]:
     """``run(hparam, seed, data)``: one training run's curves (unbatched, not jitted).
 
     :func:`curves_program` vmaps it over hyperparameters and seeds; the shapes are those
-    of ``train_curves`` without the leading ``[H, S]``.
+    of ``train_curves`` without the leading ``[H, S]``. With ``curves=False`` the run
+    returns only ``{SELECTION_SPLIT + "_loss": scalar}`` after ``num_steps``: the same
+    training steps, and the same evaluation (same key) as the curve's last point, and
+    nothing else (what tuning needs; on small tasks the periodic evaluations of three
+    splits cost as much as the training).
     """
     if num_steps % eval_every:
         raise ValueError(f"num_steps ({num_steps}) must be a multiple of eval_every ({eval_every})")
@@ -126,10 +159,10 @@ def training_run(
         opt = optax.with_extra_args_support(make_opt(hparam))
         opt_state = opt.init(params)
 
-        def evaluate(params, chunk):
+        def evaluate(params, chunk, splits=EVAL_SPLITS):
             out = {}
-            for i, split in enumerate(EVAL_SPLITS):
-                k = jax.random.fold_in(jax.random.fold_in(key_eval, chunk), i)
+            for split in splits:
+                k = jax.random.fold_in(jax.random.fold_in(key_eval, chunk), EVAL_SPLITS.index(split))
                 metrics = task.evaluate(params, data, k, split)
                 out[f"{split}_loss"] = metrics["loss"]
                 out[f"{split}_accuracy"] = jnp.asarray(metrics.get("accuracy", jnp.nan), jnp.float32)
@@ -141,6 +174,11 @@ def training_run(
             loss, grads = jax.value_and_grad(task.loss)(params, batch)
             updates, opt_state = opt.update(grads, opt_state, params, value=loss)
             return (optax.apply_updates(params, updates), opt_state), loss
+
+        if not curves:
+            (params, _), _ = jax.lax.scan(train_step, (params, opt_state), jnp.arange(num_steps))
+            final = evaluate(params, num_chunks, (SELECTION_SPLIT,))
+            return {f"{SELECTION_SPLIT}_loss": final[f"{SELECTION_SPLIT}_loss"]}
 
         def chunk_step(carry, chunk):
             ts = chunk * eval_every + jnp.arange(eval_every)
@@ -210,43 +248,33 @@ def tune_baseline(
     num_steps: int,
     eval_every: int,
     schedules: tuple[str, ...] = ("constant",),
-    report_seeds: np.ndarray | None = None,
-    curves_fn: BaselineCurves | None = None,
-) -> tuple[float, str, pd.DataFrame] | tuple[float, str, pd.DataFrame, dict[str, np.ndarray]]:
-    """Pick ``name``'s (learning rate, schedule) by mean final inner-valid loss.
+    tuner: Tuner | None = None,
+) -> tuple[float, str, pd.DataFrame]:
+    """Pick ``name``'s (learning rate, schedule) by mean final :data:`SELECTION_SPLIT` loss
+    over ``seeds`` (non-finite counts as +inf).
 
     One vmapped call per schedule covers the whole rate grid and every tuning seed, all
-    schedules from one compiled program (``curves_fn``: a :func:`baseline_curves` shared
-    with other baselines, built here when absent).
-    Returns ``(learning_rate, schedule, sweep)``. With ``report_seeds`` the same program
-    also trains every rate on those seeds (compilation, not training, dominates on small
-    tasks, so this is cheaper than a second program), selection still uses ``seeds``
-    only, and the selected setting's curves on ``report_seeds`` come back fourth
-    (``train_curves`` layout without the leading rate axis).
+    schedules from one compiled program (``tuner``: a :func:`baseline_tuner` shared with
+    other baselines, built here when absent).
+    Returns ``(learning_rate, schedule, sweep)``; ``sweep`` has one row per (schedule, rate)
+    with its mean final loss and ``selected`` marking the winner.
     """
-    num_tune = len(seeds)
-    all_seeds = seeds if report_seeds is None else np.concatenate([seeds, report_seeds])
-    if curves_fn is None:
-        curves_fn = baseline_curves(task, [(name, s) for s in schedules], data, num_steps, eval_every)
-    frames, reported = [], []
+    if tuner is None:
+        tuner = baseline_tuner(task, [(name, s) for s in schedules], data, num_steps, eval_every)
+    frames = []
     for schedule in schedules:
-        curves = curves_fn(name, schedule, jnp.asarray(grid), all_seeds)
-        final = curves["inner_valid_loss"][:, :num_tune, -1]
+        final = tuner(name, schedule, jnp.asarray(grid), seeds)
         final = np.where(np.isfinite(final), final, np.inf)
         frames.append(
             pd.DataFrame(
-                {"optimizer": name, "schedule": schedule, "learning_rate": grid, "inner_valid_loss": final.mean(axis=1)}
+                {"optimizer": name, "schedule": schedule, "learning_rate": grid,
+                 f"{SELECTION_SPLIT}_loss": final.mean(axis=1)}
             )
         )
-        reported.append({k: v[:, num_tune:] for k, v in curves.items()})
     sweep = pd.concat(frames, ignore_index=True)
-    best = int(np.argmin(sweep["inner_valid_loss"].to_numpy()))
+    best = int(np.argmin(sweep[f"{SELECTION_SPLIT}_loss"].to_numpy()))
     sweep["selected"] = np.arange(len(sweep)) == best
-    lr, schedule = float(sweep["learning_rate"].iloc[best]), str(sweep["schedule"].iloc[best])
-    if report_seeds is None:
-        return lr, schedule, sweep
-    chosen = {k: v[best % len(grid)] for k, v in reported[best // len(grid)].items()}
-    return lr, schedule, sweep, chosen
+    return float(sweep["learning_rate"].iloc[best]), str(sweep["schedule"].iloc[best]), sweep
 
 
 def evaluate_task(
@@ -266,6 +294,10 @@ def evaluate_task(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Evaluate learned optimizers and tuned baselines on one task.
 
+    Three compiled programs: the tuning runs of every baseline (:func:`baseline_tuner`),
+    the reported runs of every optimizer, learned and tuned (:func:`switched_program`, so
+    all reported curves come from one program), and the reference's long run.
+
     Args:
         learned: name -> optax optimizer (already built from meta-parameters).
         baselines: names from :data:`lopt.optimizers.BASELINES`.
@@ -281,24 +313,36 @@ def evaluate_task(
         ``schedule``; ``reference`` holds the long reference run (empty without one).
     """
     seeds = seed_offset + np.arange(num_seeds)
-    tune_seeds = seeds + TUNE_SEED_SHIFT
-    frames, sweeps, long_frames = [], [], []
-    for name, opt in learned.items():
-        curves = train_curves(task, lambda _, opt=opt: opt, jnp.zeros((1,)), seeds, data, num_steps, eval_every)
-        frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, np.nan, seeds, eval_every, "learned"))
     grid = lr_grid(grid_cfg.low, grid_cfg.high, grid_cfg.num)
-    shared = baseline_curves(task, [(n, s) for n in baselines for s in schedules], data, num_steps, eval_every)
+    tuner = baseline_tuner(task, [(n, s) for n in baselines for s in schedules], data, num_steps, eval_every)
+    tuned, sweeps = {}, []
     for name in baselines:
-        lr, schedule, sweep, chosen = tune_baseline(
-            task, name, data, grid, tune_seeds, num_steps, eval_every, schedules, report_seeds=seeds, curves_fn=shared
+        lr, schedule, sweep = tune_baseline(
+            task, name, data, grid, seeds + TUNE_SEED_SHIFT, num_steps, eval_every, schedules, tuner=tuner
         )
+        tuned[name] = (lr, schedule)
         sweeps.append(sweep)
-        frames.append(_tidy(chosen, task_name, name, lr, seeds, eval_every, schedule))
-        if name == reference:
-            steps = reference_mult * num_steps
-            make = lambda lr_, name=name, steps=steps, schedule=schedule: make_baseline(name, lr_, schedule, steps)
-            curves = train_curves(task, make, jnp.asarray([lr]), seeds, data, steps, eval_every)
-            long_frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, lr, seeds, eval_every, schedule))
+
+    # (name, rate, schedule, factory) of every reported optimizer, learned ones first
+    reported = [(name, np.nan, "learned", lambda _, opt=opt: opt) for name, opt in learned.items()]
+    reported += [
+        (name, lr, schedule, lambda lr_, n=name, s=schedule: make_baseline(n, lr_, s, num_steps))
+        for name, (lr, schedule) in tuned.items()
+    ]
+    program = switched_program(task, [r[3] for r in reported], num_steps, eval_every)
+    frames = []
+    for i, (name, lr, schedule, _) in enumerate(reported):
+        hparams = jnp.asarray([0.0 if np.isnan(lr) else lr], jnp.float32)
+        curves = jax.device_get(program(jnp.int32(i), hparams, jnp.asarray(seeds), data))
+        frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, lr, seeds, eval_every, schedule))
+
+    long_frames = []
+    if reference in tuned:
+        lr, schedule = tuned[reference]
+        steps = reference_mult * num_steps
+        make = lambda lr_: make_baseline(reference, lr_, schedule, steps)
+        curves = train_curves(task, make, jnp.asarray([lr]), seeds, data, steps, eval_every)
+        long_frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, reference, lr, seeds, eval_every, schedule))
     sweep_df = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame()
     if not sweep_df.empty:
         sweep_df.insert(0, "task", task_name)
