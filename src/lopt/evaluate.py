@@ -108,6 +108,11 @@ def switched_program(
 Tuner = Callable[[str, str, Any, np.ndarray], np.ndarray]
 
 
+def baseline_factory(name: str, schedule: str, num_steps: int) -> Callable[[Any], optax.GradientTransformation]:
+    """``learning_rate -> `` the baseline ``name`` with ``schedule`` over ``num_steps``."""
+    return lambda lr: make_baseline(name, lr, schedule, num_steps)
+
+
 def baseline_tuner(
     task: Task, candidates: Sequence[tuple[str, str]], data: Any, num_steps: int, eval_every: int
 ) -> Tuner:
@@ -120,7 +125,7 @@ def baseline_tuner(
     trained again by :func:`evaluate_task` for the selected setting only.
     """
     index = {c: i for i, c in enumerate(candidates)}
-    factories = [lambda lr, n=n, s=s: make_baseline(n, lr, s, num_steps) for n, s in candidates]
+    factories = [baseline_factory(n, s, num_steps) for n, s in candidates]
     compiled = switched_program(task, factories, num_steps, eval_every, curves=False)
 
     def final(name: str, schedule: str, hparams: Any, seeds: np.ndarray) -> np.ndarray:
@@ -325,10 +330,7 @@ def evaluate_task(
 
     # (name, rate, schedule, factory) of every reported optimizer, learned ones first
     reported = [(name, np.nan, "learned", lambda _, opt=opt: opt) for name, opt in learned.items()]
-    reported += [
-        (name, lr, schedule, lambda lr_, n=name, s=schedule: make_baseline(n, lr_, s, num_steps))
-        for name, (lr, schedule) in tuned.items()
-    ]
+    reported += [(name, lr, schedule, baseline_factory(name, schedule, num_steps)) for name, (lr, schedule) in tuned.items()]
     program = switched_program(task, [r[3] for r in reported], num_steps, eval_every)
     frames = []
     for i, (name, lr, schedule, _) in enumerate(reported):
@@ -340,7 +342,7 @@ def evaluate_task(
     if reference in tuned:
         lr, schedule = tuned[reference]
         steps = reference_mult * num_steps
-        make = lambda lr_: make_baseline(reference, lr_, schedule, steps)
+        make = baseline_factory(reference, schedule, steps)
         curves = train_curves(task, make, jnp.asarray([lr]), seeds, data, steps, eval_every)
         long_frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, reference, lr, seeds, eval_every, schedule))
     sweep_df = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame()
