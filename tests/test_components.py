@@ -11,7 +11,7 @@ import pytest
 
 from lopt.analysis.tables import final_loss_table
 from lopt.checkpoint import Checkpointer, load_meta_params, save_meta_params
-from lopt.evaluate import summarise, train_curves, tune_baseline
+from lopt.evaluate import grid_edge_selections, summarise, train_curves, tune_baseline
 from lopt.optimizers import MLPLOpt, make_baseline
 from lopt.tasks import NoisyQuadratic
 
@@ -108,6 +108,10 @@ def test_tuning_selects_the_best_rate_and_avoids_divergence():
     best = sweep2.loc[sweep2["inner_valid_loss"].idxmin()]
     assert (best["learning_rate"], best["schedule"]) == (lr2, schedule2)
     assert sweep.loc[sweep["learning_rate"] == grid[-1], "inner_valid_loss"].iloc[0] > 1e3
+    # an interior winner is not flagged; cut the grid below the optimum and its top is
+    assert sweep["grid_edge"].tolist() == [True, False, False, True] and grid_edge_selections(sweep) == {}
+    lr3, _, sweep3 = tune_baseline(task, "sgd", None, grid[:2], np.arange(2), 40, 10)
+    assert lr3 == pytest.approx(0.01) and grid_edge_selections(sweep3) == {"sgd": pytest.approx(0.01)}
     with pytest.raises(ValueError, match="allowed: sgd, momentum, adam, rmsprop"):
         make_baseline("lamb", 0.1)
 
@@ -155,3 +159,7 @@ def test_final_loss_table_marks_the_best():
     assert summary.set_index("optimizer").loc["a", "loss_mean"] == pytest.approx(2.0)
     table = final_loss_table(summary, splits=("train",))
     assert "**0.6000 ± 0.1000**" in table and "2.0000 ± 1.0000" in table
+    assert "†" not in table
+    summary["lr_at_grid_edge"] = summary["optimizer"] == "b"
+    table = final_loss_table(summary, splits=("train",))
+    assert "| t | b | 0.1 † |" in table and "† selected at an edge of the learning-rate grid" in table

@@ -7,6 +7,8 @@ Protocol (one held-out task at a time):
    rate with the lowest mean final ``inner_valid`` loss wins (non-finite counts as
    +inf). Tuning seeds are disjoint from reporting seeds. Tuning runs evaluate that
    one split once, at the end: nothing else of them is kept (:func:`baseline_tuner`).
+   A rate selected at an edge of the grid is flagged (summary ``lr_at_grid_edge``, a
+   dagger in the tables, a line on stderr): that baseline may be under-tuned.
 2. **Report**: the learned optimizer and each tuned baseline train ``num_seeds``
    fresh seeds (vmapped; every reported optimizer is a branch of one compiled program
    per task, :func:`switched_program`); every ``eval_every`` steps the
@@ -18,6 +20,7 @@ Outputs are tidy tables (one observation per row) so analysis never re-runs trai
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -262,7 +265,8 @@ def tune_baseline(
     schedules from one compiled program (``tuner``: a :func:`baseline_tuner` shared with
     other baselines, built here when absent).
     Returns ``(learning_rate, schedule, sweep)``; ``sweep`` has one row per (schedule, rate)
-    with its mean final loss and ``selected`` marking the winner.
+    with its mean final loss, ``selected`` marking the winner and ``grid_edge`` the grid's
+    lowest and highest rates (a winner there means the optimum may lie outside the grid).
     """
     if tuner is None:
         tuner = baseline_tuner(task, [(name, s) for s in schedules], data, num_steps, eval_every)
@@ -279,7 +283,20 @@ def tune_baseline(
     sweep = pd.concat(frames, ignore_index=True)
     best = int(np.argmin(sweep[f"{SELECTION_SPLIT}_loss"].to_numpy()))
     sweep["selected"] = np.arange(len(sweep)) == best
+    sweep["grid_edge"] = np.isin(sweep["learning_rate"], [np.min(grid), np.max(grid)])
     return float(sweep["learning_rate"].iloc[best]), str(sweep["schedule"].iloc[best]), sweep
+
+
+def grid_edge_selections(sweep: pd.DataFrame) -> dict[str, float]:
+    """Baselines whose selected rate is the lowest or highest of the grid: name -> rate.
+
+    Such a baseline may be under-tuned (its best rate may lie outside the grid), so the
+    tables mark it (:func:`lopt.analysis.tables.final_loss_table`).
+    """
+    if sweep.empty or "grid_edge" not in sweep:  # sweeps written before the column existed
+        return {}
+    hits = sweep[sweep["selected"] & sweep["grid_edge"]]
+    return dict(zip(hits["optimizer"], hits["learning_rate"].astype(float)))
 
 
 def evaluate_task(
@@ -443,6 +460,16 @@ def run_evaluation(cfg: Any, task_name: str, pretrained: Any, out_dir: str | Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(curves)
     summary.insert(1, "distribution", spec[task_name].distribution)
+    edge = grid_edge_selections(sweep)
+    summary["lr_at_grid_edge"] = summary["optimizer"].isin(edge)
+    for name, lr in edge.items():
+        # the comparison is only as fair as the tuning: say so where the run is read
+        print(
+            f"lopt evaluate: {task_name}: tuned {name} selected learning rate {lr:.3g}, an edge of "
+            f"evaluation.lr_grid [{ev.lr_grid.low:g}, {ev.lr_grid.high:g}]; the best rate may lie "
+            "outside it (widen evaluation.lr_grid to check)",
+            file=sys.stderr,
+        )
     speed = task_metrics(curves, reference, num_steps)
     speed.insert(1, "distribution", spec[task_name].distribution)
     outputs = (("curves", curves), ("sweep", sweep), ("summary", summary), ("metrics", speed))

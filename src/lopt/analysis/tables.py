@@ -9,12 +9,15 @@ import pandas as pd
 def final_loss_table(summary: pd.DataFrame, splits: tuple[str, ...] = ("train", "test")) -> str:
     """Markdown table: one row per (task, optimizer), final loss mean ± sem per split.
 
-    The best (lowest mean) entry of each task and split is bold.
+    The best (lowest mean) entry of each task and split is bold; a tuned rate selected at
+    an edge of the learning-rate grid (summary column ``lr_at_grid_edge``) gets a dagger
+    and a footnote.
     """
     rows = []
     for (task, opt), grp in summary.groupby(["task", "optimizer"], sort=False):
         lr = grp["learning_rate"].iloc[0]
-        row = {"task": task, "optimizer": opt, "lr": "learned" if np.isnan(lr) else f"{lr:.3g}"}
+        edge = bool(grp["lr_at_grid_edge"].iloc[0]) if "lr_at_grid_edge" in grp else False
+        row = {"task": task, "optimizer": opt, "lr": "learned" if np.isnan(lr) else f"{lr:.3g}" + " †" * edge}
         for split in splits:
             s = grp[grp["split"] == split]
             row[split] = (float(s["loss_mean"].iloc[0]), float(s["loss_sem"].iloc[0])) if len(s) else (np.nan, np.nan)
@@ -37,6 +40,8 @@ def final_loss_table(summary: pd.DataFrame, splits: tuple[str, ...] = ("train", 
             cells.append(f"**{text}**" if mean == best.get((row["task"], split)) else text)
         cells.append(f"{row['test acc']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
+    if any(row["lr"].endswith("†") for row in rows):
+        lines += ["", "† selected at an edge of the learning-rate grid: the best rate may lie outside it."]
     return "\n".join(lines) + "\n"
 
 
