@@ -9,6 +9,8 @@ the code and ``configs/default.yaml``; ``make release`` refreshes it.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -99,3 +101,16 @@ def test_released_evaluation_is_what_the_current_code_computes_from_the_released
     proc, _ = run(["snakemake", "-n", "--configfile", "configs/default.yaml"], repo, env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert planned_jobs(proc.stdout) == {}, proc.stdout
+
+    # pulled outputs carry no Snakemake metadata, so the params trigger cannot see a config
+    # edit made after the pull; the config recorded in meta_params.npz.json can
+    config = repo / "configs" / "default.yaml"
+    text = config.read_text()
+    assert "outer_steps: 400" in text
+    config.write_text(text.replace("outer_steps: 400", "outer_steps: 300"))
+    future = time.time() + 60  # newer than every pulled file, whatever the clock's resolution
+    os.utime(config, (future, future))
+    proc, _ = run(["snakemake", "-n", "--configfile", "configs/default.yaml"], repo, env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert planned_jobs(proc.stdout) == {"meta_train": 1, "evaluate": 3, "analyze": 1, "all": 1}, proc.stdout
+    assert "meta_params.npz.json was computed from other" in proc.stderr

@@ -20,6 +20,7 @@
 # the only --config key: settings live in the YAML, so any other key fails here instead
 # of being silently ignored.
 import json
+import sys
 from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from lopt.config import DATASET_NAMES, load_config
@@ -59,9 +60,10 @@ EVAL_TASKS = [] if IS_STUDY else [t.name for t in CFG.evaluation.tasks]
 NOT_A_TRIGGER = {"meta_train": ("particle_chunk",)}
 
 
-def spec(*sections):
-    """The config sections (or `section.key`s) a stage depends on, as a stable string for the params trigger."""
-    resolved = CFG.to_dict()
+def spec(*sections, resolved=None):
+    """The config sections (or `section.key`s) a stage depends on, as a stable string for the params trigger
+    (of this run's config, or of ``resolved``: a config dict an output recorded)."""
+    resolved = CFG.to_dict() if resolved is None else json.loads(json.dumps(resolved))
     for section, keys in NOT_A_TRIGGER.items():
         for key in keys:
             resolved.get(section, {}).pop(key, None)
@@ -73,6 +75,30 @@ def spec(*sections):
         return value
 
     return json.dumps({s: get(s) for s in sections}, sort_keys=True)
+
+
+def outdated_by_config(recorded, *sections):
+    """[CONFIGFILE] when the output metadata file ``recorded`` (``lopt`` writes the resolved
+    config into it) was computed from other ``sections`` than the config says, else [].
+
+    The params trigger needs Snakemake's metadata of the job that wrote the output, which
+    outputs fetched with `lopt pull` / `dvc pull` lack: without this, editing the config
+    after a pull would rerun nothing. As an input, the config file reruns the job when it
+    is newer than the outputs (it was edited after the pull); the warning says what differs.
+    """
+    path = Path(recorded)
+    if not path.exists():
+        return []
+    try:
+        old = json.loads(path.read_text())["config"]
+        differs = spec(*sections, resolved=old) != spec(*sections)
+    except (ValueError, KeyError, TypeError):  # unreadable or older metadata: the params trigger decides
+        return []
+    if differs:
+        print(f"lopt: {recorded} was computed from other {', '.join(sections)} settings than {CONFIGFILE}; "
+              f"its rule reruns if {CONFIGFILE} is newer, else use --forcerun", file=sys.stderr)
+        return [CONFIGFILE]
+    return []
 
 
 def res(stage):

@@ -1,8 +1,12 @@
 # Stage 2: meta-train the learned optimizer. Orbax checkpoints in meta/checkpoints are
 # run state, not declared outputs, so a killed job re-run by Snakemake resumes from them.
+META_SPEC = ("seed", "data", "lopt", "meta_train", "compute.precision")
+
+
 rule meta_train:
     input:
         data=dataset_files(*{getattr(t, "dataset", None) for t in CFG.meta_train.tasks()}),
+        config=outdated_by_config(f"{RESULTS}/meta/meta_params.npz.json", *META_SPEC),
     output:
         params=f"{RESULTS}/meta/meta_params.npz",
         # its metadata (architecture, sha256): lopt evaluate loads the two together
@@ -12,7 +16,7 @@ rule meta_train:
     benchmark:
         f"{RESULTS}/benchmarks/meta_train.tsv"
     params:
-        spec=spec("seed", "data", "lopt", "meta_train", "compute.precision"),
+        spec=spec(*META_SPEC),
         out=lambda w, output: parent_dir(output.params),
         data_root=lambda w, input: data_root_flag(input.data),
     threads: stage_threads("meta_train")
