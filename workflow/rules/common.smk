@@ -19,6 +19,7 @@
 # meta-train/evaluate/analyze; `--config quick=1` selects its CI-sized variant. That is
 # the only --config key: settings live in the YAML, so any other key fails here instead
 # of being silently ignored.
+import copy
 import json
 import sys
 from pathlib import Path
@@ -63,7 +64,7 @@ NOT_A_TRIGGER = {"meta_train": ("particle_chunk",)}
 def spec(*sections, resolved=None):
     """The config sections (or `section.key`s) a stage depends on, as a stable string for the params trigger
     (of this run's config, or of ``resolved``: a config dict an output recorded)."""
-    resolved = CFG.to_dict() if resolved is None else json.loads(json.dumps(resolved))
+    resolved = copy.deepcopy(CFG.to_dict() if resolved is None else resolved)  # popped below
     for section, keys in NOT_A_TRIGGER.items():
         for key in keys:
             resolved.get(section, {}).pop(key, None)
@@ -84,7 +85,7 @@ def outdated_by_config(recorded, *sections):
     The params trigger needs Snakemake's metadata of the job that wrote the output, which
     outputs fetched with `lopt pull` / `dvc pull` lack: without this, editing the config
     after a pull would rerun nothing. As an input, the config file reruns the job when it
-    is newer than the outputs (it was edited after the pull); the warning says what differs.
+    is newer than the outputs (it was edited after the pull); a line on stderr says so.
     """
     path = Path(recorded)
     if not path.exists():
