@@ -66,8 +66,10 @@ def _threefry2x32_once(key1, key2, x1, x2):
     chain, not one chain each), and it passes through an integer division by a value
     XLA cannot see is 1, an op it will not duplicate. Measured on a 2-core VM
     (benchmarks/RESULTS.md): a toy estimator's program compiles in 2.2 s instead of
-    3.6-4.1 s, the default meta-step in 7.3 s instead of 9.0-9.8 s, and the step runs
-    as fast. The bits are unchanged (x // 1 == x; tests/test_threefry_cpu.py).
+    3.6-4.1 s. On the two-task default, init takes 3-4 s instead of 6-8 s and the meta-step
+    compiles in 11-15 s instead of 15-21 s, but each step takes about 10 % longer (265-290 ms
+    against 225-250 ms): a gain for short runs and tests, about even at 400 steps, and a cost
+    for long CPU runs. The bits are unchanged (x // 1 == x; tests/test_threefry_cpu.py).
     """
     a, b = threefry2x32(key1, key2, x1, x2)
     with jax.enable_x64(True):
