@@ -139,8 +139,10 @@ def test_unreadable_newest_checkpoint_is_set_aside_and_resume_is_exact(tmp_path)
 def test_stray_read_filter_drops_only_the_failed_restore_noise(tmp_path):
     """What the filter behind the one-line error above swallows, and what it passes on."""
     import asyncio
+    import gc
     import logging
     import types
+    import warnings
 
     from lopt.checkpoint import _StrayReads
 
@@ -169,6 +171,20 @@ def test_stray_read_filter_drops_only_the_failed_restore_noise(tmp_path):
     other = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), exc_traceback=None, object=None)
     reads.unraisable_hook(other)
     assert passed == [other]  # the same words raised anywhere else are not swallowed
+
+    # a read that never started: its coroutine is collected unawaited (CPython warns then)
+    async def read():
+        pass
+
+    def dropped_read() -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            read()
+            gc.collect()
+        return [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+    assert dropped_read() == [f"coroutine '{read.__qualname__}' was never awaited"]  # before any failure: shown
+    reads.read_failed()
+    assert dropped_read() == []
 
 
 def test_existing_checkpoints_are_never_overwritten(tmp_path):

@@ -81,6 +81,7 @@ class Checkpointer:
                 restored = self.restore(step, template)
             except Exception as exc:  # noqa: BLE001 -- orbax/tensorstore raise ValueError, OSError, ...; safe because only an older step that reads proves a step bad
                 failed.append((step, exc))
+                _STRAY_READS.read_failed()
                 continue
             if failed and jax.process_count() > 1:
                 raise CheckpointError(self._unreadable(failed) + f"; step {step} reads: move the "
@@ -124,11 +125,14 @@ class _StrayReads(logging.Filter):
     to post its result to that closed loop (an unraisable ``RuntimeError: Event loop is
     closed``), and each failed read's future, never awaited, is logged by asyncio as
     "exception was never retrieved" with the whole tensorstore spec when it is collected.
-    Both reach stderr after the CLI's one-line error (about 130 lines for three damaged
-    steps) and repeat what that line says. The reads are harmless: their results are
+    A read that had not started when the loop closed leaves a coroutine never awaited
+    (``RuntimeWarning: coroutine 'Store._get_array_metadatas' was never awaited``, printed
+    at exit when the collector finds it). All reach stderr after the CLI's one-line error
+    (about 130 lines for three damaged steps) and repeat what that line says. The reads are harmless: their results are
     discarded. So a process that restores with :meth:`Checkpointer.restore_newest_readable`
     drops exactly those reports (asyncio's only for errors that name one of its checkpoint
-    directories) and passes everything else on.
+    directories; never-awaited coroutines only once one of its restores has failed) and
+    passes everything else on.
     """
 
     _MESSAGES = ("Future exception was never retrieved", "Task exception was never retrieved")
@@ -150,6 +154,15 @@ class _StrayReads(logging.Filter):
     def unraisable_hook(self, unraisable: Any) -> None:
         if not _posted_to_closed_loop(unraisable.exc_value, unraisable.exc_traceback):
             self._previous_hook(unraisable)
+
+    def read_failed(self) -> None:
+        """A restore failed: from now on, coroutines it left never awaited are not reported.
+
+        The warning names only the coroutine (no module, no checkpoint), so after a failed
+        restore this process ignores every "never awaited" warning; before one, none is
+        hidden.
+        """
+        warnings.filterwarnings("ignore", message=r"coroutine '\S+' was never awaited", category=RuntimeWarning)
 
     def watch(self, directory: Path) -> None:
         self.directories |= {str(directory), str(directory.resolve())}  # as given, and as opened
