@@ -3,7 +3,9 @@
 For ``--config``: build the trainer, time ``MetaTrainer.init`` (one jitted program),
 AOT-compile the meta-step, then time ``--steps`` outer steps after one warm-up step.
 ``--lowering jax`` keeps JAX's loop lowering of Threefry on CPU; ``lopt`` installs
-:mod:`lopt.threefry_cpu` as every ``lopt`` command does. Run each in its own process
+:mod:`lopt.threefry_cpu` as every ``lopt`` command does (written out, hashed once per draw
+site); ``rounds`` installs the written-out rounds alone (hashed once per reader, as XLA
+fuses them), to separate the two changes. Run each in its own process
 (a lowering applies process-wide) and compare; ``benchmarks/RESULTS.md`` has the figures.
 
     python benchmarks/compile_time.py --config configs/default.yaml --lowering jax
@@ -28,7 +30,7 @@ import jax
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--lowering", choices=["jax", "lopt"], default="lopt")
+    parser.add_argument("--lowering", choices=["jax", "lopt", "rounds"], default="lopt")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--devices", type=int, default=1, help="shard the particles over this many devices")
     args = parser.parse_args()
@@ -36,6 +38,13 @@ def main() -> None:
         from lopt.threefry_cpu import use_unrolled_threefry_on_cpu
 
         use_unrolled_threefry_on_cpu()
+    elif args.lowering == "rounds":
+        from jax.extend.random import threefry2x32_p
+        from jax.interpreters import mlir
+
+        from lopt.threefry_cpu import threefry2x32
+
+        mlir.register_lowering(threefry2x32_p, mlir.lower_fun(threefry2x32, multiple_results=True), platform="cpu")
     from lopt.config import load_config
     from lopt.meta_train import build_trainer, make_meta_step
 

@@ -64,12 +64,14 @@ def _threefry2x32_once(key1, key2, x1, x2):
     compiled and computed once per reader, about 2.4 times per site in a meta-step. Two
     things stop that: the pair is packed into one uint64 (so both words come from one
     chain, not one chain each), and it passes through an integer division by a value
-    XLA cannot see is 1, an op it will not duplicate. Measured on a 2-core VM
+    XLA cannot see is 1, an op it will not duplicate (``lax.optimization_barrier`` does not
+    stop the duplication: a toy program kept all 293 shifts behind one). Measured on a 2-core VM
     (benchmarks/RESULTS.md): a toy estimator's program compiles in 2.2 s instead of
-    3.6-4.1 s. On the two-task default, init takes 3-4 s instead of 6-8 s and the meta-step
-    compiles in 11-15 s instead of 15-21 s, but each step takes about 10 % longer (265-290 ms
-    against 225-250 ms): a gain for short runs and tests, about even at 400 steps, and a cost
-    for long CPU runs. The bits are unchanged (x // 1 == x; tests/test_threefry_cpu.py).
+    3.6-4.1 s. On the two-task default, init takes 2.4-2.7 s instead of 5.3-5.8 s and the
+    meta-step compiles in 9.3-10.5 s instead of 12.7-14.7 s, and a step runs as fast (same
+    code, alternating runs: 152-166 ms median against 160-168 ms; the compiled step divides at
+    most 0.3 M 64-bit integers, about a millisecond). The bits are unchanged (x // 1 == x;
+    tests/test_threefry_cpu.py).
     """
     a, b = threefry2x32(key1, key2, x1, x2)
     with jax.enable_x64(True):
