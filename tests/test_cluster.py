@@ -79,6 +79,8 @@ def test_slurm_profile_plans_every_rule_with_configured_resources(cluster_repo):
     # other stages keep the defaults: no GPU, the profile's partition
     assert "gpu=" not in jobs["evaluate"] and "slurm_partition=cpu" in jobs["evaluate"], jobs["evaluate"]
     assert "runtime=60" in jobs["evaluate"] and "mem_mb=4000" in jobs["evaluate"]
+    for item in ("gpu=", "slurm_partition=cpu", "runtime=60", "mem_mb=4000"):  # resources.evaluate's
+        assert (item in jobs["baselines"]) == (item in jobs["evaluate"]), (item, jobs["baselines"])
 
 
 def _first_sbatch_call(repo, env, target, configfile):

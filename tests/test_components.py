@@ -163,3 +163,39 @@ def test_final_loss_table_marks_the_best():
     summary["lr_at_grid_edge"] = summary["optimizer"] == "b"
     table = final_loss_table(summary, splits=("train",))
     assert "| t | b | 0.1 † |" in table and "† selected at an edge of the learning-rate grid" in table
+
+
+def test_baselines_apart_give_the_same_files_as_together_and_other_settings_are_refused(tmp_path):
+    """The workflow's two jobs (`lopt baselines`, then `lopt evaluate --baselines DIR`) write
+    byte-identical tables to `lopt evaluate` alone, and baseline results recorded under
+    other settings are refused before any training, naming the file and the setting."""
+    from lopt.config import validate_config
+    from lopt.evaluate import BaselinesError, run_baselines, run_evaluation
+    from lopt.optimizers.pretrained import Pretrained, from_config
+
+    raw = {
+        "name": "apart",
+        "meta_train": {"task": {"kind": "quadratic", "dim": 10}},
+        "evaluation": {"tasks": [{"name": "quad", "task": {"kind": "quadratic"}}], "num_steps": 20,
+                       "eval_every": 10, "num_seeds": 2, "baselines": ["sgd", "adam"],
+                       "lr_grid": {"low": 0.01, "high": 1.0, "num": 3}},
+    }
+    cfg = validate_config(raw)
+    lopt = from_config(cfg.lopt)
+    pretrained = Pretrained(lopt, lopt.init(jax.random.PRNGKey(0)), {})
+    run_evaluation(cfg, "quad", pretrained, tmp_path / "together")
+    run_baselines(cfg, "quad", tmp_path / "baselines")
+    run_evaluation(cfg, "quad", pretrained, tmp_path / "apart", baselines=tmp_path / "baselines")
+    for name in ("curves", "sweep", "summary", "metrics"):
+        together = (tmp_path / "together" / f"{name}.csv").read_bytes()
+        assert (tmp_path / "apart" / f"{name}.csv").read_bytes() == together, name
+    reference = pd.read_csv(tmp_path / "baselines" / "reference.csv")
+    assert set(reference["optimizer"]) == {"adam"} and reference["step"].max() == 4 * 20  # the long run
+    assert {"lopt", "sgd", "adam"} == set(pd.read_csv(tmp_path / "apart" / "summary.csv")["optimizer"])
+
+    raw["evaluation"]["num_seeds"] = 3
+    with pytest.raises(BaselinesError, match=r"baselines/settings\.json: .*num_seeds: 2 there, 3 here"):
+        run_evaluation(validate_config(raw), "quad", pretrained, tmp_path / "other", baselines=tmp_path / "baselines")
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(FileNotFoundError, match=r"together/settings\.json: not found; .*lopt baselines --task quad"):
+        run_evaluation(cfg, "quad", pretrained, tmp_path / "other", baselines=tmp_path / "together")

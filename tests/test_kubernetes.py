@@ -285,13 +285,14 @@ def test_kubernetes_plan_passes_lopt_only_the_jobs_storage_paths(k8s_repo):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     local = f".snakemake/storage/s3/{BUCKET}/{PREFIX}/"
     commands = [line.split(": ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("Shell command: lopt")]
-    assert len(commands) == 5, commands  # prepare-data, meta-train, 2 x evaluate, analyze
+    assert len(commands) == 7, commands  # prepare-data, meta-train, 2 x baselines, 2 x evaluate, analyze
     for command in commands:
         words = command.split()
-        for flag in ("--out", "--results", "--data-root", "--checkpoint"):
+        for flag in ("--out", "--results", "--data-root", "--checkpoint", "--baselines"):
             if flag in words:
                 assert words[words.index(flag) + 1].startswith(local), command
-    assert sum("--data-root" in c for c in commands) == 3, commands  # not the quadratic evaluation
+    assert sum("--data-root" in c for c in commands) == 4, commands  # not the quadratic task's jobs
+    assert sum("--baselines" in c for c in commands) == 2, commands
     # evaluate reads the optimizer's metadata too, so it must be fetched with the weights
     assert f"s3://{BUCKET}/{PREFIX}/results/s3run/meta/meta_params.npz.json (retrieve from storage)" in proc.stdout
 
@@ -308,6 +309,7 @@ def test_pipeline_through_default_storage_puts_every_output_in_the_bucket(k8s_re
     expected = [f"{PREFIX}/data/digits/{f}" for f in ("manifest.json", "train.npz", "test.npz")]
     expected += [f"{results}/meta/{f}" for f in ("meta_params.npz", "meta_params.npz.json", "metrics.csv",
                                                  "model_card.md")]
+    expected += [f"{results}/baselines/{t}/{f}" for t in ("quad", "digits4") for f in ("settings.json", "curves.csv")]
     expected += [f"{results}/eval/{t}/{f}" for t in ("quad", "digits4")
                  for f in ("curves.csv", "summary.csv", "sweep.csv", "metrics.csv")]
     expected += [f"{results}/{f}" for f in ("figures/meta_training.png", "figures/eval_curves.png",

@@ -57,7 +57,7 @@ def test_wandb_offline_runs_hold_the_logged_metrics(smoke):
     repo, env, _, _ = smoke
     runs = [read_offline_run(p) for p in find_offline_runs(Path(env["WANDB_DIR"]) / "wandb")]
     by_job = {r.job_type: r for r in runs}
-    assert set(by_job) == {"meta-train", "evaluate"}
+    assert set(by_job) == {"meta-train", "baselines", "evaluate"}
     meta = by_job["meta-train"]
     assert meta.group == "smoke" and meta.config["name"] == "smoke"
     assert meta.config["meta_train"]["estimator"] == "nres"
@@ -70,6 +70,7 @@ def test_wandb_offline_runs_hold_the_logged_metrics(smoke):
     summary = pd.read_csv(repo / "results" / "smoke" / "eval" / "digits_mlp16" / "summary.csv")
     row = summary[(summary.optimizer == "lopt") & (summary.split == "test")].iloc[0]
     assert evaluate.summary["eval/digits_mlp16/lopt/test_loss"] == pytest.approx(row.loss_mean)
+    assert any("baselines/digits_mlp16/sweep" in row for row in by_job["baselines"].history)
 
 
 def _push(repo, env, remote):
@@ -140,7 +141,7 @@ def test_pull_pretrained_then_pipeline_reruns_only_evaluation_and_analysis(smoke
     proc, _ = run(["snakemake", "-n", "--configfile", "configs/smoke.yaml"], clone, env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     planned = _planned_rules(proc.stdout)
-    assert planned == {"evaluate", "analyze", "all"}, proc.stdout
+    assert planned == {"baselines", "evaluate", "analyze", "all"}, proc.stdout
     proc, _ = run(["snakemake", "--cores", "2", "--configfile", "configs/smoke.yaml"], clone, env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert _sha(clone / "results/smoke/meta/meta_params.npz") == meta_sha
@@ -152,10 +153,11 @@ def test_pull_pretrained_then_pipeline_reruns_only_evaluation_and_analysis(smoke
     ("old", "new", "planned"),
     [
         # an upstream job that reruns forces every job that reads its outputs
+        # the baselines never depend on the learned optimizer: they stay
         ("outer_steps: 20", "outer_steps: 21", {"meta_train", "evaluate", "analyze"}),
         ("data: {root: data}", "data: {root: data, valid_fraction: 0.2}",
-         {"prepare_data", "meta_train", "evaluate", "analyze"}),
-        ("num_seeds: 2", "num_seeds: 3", {"evaluate", "analyze"}),
+         {"prepare_data", "meta_train", "baselines", "evaluate", "analyze"}),
+        ("num_seeds: 2", "num_seeds: 3", {"baselines", "evaluate", "analyze"}),
     ],
     ids=["meta_train", "data", "evaluation"],
 )

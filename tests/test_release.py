@@ -64,7 +64,8 @@ def test_pulled_optimizer_is_the_current_default_config_and_only_evaluation_is_p
     assert released.metadata["config"]["lopt"] == cfg.to_dict()["lopt"]
     proc, _ = run(["snakemake", "-n", "--configfile", "configs/default.yaml"], repo, env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert planned_jobs(proc.stdout) == {"evaluate": len(cfg.evaluation.tasks), "analyze": 1, "all": 1}
+    tasks = len(cfg.evaluation.tasks)
+    assert planned_jobs(proc.stdout) == {"baselines": tasks, "evaluate": tasks, "analyze": 1, "all": 1}
 
 
 def test_released_evaluation_is_what_the_current_code_computes_from_the_released_optimizer(tmp_path):
@@ -114,3 +115,12 @@ def test_released_evaluation_is_what_the_current_code_computes_from_the_released
     assert proc.returncode == 0, proc.stderr
     assert planned_jobs(proc.stdout) == {"meta_train": 1, "evaluate": 3, "analyze": 1, "all": 1}, proc.stdout
     assert "meta_params.npz.json was computed from other" in proc.stderr
+    assert "settings.json was computed from other" not in proc.stderr  # the baselines stay
+
+    # an evaluation edit: the pulled baselines record their config too, and rerun
+    config.write_text(text.replace("num_seeds: 5", "num_seeds: 4"))
+    os.utime(config, (future, future))
+    proc, _ = run(["snakemake", "-n", "--configfile", "configs/default.yaml"], repo, env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert planned_jobs(proc.stdout) == {"baselines": 3, "evaluate": 3, "analyze": 1, "all": 1}, proc.stdout
+    assert "settings.json was computed from other" in proc.stderr

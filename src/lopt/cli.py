@@ -10,7 +10,8 @@ workflow passes its jobs' local copies, e.g. under a Snakemake storage provider)
     lopt schema                                       print the config JSON schema
     lopt prepare-data --config C [--dataset NAME]     data/<name>/
     lopt meta-train   --config C [--out DIR] [--resume] [--process-id N]
-    lopt evaluate     --config C --task NAME [--checkpoint REF] [--out DIR]
+    lopt baselines    --config C --task NAME [--out DIR]   tuned baselines of one task
+    lopt evaluate     --config C --task NAME [--checkpoint REF] [--baselines DIR] [--out DIR]
     lopt analyze      --config C [--results DIR] [--tradeoffs CSV]
 
 Estimator studies (``configs/paper/*.yaml``, ``kind: study``; ``--quick`` selects the
@@ -105,7 +106,19 @@ def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
     pretrained = load_pretrained(resolve_checkpoint(ref), fallback=cfg.lopt)
     out = Path(args.out or _results(cfg) / "eval" / args.task)
     with _tracker(cfg, "evaluate", f"eval-{args.task}") as tracker:
-        summary = run_evaluation(cfg, args.task, pretrained, out, tracker=tracker)
+        summary = run_evaluation(cfg, args.task, pretrained, out, tracker=tracker, baselines=args.baselines)
+    print(summary.to_string(index=False))
+
+
+def cmd_baselines(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
+    from lopt.runtime import setup
+
+    setup(cfg.compute, distributed=False)  # one process per task, as evaluate
+    from lopt.evaluate import run_baselines
+
+    out = Path(args.out or _results(cfg) / "baselines" / args.task)
+    with _tracker(cfg, "baselines", f"baselines-{args.task}") as tracker:
+        summary = run_baselines(cfg, args.task, out, tracker=tracker)
     print(summary.to_string(index=False))
 
 
@@ -183,6 +196,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "prepare-data": cmd_prepare_data,
     "meta-train": cmd_meta_train,
+    "baselines": cmd_baselines,
     "evaluate": cmd_evaluate,
     "analyze": cmd_analyze,
     "study-run": cmd_study_run,
@@ -191,7 +205,7 @@ COMMANDS = {
 }
 STUDY_ONLY = {"study-run", "study-analyze", "variance"}
 BOTH = {"validate", "prepare-data"}
-READS_DATA = {"prepare-data", "meta-train", "evaluate", "study-run", "variance"}  # cfg.data.root
+READS_DATA = {"prepare-data", "meta-train", "baselines", "evaluate", "study-run", "variance"}  # cfg.data.root
 
 
 def _with_data_root(cfg, data_root: Path | None):
@@ -221,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         "validate": "validate a config and print it with defaults filled in",
         "prepare-data": "prepare the datasets a config uses under data/",
         "meta-train": "meta-train the learned optimizer (checkpointed, resumable)",
+        "baselines": "tune the baselines' learning rates and train them on one held-out task",
         "evaluate": "evaluate the learned optimizer and tuned baselines on one held-out task",
         "analyze": "write figures and tables from result files",
         "study-run": "meta-train one (method, seed) of an estimator study",
@@ -250,8 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
                 help="multi-host runs started by hand: this process's rank (else LOPT_PROCESS_ID, "
                 "else the launcher's: SLURM / Open MPI); see compute.distributed",
             )
-        if name == "evaluate":
+        if name in ("evaluate", "baselines"):
             p.add_argument("--task", required=True, help="evaluation task name from the config")
+        if name == "baselines":
+            p.add_argument("--out", type=Path, help="output directory (default results/<name>/baselines/<task>)")
+        if name == "evaluate":
+            p.add_argument(
+                "--baselines",
+                type=Path,
+                help="`lopt baselines` output for this task and config (checked); default: tune and train them here",
+            )
             p.add_argument(
                 "--checkpoint",
                 "--meta-params",
@@ -297,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.config}: {args.command} needs a study config (kind: study, configs/paper/*.yaml)")
         cfg = load_study(args.config, quick=args.quick) if study else load_config(args.config)
         cfg = _with_data_root(cfg, getattr(args, "data_root", None))
-        if args.command == "evaluate":
+        if args.command in ("evaluate", "baselines"):
             names = [t.name for t in cfg.evaluation.tasks]
             if args.task not in names:
                 raise ConfigError(
@@ -325,8 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ValueError as exc:
         from lopt.checkpoint import CheckpointError
+        from lopt.evaluate import BaselinesError
 
-        if not isinstance(exc, CheckpointError):  # a damaged checkpoint or npz, named in the message
+        # a damaged checkpoint or npz; baselines of other settings: both named in the message
+        if not isinstance(exc, (CheckpointError, BaselinesError)):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,16 +10,25 @@ Protocol (one held-out task at a time):
    A rate selected at an edge of the grid is flagged (summary ``lr_at_grid_edge``, a
    dagger in the tables, a line on stderr): that baseline may be under-tuned.
 2. **Report**: the learned optimizer and each tuned baseline train ``num_seeds``
-   fresh seeds (vmapped; every reported optimizer is a branch of one compiled program
-   per task, :func:`switched_program`); every ``eval_every`` steps the
-   loss and accuracy on the ``train``, ``inner_valid`` and ``test`` splits are
-   recorded, and every step's minibatch loss as split ``train_batch``.
+   fresh seeds (vmapped; the tuned baselines are branches of one compiled program per
+   task, :func:`switched_program`, the learned optimizers of another); every
+   ``eval_every`` steps the loss and accuracy on the ``train``, ``inner_valid`` and
+   ``test`` splits are recorded, and every step's minibatch loss as split ``train_batch``.
+
+Nothing a baseline computes depends on the learned optimizer, so the two halves run
+apart: :func:`run_baselines` (``lopt baselines``, the workflow's ``baselines`` rule) tunes
+and reports the baselines of one task into ``results/<name>/baselines/<task>/``, and
+:func:`run_evaluation` (``lopt evaluate --baselines DIR``) trains the learned optimizer
+and joins the two. A change to the learned optimizer or its meta-training then re-runs
+only its own runs, and on a cluster the baselines run beside meta-training. Without ``--baselines``
+``lopt evaluate`` computes both, with the same programs and so the same numbers.
 
 Outputs are tidy tables (one observation per row) so analysis never re-runs training.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -299,11 +308,10 @@ def grid_edge_selections(sweep: pd.DataFrame) -> dict[str, float]:
     return dict(zip(hits["optimizer"], hits["learning_rate"].astype(float)))
 
 
-def evaluate_task(
+def tune_and_report_baselines(
     task: Task,
     task_name: str,
     data: Any,
-    learned: dict[str, optax.GradientTransformation],
     baselines: list[str],
     grid_cfg: Any,
     num_steps: int,
@@ -314,14 +322,13 @@ def evaluate_task(
     reference: str = "adam",
     reference_mult: int = 4,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Evaluate learned optimizers and tuned baselines on one task.
+    """Tune every baseline on one task, then train its reporting seeds at the selected setting.
 
     Three compiled programs: the tuning runs of every baseline (:func:`baseline_tuner`),
-    the reported runs of every optimizer, learned and tuned (:func:`switched_program`, so
-    all reported curves come from one program), and the reference's long run.
+    the reported runs of every tuned baseline (:func:`switched_program`) and the
+    reference's long run.
 
     Args:
-        learned: name -> optax optimizer (already built from meta-parameters).
         baselines: names from :data:`lopt.optimizers.BASELINES`.
         grid_cfg: :class:`lopt.config.LRGridConfig`.
         schedules: learning-rate schedules tuned jointly with the rate.
@@ -344,29 +351,77 @@ def evaluate_task(
         )
         tuned[name] = (lr, schedule)
         sweeps.append(sweep)
-
-    # (name, rate, schedule, factory) of every reported optimizer, learned ones first
-    reported = [(name, np.nan, "learned", lambda _, opt=opt: opt) for name, opt in learned.items()]
-    reported += [(name, lr, schedule, baseline_factory(name, schedule, num_steps)) for name, (lr, schedule) in tuned.items()]
-    program = switched_program(task, [r[3] for r in reported], num_steps, eval_every)
-    frames = []
-    for i, (name, lr, schedule, _) in enumerate(reported):
-        hparams = jnp.asarray([0.0 if np.isnan(lr) else lr], jnp.float32)
-        curves = jax.device_get(program(jnp.int32(i), hparams, jnp.asarray(seeds), data))
-        frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, lr, seeds, eval_every, schedule))
+    reported = [(name, lr, schedule, baseline_factory(name, schedule, num_steps)) for name, (lr, schedule) in tuned.items()]
+    curves = _report(task, task_name, data, reported, seeds, num_steps, eval_every)
 
     long_frames = []
     if reference in tuned:
         lr, schedule = tuned[reference]
         steps = reference_mult * num_steps
         make = baseline_factory(reference, schedule, steps)
-        curves = train_curves(task, make, jnp.asarray([lr]), seeds, data, steps, eval_every)
-        long_frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, reference, lr, seeds, eval_every, schedule))
+        long = train_curves(task, make, jnp.asarray([lr]), seeds, data, steps, eval_every)
+        long_frames.append(_tidy(jax.tree.map(lambda x: x[0], long), task_name, reference, lr, seeds, eval_every, schedule))
     sweep_df = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame()
     if not sweep_df.empty:
         sweep_df.insert(0, "task", task_name)
     reference_df = pd.concat(long_frames, ignore_index=True) if long_frames else pd.DataFrame()
-    return pd.concat(frames, ignore_index=True), sweep_df, reference_df
+    return curves, sweep_df, reference_df
+
+
+def report_learned(
+    task: Task,
+    task_name: str,
+    data: Any,
+    learned: dict[str, optax.GradientTransformation],
+    num_steps: int,
+    num_seeds: int,
+    seed_offset: int,
+    eval_every: int,
+) -> pd.DataFrame:
+    """The reported runs of learned optimizers (name -> optax optimizer, built from
+    meta-parameters) on one task: the baselines' seeds, one compiled program."""
+    seeds = seed_offset + np.arange(num_seeds)
+    reported = [(name, np.nan, "learned", lambda _, opt=opt: opt) for name, opt in learned.items()]
+    return _report(task, task_name, data, reported, seeds, num_steps, eval_every)
+
+
+def _report(task, task_name, data, reported, seeds, num_steps, eval_every) -> pd.DataFrame:
+    """Curves of every ``(name, rate, schedule, factory)`` in ``reported``, from one program."""
+    if not reported:
+        return pd.DataFrame()
+    program = switched_program(task, [r[3] for r in reported], num_steps, eval_every)
+    frames = []
+    for i, (name, lr, schedule, _) in enumerate(reported):
+        hparams = jnp.asarray([0.0 if np.isnan(lr) else lr], jnp.float32)
+        curves = jax.device_get(program(jnp.int32(i), hparams, jnp.asarray(seeds), data))
+        frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, lr, seeds, eval_every, schedule))
+    return pd.concat(frames, ignore_index=True)
+
+
+def evaluate_task(
+    task: Task,
+    task_name: str,
+    data: Any,
+    learned: dict[str, optax.GradientTransformation],
+    baselines: list[str],
+    grid_cfg: Any,
+    num_steps: int,
+    num_seeds: int,
+    seed_offset: int,
+    eval_every: int,
+    schedules: tuple[str, ...] = ("constant",),
+    reference: str = "adam",
+    reference_mult: int = 4,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Evaluate learned optimizers and tuned baselines on one task: :func:`report_learned`
+    then :func:`tune_and_report_baselines` (see there for the arguments); the curves hold
+    the learned optimizers' rows first."""
+    learned_curves = report_learned(task, task_name, data, learned, num_steps, num_seeds, seed_offset, eval_every)
+    curves, sweep, reference_df = tune_and_report_baselines(
+        task, task_name, data, baselines, grid_cfg, num_steps, num_seeds, seed_offset, eval_every, schedules,
+        reference, reference_mult,
+    )
+    return pd.concat([learned_curves, curves], ignore_index=True), sweep, reference_df
 
 
 def task_metrics(curves: pd.DataFrame, reference: pd.DataFrame, budget: int, split: str = "train") -> pd.DataFrame:
@@ -429,54 +484,170 @@ def summarise(curves: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def run_evaluation(cfg: Any, task_name: str, pretrained: Any, out_dir: str | Path, tracker: Any = None) -> pd.DataFrame:
+class BaselinesError(ValueError):
+    """Baseline results (``lopt baselines``) that do not fit the evaluation asking for them;
+    the message names the file, the differing settings and the fix."""
+
+
+def baseline_settings(cfg: Any, task_name: str) -> dict[str, Any]:
+    """Everything the baselines of evaluation task ``task_name`` depend on, as JSON values.
+
+    :func:`run_baselines` records it; :func:`run_evaluation` refuses baseline results
+    recorded under other settings. The data root is left out: the same data can be read
+    from another place (a job's copy under a Snakemake storage provider).
+    """
+    ev = cfg.evaluation
+    spec = _eval_spec(cfg, task_name)
+    return {
+        "task_name": task_name,
+        "task": spec.task.model_dump(mode="json"),
+        "num_steps": spec.num_steps or ev.num_steps,
+        "data": {k: v for k, v in cfg.data.model_dump(mode="json").items() if k != "root"},
+        "precision": cfg.compute.precision,
+        **{k: v for k, v in ev.model_dump(mode="json").items() if k not in ("tasks", "num_steps")},
+    }
+
+
+def _eval_spec(cfg: Any, task_name: str) -> Any:
+    spec = {t.name: t for t in cfg.evaluation.tasks}
+    if task_name not in spec:
+        raise ValueError(f"unknown evaluation task {task_name!r}; configured: {', '.join(spec)}")
+    return spec[task_name]
+
+
+def _build(cfg: Any, task_name: str) -> tuple[Task, Any, int]:
+    """The evaluation task ``task_name``, its data and its step budget."""
+    from lopt.tasks import build_task
+
+    ev, spec = cfg.evaluation, _eval_spec(cfg, task_name)
+    task, data = build_task(
+        spec.task, cfg.data.root, ev.eval_batch_size, precision=cfg.compute.precision, data_cfg=cfg.data
+    )
+    return task, data, spec.num_steps or ev.num_steps
+
+
+def _baselines(cfg: Any, task_name: str, task: Task, data: Any, num_steps: int):
+    """:func:`tune_and_report_baselines` under ``cfg``; says on stderr when a rate is a grid edge."""
+    ev = cfg.evaluation
+    curves, sweep, reference = tune_and_report_baselines(
+        task, task_name, data, list(ev.baselines), ev.lr_grid, num_steps, ev.num_seeds, ev.seed_offset,
+        ev.eval_every, tuple(ev.schedules),
+    )
+    for name, lr in grid_edge_selections(sweep).items():
+        # the comparison is only as fair as the tuning: say so where the tuning runs
+        print(
+            f"lopt: {task_name}: tuned {name} selected learning rate {lr:.3g}, an edge of "
+            f"evaluation.lr_grid [{ev.lr_grid.low:g}, {ev.lr_grid.high:g}]; the best rate may lie "
+            "outside it (widen evaluation.lr_grid to check)",
+            file=sys.stderr,
+        )
+    return curves, sweep, reference
+
+
+def _write_csvs(out_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
+    """``<name>.csv`` for each table, each written whole or not at all."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        tmp = out_dir / f".{name}.csv.tmp"
+        df.to_csv(tmp, index=False)
+        tmp.replace(out_dir / f"{name}.csv")
+
+
+BASELINE_TABLES = ("curves", "sweep", "reference")
+
+
+def run_baselines(cfg: Any, task_name: str, out_dir: str | Path, tracker: Any = None) -> pd.DataFrame:
+    """CLI entry (``lopt baselines``): tune and report the baselines on eval task ``task_name``.
+
+    Writes ``curves.csv``, ``sweep.csv``, ``reference.csv`` (the reference's long run) and
+    last ``settings.json`` (:func:`baseline_settings`) into ``out_dir``, for
+    ``lopt evaluate --baselines out_dir``; returns the baselines' summary.
+    """
+    task, data, num_steps = _build(cfg, task_name)
+    curves, sweep, reference = _baselines(cfg, task_name, task, data, num_steps)
+    out_dir = Path(out_dir)
+    _write_csvs(out_dir, {"curves": curves, "sweep": sweep, "reference": reference})
+    tmp = out_dir / ".settings.json.tmp"
+    # "config": the whole resolved config, as meta-training records it, for the workflow's
+    # check of pulled outputs (workflow/rules/common.smk, outdated_by_config)
+    record = {"settings": baseline_settings(cfg, task_name), "config": cfg.to_dict()}
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    tmp.replace(out_dir / "settings.json")  # last: a directory without it is incomplete
+    summary = summarise(curves)
+    if tracker is not None:
+        tracker.log_table(f"baselines/{task_name}/summary", summary)
+        tracker.log_table(f"baselines/{task_name}/sweep", sweep)
+    return summary
+
+
+def load_baselines(directory: str | Path, settings: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``(curves, sweep, reference)`` written by :func:`run_baselines` into ``directory``,
+    exactly as :func:`tune_and_report_baselines` returned them.
+
+    Raises :class:`BaselinesError` when ``directory``'s ``settings.json`` differs from
+    ``settings`` (naming the differing keys), ``FileNotFoundError`` when it has none.
+    """
+    directory = Path(directory)
+    recorded_path = directory / "settings.json"
+    if not recorded_path.is_file():
+        raise FileNotFoundError(f"{recorded_path}: not found; write the baselines with "
+                                f"`lopt baselines --task {settings['task_name']} --out {directory}`")
+    try:
+        recorded = json.loads(recorded_path.read_text())["settings"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BaselinesError(f"{recorded_path}: unreadable ({type(exc).__name__}: {exc}); "
+                             "re-run `lopt baselines`") from None
+    differ = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
+    if differ:
+        diffs = "; ".join(f"{k}: {recorded.get(k)!r} there, {settings.get(k)!r} here" for k in differ)
+        raise BaselinesError(f"{recorded_path}: baselines computed under other settings ({diffs}); "
+                             "re-run `lopt baselines` with this config (snakemake does)")
+
+    def read(name: str) -> pd.DataFrame:
+        try:
+            df = pd.read_csv(directory / f"{name}.csv")
+        except pd.errors.EmptyDataError:  # an empty table (no reference optimizer) has no header
+            return pd.DataFrame()
+        if "loss" in df:
+            df["loss"] = df["loss"].astype(np.float32)  # as trained: float32 (the text round-trips)
+        return df
+
+    curves, sweep, reference = (read(name) for name in BASELINE_TABLES)
+    return curves, sweep, reference
+
+
+def run_evaluation(
+    cfg: Any, task_name: str, pretrained: Any, out_dir: str | Path, tracker: Any = None,
+    baselines: str | Path | None = None,
+) -> pd.DataFrame:
     """CLI entry: evaluate the trained optimizer and baselines on eval task ``task_name``.
 
     ``pretrained`` is a :class:`~lopt.optimizers.pretrained.Pretrained`, loaded with
     ``load_pretrained(path, fallback=cfg.lopt)``: the architecture comes from the
     checkpoint's own metadata, so any saved optimizer evaluates under this config's tasks,
     whatever this config's ``lopt:`` section says (see :mod:`lopt.artifacts` for resolving
-    DVC and W&B references to a local file).
+    DVC and W&B references to a local file). ``baselines``: a :func:`run_baselines`
+    directory for this task and config (checked, :func:`load_baselines`); without one the
+    baselines are tuned and trained here, with the same programs and results.
 
-    Writes ``curves.csv``, ``sweep.csv`` and ``summary.csv`` into ``out_dir``; returns
-    the summary.
+    Writes ``curves.csv``, ``sweep.csv``, ``summary.csv`` and ``metrics.csv`` into
+    ``out_dir``; returns the summary.
     """
-    from lopt.tasks import build_task
-
-    ev = cfg.evaluation
-    spec = {t.name: t for t in ev.tasks}
-    if task_name not in spec:
-        raise ValueError(f"unknown evaluation task {task_name!r}; configured: {', '.join(spec)}")
-    task, data = build_task(
-        spec[task_name].task, cfg.data.root, ev.eval_batch_size, precision=cfg.compute.precision, data_cfg=cfg.data
-    )
-    num_steps = spec[task_name].num_steps or ev.num_steps
+    task, data, num_steps = _build(cfg, task_name)
+    ev, distribution = cfg.evaluation, _eval_spec(cfg, task_name).distribution
+    if baselines is not None:  # checked before any training
+        base_curves, sweep, reference = load_baselines(baselines, baseline_settings(cfg, task_name))
     learned = {"lopt": pretrained.to_optax(num_steps)}
-    curves, sweep, reference = evaluate_task(
-        task, task_name, data, learned, list(ev.baselines), ev.lr_grid, num_steps, ev.num_seeds, ev.seed_offset,
-        ev.eval_every, tuple(ev.schedules),
-    )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    curves = report_learned(task, task_name, data, learned, num_steps, ev.num_seeds, ev.seed_offset, ev.eval_every)
+    if baselines is None:
+        base_curves, sweep, reference = _baselines(cfg, task_name, task, data, num_steps)
+    curves = pd.concat([curves, base_curves], ignore_index=True)
     summary = summarise(curves)
-    summary.insert(1, "distribution", spec[task_name].distribution)
-    edge = grid_edge_selections(sweep)
-    summary["lr_at_grid_edge"] = summary["optimizer"].isin(edge)
-    for name, lr in edge.items():
-        # the comparison is only as fair as the tuning: say so where the run is read
-        print(
-            f"lopt evaluate: {task_name}: tuned {name} selected learning rate {lr:.3g}, an edge of "
-            f"evaluation.lr_grid [{ev.lr_grid.low:g}, {ev.lr_grid.high:g}]; the best rate may lie "
-            "outside it (widen evaluation.lr_grid to check)",
-            file=sys.stderr,
-        )
+    summary.insert(1, "distribution", distribution)
+    summary["lr_at_grid_edge"] = summary["optimizer"].isin(grid_edge_selections(sweep))
     speed = task_metrics(curves, reference, num_steps)
-    speed.insert(1, "distribution", spec[task_name].distribution)
-    outputs = (("curves", curves), ("sweep", sweep), ("summary", summary), ("metrics", speed))
-    for name, df in outputs:
-        tmp = out_dir / f".{name}.csv.tmp"
-        df.to_csv(tmp, index=False)
-        tmp.replace(out_dir / f"{name}.csv")
+    speed.insert(1, "distribution", distribution)
+    _write_csvs(Path(out_dir), {"curves": curves, "sweep": sweep, "summary": summary, "metrics": speed})
     if tracker is not None:
         tracker.log_table(f"eval/{task_name}/summary", summary)
         tracker.log_table(f"eval/{task_name}/sweep", sweep)

@@ -1,9 +1,39 @@
-# Stage 3: evaluate the learned optimizer and LR-tuned baselines on one held-out task.
+# Stage 3: the LR-tuned baselines of one held-out task (independent of the learned
+# optimizer: a meta-training change never re-runs them, and a cluster runs them beside it), then
+# the learned optimizer on that task, joined with them.
+BASELINES_SPEC = ("data", "evaluation", "compute.precision")
+
+
+rule baselines:
+    input:
+        data=lambda w: dataset_files(eval_task_dataset(w.task)),
+        config=lambda w: outdated_by_config(f"{RESULTS}/baselines/{w.task}/settings.json", *BASELINES_SPEC),
+    output:
+        curves=f"{RESULTS}/baselines/{{task}}/curves.csv",
+        sweep=f"{RESULTS}/baselines/{{task}}/sweep.csv",
+        reference=f"{RESULTS}/baselines/{{task}}/reference.csv",
+        settings=f"{RESULTS}/baselines/{{task}}/settings.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/baselines_{{task}}.tsv"
+    params:
+        spec=spec(*BASELINES_SPEC),
+        out=lambda w, output: parent_dir(output.curves),
+        data_root=lambda w, input: data_root_flag(input.data),
+    wildcard_constraints:
+        task="|".join(EVAL_TASKS),
+    threads: stage_threads("evaluate")
+    resources:
+        **res("evaluate"),
+    shell:
+        "lopt baselines --config {CONFIGFILE}{params.data_root} --task {wildcards.task} --out {params.out} --quiet"
+
+
 rule evaluate:
     input:
         params=f"{RESULTS}/meta/meta_params.npz",
         params_meta=f"{RESULTS}/meta/meta_params.npz.json",  # read with it, from the same folder
         data=lambda w: dataset_files(eval_task_dataset(w.task)),
+        baselines=rules.baselines.output,
     output:
         curves=f"{RESULTS}/eval/{{task}}/curves.csv",
         summary=f"{RESULTS}/eval/{{task}}/summary.csv",
@@ -14,6 +44,7 @@ rule evaluate:
     params:
         spec=spec("data", "lopt", "evaluation", "compute.precision"),
         out=lambda w, output: parent_dir(output.curves),
+        baselines=lambda w, input: parent_dir(input.baselines[0]),  # all four files are inputs: fetched under storage
         data_root=lambda w, input: data_root_flag(input.data),
     wildcard_constraints:
         task="|".join(EVAL_TASKS),
@@ -22,4 +53,4 @@ rule evaluate:
         **res("evaluate"),
     shell:
         "lopt evaluate --config {CONFIGFILE}{params.data_root} --task {wildcards.task} "
-        "--checkpoint {input.params} --out {params.out} --quiet"
+        "--checkpoint {input.params} --baselines {params.baselines} --out {params.out} --quiet"
