@@ -183,6 +183,26 @@ def test_evaluate_with_a_damaged_checkpoint_is_a_one_line_error(cluster_repo, tm
     assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
 
 
+def test_evaluate_with_baselines_of_other_settings_is_a_one_line_error(cluster_repo, tmp_path):
+    """`lopt evaluate --baselines DIR` checks DIR before any training or tracked run: other
+    settings, or no `lopt baselines` output at all, are one line naming the file."""
+    repo, env, _ = cluster_repo
+    npz = REPO / "tests" / "fixtures" / "old_run" / "meta_params.npz"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "settings.json").write_text(json.dumps({"settings": {"task_name": "quad", "num_seeds": 99}}))
+    for directory, expected in ((other, f"error: {other / 'settings.json'}: baselines computed under other settings ("),
+                                (tmp_path, f"error: {tmp_path / 'settings.json'}: not found; write the baselines")):
+        proc = _lopt(repo, env, "evaluate", "--config", "cfg.yaml", "--task", "quad", "--checkpoint", str(npz),
+                     "--baselines", str(directory), "--out", str(tmp_path / "out"))
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr and "wandb" not in proc.stderr.lower(), proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
+        assert directory == tmp_path or "num_seeds: 99 there, 5 here" in lines[0] and "lr_grid: absent there" in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_analyze_without_results_and_variance_without_its_section_are_one_line_errors(cluster_repo, tmp_path):
     repo, env, _ = cluster_repo
     proc = _lopt(repo, env, "analyze", "--config", "cfg.yaml", "--results", str(tmp_path / "none"))

@@ -168,9 +168,16 @@ def test_final_loss_table_marks_the_best():
 def test_baselines_apart_give_the_same_files_as_together_and_other_settings_are_refused(tmp_path):
     """The workflow's two jobs (`lopt baselines`, then `lopt evaluate --baselines DIR`) write
     byte-identical tables to `lopt evaluate` alone, and baseline results recorded under
-    other settings are refused before any training, naming the file and the setting."""
+    other settings are refused, naming the file and the setting (the CLI's one-line error:
+    tests/test_cluster.py)."""
     from lopt.config import validate_config
-    from lopt.evaluate import BaselinesError, run_baselines, run_evaluation
+    from lopt.evaluate import (
+        BaselinesError,
+        baseline_settings,
+        load_baselines,
+        run_baselines,
+        run_evaluation,
+    )
     from lopt.optimizers.pretrained import Pretrained, from_config
 
     raw = {
@@ -185,7 +192,8 @@ def test_baselines_apart_give_the_same_files_as_together_and_other_settings_are_
     pretrained = Pretrained(lopt, lopt.init(jax.random.PRNGKey(0)), {})
     run_evaluation(cfg, "quad", pretrained, tmp_path / "together")
     run_baselines(cfg, "quad", tmp_path / "baselines")
-    run_evaluation(cfg, "quad", pretrained, tmp_path / "apart", baselines=tmp_path / "baselines")
+    loaded = load_baselines(tmp_path / "baselines", baseline_settings(cfg, "quad"))
+    run_evaluation(cfg, "quad", pretrained, tmp_path / "apart", baselines=loaded)
     for name in ("curves", "sweep", "summary", "metrics"):
         together = (tmp_path / "together" / f"{name}.csv").read_bytes()
         assert (tmp_path / "apart" / f"{name}.csv").read_bytes() == together, name
@@ -195,7 +203,6 @@ def test_baselines_apart_give_the_same_files_as_together_and_other_settings_are_
 
     raw["evaluation"]["num_seeds"] = 3
     with pytest.raises(BaselinesError, match=r"baselines/settings\.json: .*num_seeds: 2 there, 3 here"):
-        run_evaluation(validate_config(raw), "quad", pretrained, tmp_path / "other", baselines=tmp_path / "baselines")
-    assert not (tmp_path / "other").exists()
+        load_baselines(tmp_path / "baselines", baseline_settings(validate_config(raw), "quad"))
     with pytest.raises(FileNotFoundError, match=r"together/settings\.json: not found; .*lopt baselines --task quad"):
-        run_evaluation(cfg, "quad", pretrained, tmp_path / "other", baselines=tmp_path / "together")
+        load_baselines(tmp_path / "together", baseline_settings(cfg, "quad"))

@@ -104,9 +104,14 @@ def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
     # read (and verify) the optimizer before a tracked run starts: a bad checkpoint is a
     # one-line error, not a failed W&B run
     pretrained = load_pretrained(resolve_checkpoint(ref), fallback=cfg.lopt)
+    baselines = None
+    if args.baselines is not None:  # checked before a tracked run starts, too
+        from lopt.evaluate import baseline_settings, load_baselines
+
+        baselines = load_baselines(args.baselines, baseline_settings(cfg, args.task))
     out = Path(args.out or _results(cfg) / "eval" / args.task)
     with _tracker(cfg, "evaluate", f"eval-{args.task}") as tracker:
-        summary = run_evaluation(cfg, args.task, pretrained, out, tracker=tracker, baselines=args.baselines)
+        summary = run_evaluation(cfg, args.task, pretrained, out, tracker=tracker, baselines=baselines)
     print(summary.to_string(index=False))
 
 

@@ -599,7 +599,10 @@ def load_baselines(directory: str | Path, settings: dict[str, Any]) -> tuple[pd.
                              "re-run `lopt baselines`") from None
     differ = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
     if differ:
-        diffs = "; ".join(f"{k}: {recorded.get(k)!r} there, {settings.get(k)!r} here" for k in differ)
+        def show(d: dict[str, Any], k: str) -> str:
+            return repr(d[k]) if k in d else "absent"
+
+        diffs = "; ".join(f"{k}: {show(recorded, k)} there, {show(settings, k)} here" for k in differ)
         raise BaselinesError(f"{recorded_path}: baselines computed under other settings ({diffs}); "
                              "re-run `lopt baselines` with this config (snakemake does)")
 
@@ -618,7 +621,7 @@ def load_baselines(directory: str | Path, settings: dict[str, Any]) -> tuple[pd.
 
 def run_evaluation(
     cfg: Any, task_name: str, pretrained: Any, out_dir: str | Path, tracker: Any = None,
-    baselines: str | Path | None = None,
+    baselines: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """CLI entry: evaluate the trained optimizer and baselines on eval task ``task_name``.
 
@@ -626,8 +629,8 @@ def run_evaluation(
     ``load_pretrained(path, fallback=cfg.lopt)``: the architecture comes from the
     checkpoint's own metadata, so any saved optimizer evaluates under this config's tasks,
     whatever this config's ``lopt:`` section says (see :mod:`lopt.artifacts` for resolving
-    DVC and W&B references to a local file). ``baselines``: a :func:`run_baselines`
-    directory for this task and config (checked, :func:`load_baselines`); without one the
+    DVC and W&B references to a local file). ``baselines``: this task's baselines under
+    this config, as :func:`load_baselines` returns them (it checks that); without them the
     baselines are tuned and trained here, with the same programs and results.
 
     Writes ``curves.csv``, ``sweep.csv``, ``summary.csv`` and ``metrics.csv`` into
@@ -635,12 +638,9 @@ def run_evaluation(
     """
     task, data, num_steps = _build(cfg, task_name)
     ev, distribution = cfg.evaluation, _eval_spec(cfg, task_name).distribution
-    if baselines is not None:  # checked before any training
-        base_curves, sweep, reference = load_baselines(baselines, baseline_settings(cfg, task_name))
     learned = {"lopt": pretrained.to_optax(num_steps)}
     curves = report_learned(task, task_name, data, learned, num_steps, ev.num_seeds, ev.seed_offset, ev.eval_every)
-    if baselines is None:
-        base_curves, sweep, reference = _baselines(cfg, task_name, task, data, num_steps)
+    base_curves, sweep, reference = baselines or _baselines(cfg, task_name, task, data, num_steps)
     curves = pd.concat([curves, base_curves], ignore_index=True)
     summary = summarise(curves)
     summary.insert(1, "distribution", distribution)
