@@ -128,12 +128,16 @@ def test_pull_pretrained_then_pipeline_reruns_only_evaluation_and_analysis(smoke
     clone = _fresh_clone(repo, tmp_path / "clone")
     proc, _ = run(["dvc", "pull", "data"], clone, env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # `lopt evaluate --checkpoint` on a DVC-tracked path that is not in the workspace pulls it
+    # `lopt evaluate --checkpoint` on a DVC-tracked path that is not in the workspace pulls
+    # it; the baselines come from the first checkout's run (same settings: accepted)
+    baselines = repo / "results/smoke/baselines/digits_mlp16"
     cmd = ["lopt", "evaluate", "--config", "configs/smoke.yaml", "--task", "digits_mlp16",
-           "--checkpoint", "results/smoke/meta", "--out", str(tmp_path / "adhoc"), "--quiet"]
+           "--checkpoint", "results/smoke/meta", "--baselines", str(baselines), "--out", str(tmp_path / "adhoc"),
+           "--quiet"]
     proc, _ = run(cmd, clone, env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert (tmp_path / "adhoc" / "metrics.csv").exists()
+    adhoc = (tmp_path / "adhoc" / "curves.csv").read_text()
+    assert adhoc == (repo / "results/smoke/eval/digits_mlp16/curves.csv").read_text()  # the same optimizer
     proc, _ = run(["dvc", "pull", "data", "pretrained@smoke"], clone, env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _sha(clone / "results/smoke/meta/meta_params.npz") == meta_sha
