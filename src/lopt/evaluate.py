@@ -134,7 +134,7 @@ def baseline_tuner(
 
     A tuning run computes only what selection reads: no curves, one evaluation of one
     split at the end (the value the run's curve would end on). The reported runs are
-    trained again by :func:`evaluate_task` for the selected setting only.
+    trained again by :func:`tune_and_report_baselines` for the selected setting only.
     """
     index = {c: i for i, c in enumerate(candidates)}
     factories = [baseline_factory(n, s, num_steps) for n, s in candidates]
@@ -396,32 +396,6 @@ def _report(task, task_name, data, reported, seeds, num_steps, eval_every) -> pd
         curves = jax.device_get(program(jnp.int32(i), hparams, jnp.asarray(seeds), data))
         frames.append(_tidy(jax.tree.map(lambda x: x[0], curves), task_name, name, lr, seeds, eval_every, schedule))
     return pd.concat(frames, ignore_index=True)
-
-
-def evaluate_task(
-    task: Task,
-    task_name: str,
-    data: Any,
-    learned: dict[str, optax.GradientTransformation],
-    baselines: list[str],
-    grid_cfg: Any,
-    num_steps: int,
-    num_seeds: int,
-    seed_offset: int,
-    eval_every: int,
-    schedules: tuple[str, ...] = ("constant",),
-    reference: str = "adam",
-    reference_mult: int = 4,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Evaluate learned optimizers and tuned baselines on one task: :func:`report_learned`
-    then :func:`tune_and_report_baselines` (see there for the arguments); the curves hold
-    the learned optimizers' rows first."""
-    learned_curves = report_learned(task, task_name, data, learned, num_steps, num_seeds, seed_offset, eval_every)
-    curves, sweep, reference_df = tune_and_report_baselines(
-        task, task_name, data, baselines, grid_cfg, num_steps, num_seeds, seed_offset, eval_every, schedules,
-        reference, reference_mult,
-    )
-    return pd.concat([learned_curves, curves], ignore_index=True), sweep, reference_df
 
 
 def task_metrics(curves: pd.DataFrame, reference: pd.DataFrame, budget: int, split: str = "train") -> pd.DataFrame:
