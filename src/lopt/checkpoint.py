@@ -128,8 +128,8 @@ class _StrayReads(logging.Filter):
     A read that had not started when the loop closed leaves a coroutine never awaited
     (``RuntimeWarning: coroutine 'Store._get_array_metadatas' was never awaited``, printed
     at exit when the collector finds it). All reach stderr after the CLI's one-line error
-    (about 130 lines for three damaged steps) and repeat what that line says. The reads are harmless: their results are
-    discarded. So a process that restores with :meth:`Checkpointer.restore_newest_readable`
+    (about 130 lines for three damaged steps) and repeat what that line says. The reads
+    are harmless: their results are discarded. So a process that restores with :meth:`Checkpointer.restore_newest_readable`
     drops exactly those reports (asyncio's only for errors that name one of its checkpoint
     directories; never-awaited coroutines only once one of its restores has failed) and
     passes everything else on.
