@@ -265,15 +265,15 @@ def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, capsys)
         seen.setdefault("files", sorted(p.name for p in out.iterdir() if p.is_file()))
         return real_flush(*args, **kwargs)
 
-    import lopt.meta_train as mt_module
+    import lopt.meta_train.run as run_module
 
-    real_flush = mt_module._flush
-    mt_module._flush = spy
+    real_flush = run_module.rows_of
+    run_module.rows_of = spy
     try:
         with pytest.warns(UserWarning, match="starting afresh"):
             state = meta_train(changed, out, resume=True, progress=False)
     finally:
-        mt_module._flush = real_flush
+        run_module.rows_of = real_flush
     assert seen["files"] == [], seen  # the other config's optimizer was moved aside with its run
     assert int(state.step) == 9
     stale = list(tmp_path.joinpath("out").glob("checkpoints.stale-*"))
@@ -313,7 +313,7 @@ def test_checkpoints_of_the_old_particle_layout_are_moved_aside_not_resumed(tmp_
     old_stamp = {"fingerprint": mt_module.fingerprint(cfg), "experiment": cfg.name}
     (ckpt / "fingerprint.json").write_text(json.dumps(old_stamp))
     with pytest.warns(UserWarning, match="older lopt with another particle layout"):
-        mt_module._prepare_checkpoint_dir(ckpt, cfg, resume=True)
+        mt_module.prepare_checkpoint_dir(ckpt, cfg, resume=True)
     (aside,) = ckpt.parent.glob("checkpoints.stale-*")
     assert aside.name == f"checkpoints.stale-{old_stamp['fingerprint']}-pairs-halves" and (aside / "6").is_dir()
     assert not (ckpt / "6").exists()
@@ -321,7 +321,7 @@ def test_checkpoints_of_the_old_particle_layout_are_moved_aside_not_resumed(tmp_
     assert stamp["particle_layout"] == mt_module.PARTICLE_LAYOUT == "pairs-adjacent"
     # a stamp of the current layout resumes in place
     (ckpt / "7").mkdir()
-    mt_module._prepare_checkpoint_dir(ckpt, cfg, resume=True)
+    mt_module.prepare_checkpoint_dir(ckpt, cfg, resume=True)
     assert (ckpt / "7").is_dir() and len(list(ckpt.parent.glob("checkpoints.stale-*"))) == 1
 
 
@@ -345,20 +345,20 @@ def test_refused_start_leaves_nothing_that_blocks_the_next(tmp_path, digits_root
     ckpt.mkdir(parents=True)
     (ckpt / "fingerprint.json").write_text('{"fingerprint": "other"}')
     (ckpt / mt_module.LIVE_METRICS).write_text("step\n")
-    mt_module._prepare_checkpoint_dir(ckpt, cfg, resume=False)
+    mt_module.prepare_checkpoint_dir(ckpt, cfg, resume=False)
     assert json.loads((ckpt / "fingerprint.json").read_text())["fingerprint"] == mt_module.fingerprint(cfg)
     (ckpt / "0").mkdir()  # a checkpoint: now it is refused
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
-        mt_module._prepare_checkpoint_dir(ckpt, cfg, resume=False)
+        mt_module.prepare_checkpoint_dir(ckpt, cfg, resume=False)
 
 
 def test_metrics_log_drops_a_torn_last_row(tmp_path):
-    from lopt.meta_train import METRIC_FIELDS, _MetricsLog
+    from lopt.meta_train import METRIC_FIELDS, MetricsLog
 
     path = tmp_path / "metrics.live.csv"
     whole = ",".join("1" if f == "step" else "0.5" for f in METRIC_FIELDS)
     path.write_text(",".join(METRIC_FIELDS) + "\n" + whole + "\n" + "2,0.4\n" + "3")  # killed mid-write
-    log = _MetricsLog(path, resume_step=20)
+    log = MetricsLog(path, resume_step=20)
     log.close()
     rows = pd.read_csv(path)
     assert list(rows["step"]) == [1] and not rows.isna().any().any()
@@ -366,21 +366,21 @@ def test_metrics_log_drops_a_torn_last_row(tmp_path):
 
 def test_metrics_log_keeps_rows_with_blank_columns_across_resumes(tmp_path):
     """A log begun before a column existed keeps its rows through every later resume."""
-    from lopt.meta_train import METRIC_FIELDS, _MetricsLog
+    from lopt.meta_train import METRIC_FIELDS, MetricsLog
 
     path = tmp_path / "metrics.live.csv"
     old_fields = [f for f in METRIC_FIELDS if f not in ("diverged", "skipped_updates")]
     body = "".join(",".join(str(s) if f == "step" else "0.5" for f in old_fields) + "\n" for s in (1, 2, 3))
     path.write_text(",".join(old_fields) + "\n" + body)
     for resume_step in (3, 3):  # the first resume rewrites with blank new columns; the second reads them
-        _MetricsLog(path, resume_step=resume_step).close()
+        MetricsLog(path, resume_step=resume_step).close()
         rows = pd.read_csv(path)
         assert list(rows["step"]) == [1, 2, 3]
         assert list(rows.columns) == list(METRIC_FIELDS)
     # a kill that tears the last line anywhere (here mid-number) still loses only that line
     whole = ",".join("4" if f == "step" else "0.25" for f in METRIC_FIELDS)
     path.write_text(path.read_text() + whole[:-1])
-    _MetricsLog(path, resume_step=9).close()
+    MetricsLog(path, resume_step=9).close()
     assert list(pd.read_csv(path)["step"]) == [1, 2, 3]
 
 

@@ -1,0 +1,184 @@
+"""The run directory: which checkpoints belong to this configuration, and what a finished
+run publishes beside them.
+
+``checkpoints/fingerprint.json`` stamps the directory with :func:`fingerprint`; a resume
+under another config moves the old run (and its published files) aside, never deletes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from lopt.config import ExperimentConfig
+from lopt.meta_train.step import MetaState, MetaTrainer
+from lopt.optimizers import LearnedOptimizer
+
+LIVE_METRICS = "metrics.live.csv"
+
+# `devices` only reorders floating-point sums: a run may resume on more or fewer devices;
+# `particle_chunk` only changes how many particles are unrolled at once.
+_NON_FINGERPRINT = {"outer_steps", "checkpoint_every", "max_to_keep", "log_every", "devices", "particle_chunk"}
+
+
+def fingerprint(cfg: ExperimentConfig) -> str:
+    """Hash of every config field that affects the meta-training computation."""
+    resolved = cfg.to_dict()
+    meta = {k: v for k, v in resolved["meta_train"].items() if k not in _NON_FINGERPRINT}
+    spec = {"seed": resolved["seed"], "data": resolved["data"], "lopt": resolved["lopt"], "meta_train": meta}
+    if cfg.compute.precision != "float32":  # absent when float32: older checkpoints stay valid
+        spec["precision"] = cfg.compute.precision
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# How the estimator state orders antithetic copies (lopt.unroll.pair_up). Checkpoints
+# whose stamp names no layout were written with pair m at particles m and m + P/2; their
+# estimator state would pair the wrong particles, so a resume moves them aside like those
+# of another config (the stamp's fingerprint is unchanged: the computation is the same).
+PARTICLE_LAYOUT = "pairs-adjacent"
+
+
+def _stamped_identity(stamp: dict[str, Any]) -> str:
+    """The fingerprint a checkpoint directory's stamp stands for, its layout included."""
+    layout = stamp.get("particle_layout", "pairs-halves")
+    return stamp["fingerprint"] if layout == PARTICLE_LAYOUT else f"{stamp['fingerprint']}-{layout}"
+
+
+def barrier(name: str) -> None:
+    """Wait for every process of a multi-host job (a no-op in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
+    """Refuse to overwrite, or move aside checkpoints of a different configuration.
+
+    A resume under a changed config moves the old checkpoints to
+    ``checkpoints.stale-<their fingerprint>`` and, when an earlier run of the current
+    config was moved aside that way, puts it back so the resume continues it. The
+    published files (:data:`PUBLISHED`) move with their run's checkpoints (into its
+    ``published/`` folder) and come back with them. Nothing is deleted: a name already
+    taken gets a numbered suffix. Every process reads (so all
+    raise alike); only process 0 changes the directory.
+    """
+    stamp = ckpt_dir / "fingerprint.json"
+    current = fingerprint(cfg)
+    # a stamp or live log alone (a run stopped before its first checkpoint) holds nothing to resume
+    exists = ckpt_dir.exists() and any(p.name not in (stamp.name, LIVE_METRICS) for p in ckpt_dir.iterdir())
+    if exists and not resume:
+        raise FileExistsError(
+            f"{ckpt_dir} already holds checkpoints; pass --resume to continue or delete it"
+        )
+    legacy_log = ckpt_dir.parent / LIVE_METRICS  # where runs before the log moved kept it
+    if exists and legacy_log.exists() and not (ckpt_dir / LIVE_METRICS).exists() and jax.process_index() == 0:
+        legacy_log.replace(ckpt_dir / LIVE_METRICS)
+    stamped = json.loads(stamp.read_text()) if stamp.exists() else {}
+    previous = _stamped_identity(stamped) if stamped else "unknown"
+    barrier("lopt-checkpoint-dir-read")
+    if jax.process_index() == 0:
+        if exists and previous != current:
+            stale = _free_name(ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{previous}"))
+            ckpt_dir.rename(stale)
+            # the published files of that run go with it: until this run publishes, nothing
+            # in out_dir may pass for this config's optimizer (e.g. `lopt evaluate`'s default)
+            _move_published(ckpt_dir.parent, stale / PUBLISHED_ASIDE)
+            earlier = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{current}")
+            if earlier.exists():
+                earlier.rename(ckpt_dir)
+                _move_published(ckpt_dir / PUBLISHED_ASIDE, ckpt_dir.parent)
+                warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and "
+                              f"resuming this config's earlier run from {earlier}")
+            elif stamped.get("fingerprint") == current:  # same config, older layout
+                warnings.warn(f"{ckpt_dir} was written by an older lopt with another particle layout, which "
+                              f"cannot resume; moved it to {stale} and starting afresh")
+            else:
+                warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and starting afresh")
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps({"fingerprint": current, "experiment": cfg.name, "particle_layout": PARTICLE_LAYOUT}))
+    barrier("lopt-checkpoint-dir-ready")
+
+
+# What a finished run publishes next to its checkpoints (see :func:`publish`).
+PUBLISHED = ("meta_params.npz", "meta_params.npz.json", "metrics.csv", "model_card.md")
+PUBLISHED_ASIDE = "published"  # their folder inside a moved-aside checkpoint directory
+
+
+def _move_published(src: Path, dst: Path) -> None:
+    """Move whichever :data:`PUBLISHED` files ``src`` holds into ``dst`` (removing ``src`` if
+    it is a now-empty ``published`` folder)."""
+    files = [src / name for name in PUBLISHED if (src / name).exists()]
+    if files:
+        dst.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        f.replace(dst / f.name)
+    if src.name == PUBLISHED_ASIDE and src.is_dir() and not any(src.iterdir()):
+        src.rmdir()
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path.1``, ``path.2``, ... whichever does not exist yet."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
+
+
+def publish(out_dir: Path, cfg: ExperimentConfig, trainer: MetaTrainer, state: MetaState, wall: float) -> None:
+    """Publish the finished run: the log and model card first, the meta-parameters last."""
+    from lopt.checkpoint import save_meta_params
+
+    mt = cfg.meta_train
+    tmp = out_dir / ".metrics.csv.tmp"
+    shutil.copyfile(out_dir / "checkpoints" / LIVE_METRICS, tmp)
+    tmp.replace(out_dir / "metrics.csv")
+    _write_model_card(out_dir / "model_card.md", trainer.lopt, cfg, int(state.step))
+    save_meta_params(
+        out_dir / "meta_params.npz",
+        state.theta,
+        {
+            "experiment": cfg.name,
+            "config": cfg.to_dict(),  # the resolved experiment config (every default filled)
+            "optimizer": cfg.lopt.model_dump(),
+            "estimator": mt.estimator,
+            "meta_train_tasks": [t.model_dump() for t in mt.tasks()],
+            "outer_steps": int(state.step),
+            "num_meta_params": sum(int(x.size) for x in jax.tree.leaves(state.theta)),
+            "compute": {
+                # this process's share when resumed; metrics.csv's wall_time is the total
+                "wall_seconds_this_process": round(wall, 1),
+                "device": jax.devices()[0].device_kind,
+                "devices": jax.device_count(),
+                "processes": jax.process_count(),
+                "precision": cfg.compute.precision,
+                "inner_steps_simulated": int(state.step) * trainer.estimator.unroll_steps,
+            },
+        },
+    )
+
+
+def _write_model_card(path: Path, lopt: LearnedOptimizer, cfg: ExperimentConfig, steps: int) -> None:
+    """The architecture's card plus how it was meta-trained (estimator, tasks, steps)."""
+    from lopt.optimizers import model_card_markdown
+
+    mt = cfg.meta_train
+    tasks = "; ".join(
+        ", ".join(f"{k}={v}" for k, v in t.model_dump().items()) for t in mt.tasks()
+    )
+    text = model_card_markdown(lopt.card()) + (
+        f"\nMeta-trained by experiment `{cfg.name}`: {mt.estimator.upper()}, "
+        f"{mt.num_particles} particles per task, K = {mt.trunc_length}, T = {mt.horizon}, "
+        f"sigma = {mt.sigma}, {steps} outer steps of {mt.outer_optimizer} (lr {mt.outer_lr}).\n"
+        f"Meta-training tasks: {tasks}.\n"
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
