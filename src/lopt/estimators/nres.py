@@ -1,4 +1,4 @@
-"""Noise-Reuse Evolution Strategies (NRES; Li, Wu, Zhang & Zou, ICML 2023).
+"""Noise-Reuse Evolution Strategies (NRES; Li, Harrison, Sohl-Dickstein, Smith & Metz, NeurIPS 2023).
 
 NRES is the member of the GPES family that draws one perturbation per particle per
 episode and reuses it in every window of that episode (ES-Single, Vicol et al. 2023,
