@@ -108,3 +108,25 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
     (run / "meta_params.npz").write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="corrupt .its sha256 differs"):
         load_pretrained(run / "meta_params.npz")
+
+
+@pytest.mark.parametrize(
+    "optimizer,expected",
+    [
+        ({"kind": "bogus"}, "  optimizer.kind: unknown learned-optimizer kind (allowed values: mlp_lopt, adafac_mlp_lopt"),
+        ({"kind": "mlp_lopt", "hiden_size": 8}, "  optimizer.hiden_size: Extra inputs are not permitted (allowed keys: "),
+    ],
+    ids=["unknown-kind", "misspelled-key"],
+)
+def test_sidecar_with_a_bad_architecture_names_the_key_and_allowed_values(tmp_path, optimizer, expected):
+    from lopt.checkpoint import CheckpointError
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    sidecar = run / "meta_params.npz.json"
+    sidecar.write_text(json.dumps(dict(json.loads(sidecar.read_text()), optimizer=optimizer)))
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(run / "meta_params.npz")
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{sidecar}: 'optimizer' is not a valid lopt config", lines
+    assert lines[1].startswith(expected) and "pydantic" not in str(info.value), lines

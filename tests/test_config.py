@@ -42,6 +42,8 @@ CROSS_FIELD = {
 
 # (key path to corrupt, new value, text the message must contain besides file and key)
 MALFORMED = [
+    ("lopt.features", ["grad", "param", "grad"], "lists grad more than once; give each at most once"),
+    ("meta_train.task", {"hidden_sizes": [4]}, "kind: Field required (allowed values: 'image_mlp', 'image_conv'"),
     ("meta_train.estimator", "sgd-es", "'tbptt', 'full_es', 'tes', 'pes', 'gpes' or 'nres'"),
     ("meta_train.noise_reuse_steps", 10, "applies to estimator 'gpes' only"),
     ("meta_train.num_particles", 7, "even"),
@@ -133,6 +135,23 @@ def test_not_yaml_and_missing_file(tmp_path):
     top.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(top)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"binary.yaml: not a UTF-8 text file \(byte 6: invalid start byte\)"):
+        load_config(binary)
+    from lopt.studies.config import is_study
+
+    assert not is_study(binary)  # the CLI asks first: not a study, so load_config reports it
+
+
+def test_a_study_without_its_kind_is_told_to_add_it(tmp_path):
+    raw = yaml.safe_load((REPO / "configs" / "paper" / "pes_influence.yaml").read_text())
+    raw.pop("kind")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).endswith("(this looks like a paper study, configs/paper/*.yaml: add `kind: study` at the top)")
 
 
 def test_shipped_configs_are_valid():
@@ -309,6 +328,16 @@ def test_cli_rejects_before_any_jax_work(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"{cfg_path}" in proc.stderr and "meta_train.sigma" in proc.stderr
     assert time.perf_counter() - start < 20
+
+
+def test_quick_on_an_experiment_config_is_refused(capsys):
+    from lopt.cli import main
+
+    smoke = REPO / "configs" / "smoke.yaml"
+    capsys.readouterr()
+    assert main(["validate", "--config", str(smoke), "--quick"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {smoke}: --quick applies to study configs (kind: study) "
+                                               "only; an experiment config has no quick variant")
 
 
 def test_snakemake_rejects_bad_config_at_parse_time(tmp_path):

@@ -276,6 +276,14 @@ def test_missing_dataset_tells_to_prepare(tmp_path: Path) -> None:
         load("digits", tmp_path)
 
 
+@pytest.mark.parametrize("text,expected", [("{bad", "is unreadable"), ("[]", "is not a manifest .a JSON object; got list.")])
+def test_damaged_manifest_is_named_with_the_fix(tmp_path: Path, text: str, expected: str) -> None:
+    (tmp_path / "digits").mkdir()
+    (tmp_path / "digits" / "manifest.json").write_text(text)
+    with pytest.raises(DatasetError, match=rf"digits/manifest\.json {expected}.*lopt prepare-data"):
+        load("digits", tmp_path)
+
+
 def test_unknown_name_lists_allowed(tmp_path: Path) -> None:
     for call in (lambda: prepare("mnist_32x32", tmp_path), lambda: load("nope", tmp_path)):
         with pytest.raises(DatasetError) as info:

@@ -325,6 +325,26 @@ def test_checkpoints_of_the_old_particle_layout_are_moved_aside_not_resumed(tmp_
     assert (ckpt / "7").is_dir() and len(list(ckpt.parent.glob("checkpoints.stale-*"))) == 1
 
 
+@pytest.mark.parametrize("stamp_text", ["{bad", "[]", '{"experiment": "x"}'])
+def test_unreadable_stamp_moves_the_checkpoints_aside_instead_of_crashing(tmp_path, stamp_text):
+    """A torn or hand-edited ``fingerprint.json`` cannot say which config its checkpoints
+    belong to: a resume warns, moves them aside (never deletes, never resumes them) and
+    starts afresh with a whole new stamp."""
+    import lopt.meta_train as mt_module
+
+    _, cfg = _config(tmp_path)
+    ckpt = tmp_path / "out" / "checkpoints"
+    (ckpt / "6").mkdir(parents=True)
+    (ckpt / "fingerprint.json").write_text(stamp_text)
+    with pytest.warns(UserWarning, match="no readable fingerprint.json"):
+        mt_module.prepare_checkpoint_dir(ckpt, cfg, resume=True)
+    (aside,) = ckpt.parent.glob("checkpoints.stale-*")
+    assert aside.name == "checkpoints.stale-unknown" and (aside / "6").is_dir()
+    assert (aside / "fingerprint.json").read_text() == stamp_text
+    assert json.loads((ckpt / "fingerprint.json").read_text())["fingerprint"] == mt_module.fingerprint(cfg)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["fingerprint.json"]
+
+
 def test_refused_start_leaves_nothing_that_blocks_the_next(tmp_path, digits_root, capsys):
     """A config refused at start-up (here: more devices than the process has) is a one-line
     error, exit status 2, and leaves no stamp that would make the corrected run's start

@@ -68,6 +68,12 @@ def _base() -> dict:
         (lambda r: r.update(unroll_budget=10), ["unroll_budget: set exactly one of 'outer_steps' and 'unroll_budget'"]),
         (lambda r: r["methods"][0].update(sigmaa=0.1), ["methods[0].sigmaa", "allowed keys", "sigma"]),
         (lambda r: r["quick"].update(methods=["x1"]), ["quick.methods: names unknown methods", "x1"]),
+        (lambda r: r["quick"].update(methods=[]), ["quick.methods: List should have at least 1 item"]),
+        (lambda r: r["methods"][0]["outer"].update(lr_decay={-5: 0.1}), ["methods[0].outer.lr_decay", "greater than or equal to 1"]),
+        (lambda r: r["quick"].update(outer_steps=5, unroll_budget=100),
+         ["quick.unroll_budget: set at most one of quick.outer_steps and quick.unroll_budget"]),
+        (lambda r: r["system"].pop("kind"),
+         ["system.kind: Field required (allowed values: 'influence_balancing', 'toy_schedule', 'lorenz', 'lopt_training')"]),
         # cross-field checks name the key to change, not the study as a whole ("<root>")
         (lambda r: r["methods"][1].update(trunc_length=2 * r["system"]["horizon"]),
          ["methods[1].trunc_length: 2000000000 must be <= system.horizon (1000000000)"]),
@@ -100,6 +106,13 @@ def test_bad_study_config_names_file_key_and_allowed(tmp_path, edit, fragments):
     for fragment in fragments:
         assert fragment in message, message
     assert "<root>" not in message
+
+
+def test_reversed_surface_range_is_refused(tmp_path):
+    raw = yaml.safe_load((REPO / "configs" / "paper" / "toy_schedule.yaml").read_text())
+    raw["analysis"]["surface"]["theta0"] = [3.0, -6.0]
+    with pytest.raises(ConfigError, match=r"  analysis\.surface\.theta0: \[3, -6\] must be \[low, high\] with low < high"):
+        load_study(_write(tmp_path, raw))
 
 
 def test_unroll_budget_gives_equal_steps():

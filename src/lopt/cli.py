@@ -323,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.config}: a study config (kind: study) needs study-run, study-analyze or variance (or validate, prepare-data), not {args.command}")
         if not study and args.command in STUDY_ONLY:
             raise ConfigError(f"{args.config}: {args.command} needs a study config (kind: study, configs/paper/*.yaml)")
+        if not study and getattr(args, "quick", False):  # else the full experiment would run where a small one was asked for
+            raise ConfigError(f"{args.config}: --quick applies to study configs (kind: study) only; "
+                              "an experiment config has no quick variant")
         cfg = load_study(args.config, quick=args.quick) if study else load_config(args.config)
         cfg = _with_data_root(cfg, getattr(args, "data_root", None))
         if args.command in ("evaluate", "baselines"):
@@ -352,11 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
+        from lopt.analysis.results import ResultsError
         from lopt.checkpoint import CheckpointError
         from lopt.evaluate import BaselinesError
 
-        # a damaged checkpoint or npz; baselines of other settings: both named in the message
-        if not isinstance(exc, (CheckpointError, BaselinesError)):
+        # a damaged checkpoint, npz or result table; baselines of other settings: all named in the message
+        if not isinstance(exc, (CheckpointError, BaselinesError, ResultsError)):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2

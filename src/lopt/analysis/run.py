@@ -12,6 +12,14 @@ from lopt.analysis.figures import (
     plot_meta_training,
     plot_speedups,
 )
+from lopt.analysis.results import (
+    EVAL_CURVES,
+    EVAL_METRICS,
+    EVAL_SUMMARY,
+    META_METRICS,
+    TRADEOFFS,
+    read_result,
+)
 from lopt.analysis.tables import (
     across_tasks,
     across_tasks_table,
@@ -58,17 +66,19 @@ def analyze(
         "across_tasks_latex": out_dir / "tables" / "across_tasks.tex",
         "speedups": out_dir / "figures" / "speedups.png",
     }
-    metrics = pd.read_csv(meta_metrics)
-    plot_meta_training(metrics, paths["meta_training"], title=title, dpi=dpi)
-    curves = pd.concat([pd.read_csv(Path(d) / "curves.csv") for d in eval_dirs], ignore_index=True)
-    summary = pd.concat([pd.read_csv(Path(d) / "summary.csv") for d in eval_dirs], ignore_index=True)
+    # every input read (and checked) before any output is written
+    meta = read_result(meta_metrics, META_METRICS)
+    curves = pd.concat([read_result(Path(d) / "curves.csv", EVAL_CURVES) for d in eval_dirs], ignore_index=True)
+    summary = pd.concat([read_result(Path(d) / "summary.csv", EVAL_SUMMARY) for d in eval_dirs], ignore_index=True)
+    metrics = pd.concat([read_result(Path(d) / "metrics.csv", EVAL_METRICS) for d in eval_dirs], ignore_index=True)
+    tradeoff_rows = read_result(tradeoffs, TRADEOFFS) if tradeoffs is not None else None
+    plot_meta_training(meta, paths["meta_training"], title=title, dpi=dpi)
     plot_eval_curves(curves, paths["eval_curves"], band=band, dpi=dpi)
     paths["final_losses"].parent.mkdir(parents=True, exist_ok=True)
     paths["final_losses"].write_text(final_loss_table(summary))
     summary.to_csv(paths["summary"], index=False)
     paths["generalization"].write_text(generalization_table(summary))
     plot_generalization(generalization_frame(summary), paths["generalization_figure"], dpi=dpi)
-    metrics = pd.concat([pd.read_csv(Path(d) / "metrics.csv") for d in eval_dirs], ignore_index=True)
     metrics.to_csv(out_dir / "tables" / "metrics.csv", index=False)
     agg = across_tasks(metrics)
     paths["across_tasks"].write_text(across_tasks_table(agg))
@@ -87,5 +97,5 @@ def analyze(
         )
     if tradeoffs is not None:
         paths["tradeoffs"] = out_dir / "tables" / "tradeoffs.md"
-        paths["tradeoffs"].write_text(tradeoffs_table(pd.read_csv(tradeoffs)))
+        paths["tradeoffs"].write_text(tradeoffs_table(tradeoff_rows))
     return paths

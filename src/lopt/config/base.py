@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
 # Strict scalars: YAML `true` is not the integer 1, the string "no" is not False, a
 # quoted "0.1" is not a number, and .inf / .nan are not finite floats (ints still pass
@@ -14,6 +14,18 @@ Bool = Annotated[bool, Strict()]
 Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 PosInt = Annotated[Int, Field(ge=1)]
 PosFloat = Annotated[Float, Field(gt=0)]
+
+
+def no_repeats(values: list[Any]) -> list[Any]:
+    """A list's validator: each value at most once (a repeat would build, tune or report the
+    same thing twice, or, for a set of features, be dropped without a word)."""
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"lists {', '.join(map(str, repeated))} more than once; give each at most once")
+    return values
+
+
+NoRepeats = AfterValidator(no_repeats)
 
 
 class ConfigError(ValueError):

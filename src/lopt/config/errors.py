@@ -24,7 +24,7 @@ def _error_loc(err: dict[str, Any]) -> tuple[Any, ...]:
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, KeyedError):
         return loc + tuple(cause.loc)
-    return loc + ("kind",) if err["type"] in ("invalid_kind", "union_tag_invalid") else loc
+    return loc + ("kind",) if err["type"] in ("invalid_kind", "union_tag_invalid", "union_tag_not_found") else loc
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -113,7 +113,7 @@ def _key_path(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[tuple[Any, 
     return tuple(out) + tuple(loc[i:]), dropped
 
 
-def _error_lines(exc: ValidationError, model: type[BaseModel]) -> list[str]:
+def error_lines(exc: ValidationError, model: type[BaseModel]) -> list[str]:
     """One ``  key.path: message (allowed ...)`` line per offending key.
 
     The failures of every member of a plain union (``devices: 0`` is neither an int >= 1
@@ -128,6 +128,8 @@ def _error_lines(exc: ValidationError, model: type[BaseModel]) -> list[str]:
         allowed = _allowed(err, model, loc)
         if err["type"] == "value_error":  # our own validators' messages name their keys already
             err = dict(err, msg=err["msg"].removeprefix("Value error, "))
+        elif err["type"] == "union_tag_not_found":  # pydantic: "Unable to extract tag using discriminator"
+            err = dict(err, msg="Field required")
         if dropped and key in merged:
             msgs, hints = merged[key]
             msgs.append(err["msg"].removeprefix("Input should be ") if msgs[0].startswith("Input should be") else err["msg"])
@@ -157,6 +159,9 @@ def _allowed(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) 
         return "" if str(ctx["expected"]) in err["msg"] else f" (allowed values: {ctx['expected']})"
     if "pattern" in ctx:
         return f" (allowed: strings matching {ctx['pattern']})"
+    if err["type"] == "union_tag_not_found":
+        kinds = _kinds_at(model, loc[:-1])
+        return f" (allowed values: {', '.join(repr(k) for k in kinds)})" if kinds else ""
     got = err.get("input")
     if err["type"] == "bool_type":
         return f" (got {got!r}; allowed values: true, false)"
@@ -165,8 +170,8 @@ def _allowed(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) 
     return ""
 
 
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the sub-model reached by ``loc`` (best effort, for messages)."""
+def _type_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """The model (or tagged union) reached by ``loc`` (best effort, for messages; None if lost)."""
     current: Any = model
     for item in loc:
         if isinstance(item, int):
@@ -177,11 +182,24 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
             current = tagged[0] if tagged else None
             continue
         if item not in current.model_fields:
-            return []
+            return None
         current = _unwrap(current.model_fields[item].annotation)
+    return current
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the sub-model reached by ``loc`` (best effort, for messages)."""
+    current = _type_at(model, loc)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return sorted(current.model_fields)
     return []
+
+
+def _kinds_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The ``kind`` values of the tagged union reached by ``loc`` (empty if none)."""
+    current = _type_at(model, loc)
+    members = [] if current is None or isinstance(current, type) else _union_members(current)
+    return [m.model_fields["kind"].default for m in members if "kind" in m.model_fields]
 
 
 def _union_members(tp: Any) -> list[type[BaseModel]]:

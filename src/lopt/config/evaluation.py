@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lopt.config.base import Int, PosFloat, PosInt, _Strict
+from lopt.config.base import Int, PosFloat, PosInt, _Strict, no_repeats
 from lopt.config.tasks import TaskConfig
 
 
@@ -81,11 +81,7 @@ class EvaluationConfig(_Strict):
     @field_validator("baselines", "schedules")
     @classmethod
     def _no_repeats(cls, values: list[str]) -> list[str]:
-        # a repeat would tune, plot and report the same optimizer twice
-        repeated = sorted({v for v in values if values.count(v) > 1})
-        if repeated:
-            raise ValueError(f"lists {', '.join(repeated)} more than once; give each at most once")
-        return values
+        return no_repeats(values)  # a repeat would tune, plot and report the same optimizer twice
 
 
 class AnalysisConfig(_Strict):

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError
 
 from lopt.config.base import Bool, ConfigError, Int, _Strict
 from lopt.config.compute import ComputeConfig, ResourcesConfig
-from lopt.config.errors import _error_lines
+from lopt.config.errors import error_lines
 from lopt.config.evaluation import AnalysisConfig, EvaluationConfig
 from lopt.config.loader import load_yaml
 from lopt.config.meta_train import MetaTrainConfig
@@ -66,7 +66,9 @@ def validate_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = _error_lines(exc, ExperimentConfig)
+        lines = error_lines(exc, ExperimentConfig)
+        if "kind" not in raw and {"methods", "system"} & raw.keys():  # a study's keys
+            lines.append("  (this looks like a paper study, configs/paper/*.yaml: add `kind: study` at the top)")
         raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
 
 

@@ -102,6 +102,9 @@ def load_yaml(path: str | Path) -> Any:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); "
+                          "a config is YAML text such as configs/default.yaml") from None
     try:
         raw = parse_yaml(text, str(path))
     except yaml.YAMLError as exc:

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, Tag
 
-from lopt.config.base import Bool, Float, PosFloat, PosInt, _kind, _Strict
+from lopt.config.base import Bool, Float, NoRepeats, PosFloat, PosInt, _kind, _Strict
 
 Decay = Annotated[Float, Field(ge=0, lt=1)]
 MLP_FEATURES = ("param", "grad", "momentum", "rms", "momentum_rsqrt", "grad_rsqrt", "time")
@@ -39,7 +39,7 @@ class MLPLOptConfig(_LOptCommon):
     zero_init_output: Bool = Field(
         True, description="Zero the output layer so the untrained optimizer is a no-op."
     )
-    features: list[Literal[MLP_FEATURES]] = Field(  # type: ignore[valid-type]
+    features: Annotated[list[Literal[MLP_FEATURES]], NoRepeats] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(MLP_FEATURES),
         min_length=1,
         description="Per-parameter input features (a subset; concatenated in canonical order).",

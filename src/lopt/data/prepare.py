@@ -233,9 +233,12 @@ def read_manifest(name: str, root: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError(f"dataset {name!r} is not prepared: {path} is missing; {_HINT}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path} is unreadable ({e}); {_HINT}") from e
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path} is not a manifest (a JSON object; got {type(manifest).__name__}); {_HINT}")
+    return manifest
 
 
 def load(

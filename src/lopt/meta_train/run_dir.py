@@ -44,6 +44,16 @@ def fingerprint(cfg: ExperimentConfig) -> str:
 PARTICLE_LAYOUT = "pairs-adjacent"
 
 
+def _read_stamp(path: Path) -> dict[str, Any]:
+    """The checkpoint directory's stamp, or ``{}`` when it is absent or unreadable (edited
+    by hand, or torn by a kill before stamps were written atomically)."""
+    try:
+        stamped = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamped if isinstance(stamped, dict) and isinstance(stamped.get("fingerprint"), str) else {}
+
+
 def _stamped_identity(stamp: dict[str, Any]) -> str:
     """The fingerprint a checkpoint directory's stamp stands for, its layout included."""
     layout = stamp.get("particle_layout", "pairs-halves")
@@ -72,7 +82,8 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
     stamp = ckpt_dir / "fingerprint.json"
     current = fingerprint(cfg)
     # a stamp or live log alone (a run stopped before its first checkpoint) holds nothing to resume
-    exists = ckpt_dir.exists() and any(p.name not in (stamp.name, LIVE_METRICS) for p in ckpt_dir.iterdir())
+    own = (stamp.name, f".{stamp.name}.tmp", LIVE_METRICS)
+    exists = ckpt_dir.exists() and any(p.name not in own for p in ckpt_dir.iterdir())
     if exists and not resume:
         raise FileExistsError(
             f"{ckpt_dir} already holds checkpoints; pass --resume to continue or delete it"
@@ -80,8 +91,8 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
     legacy_log = ckpt_dir.parent / LIVE_METRICS  # where runs before the log moved kept it
     if exists and legacy_log.exists() and not (ckpt_dir / LIVE_METRICS).exists() and jax.process_index() == 0:
         legacy_log.replace(ckpt_dir / LIVE_METRICS)
-    stamped = json.loads(stamp.read_text()) if stamp.exists() else {}
-    previous = _stamped_identity(stamped) if stamped else "unknown"
+    stamped = _read_stamp(stamp)
+    previous = _stamped_identity(stamped) if stamped else "unknown"  # unknown: moved aside, never resumed
     barrier("lopt-checkpoint-dir-read")
     if jax.process_index() == 0:
         if exists and previous != current:
@@ -96,13 +107,18 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
                 _move_published(ckpt_dir / PUBLISHED_ASIDE, ckpt_dir.parent)
                 warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and "
                               f"resuming this config's earlier run from {earlier}")
+            elif not stamped:
+                warnings.warn(f"{ckpt_dir} has no readable {stamp.name}, so its checkpoints cannot be matched "
+                              f"to a config; moved it to {stale} and starting afresh")
             elif stamped.get("fingerprint") == current:  # same config, older layout
                 warnings.warn(f"{ckpt_dir} was written by an older lopt with another particle layout, which "
                               f"cannot resume; moved it to {stale} and starting afresh")
             else:
                 warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and starting afresh")
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"fingerprint": current, "experiment": cfg.name, "particle_layout": PARTICLE_LAYOUT}))
+        tmp = stamp.with_name(f".{stamp.name}.tmp")  # whole or absent: a kill never tears the stamp
+        tmp.write_text(json.dumps({"fingerprint": current, "experiment": cfg.name, "particle_layout": PARTICLE_LAYOUT}))
+        tmp.replace(stamp)
     barrier("lopt-checkpoint-dir-ready")
 
 

@@ -19,9 +19,18 @@ from typing import Any, NamedTuple
 
 import jax
 import optax
+from pydantic import BaseModel, ConfigDict
 
+from lopt.config import LOptConfig
 from lopt.optimizers.base import LearnedOptimizer
 from lopt.optimizers.registry import make_lopt
+
+
+class _Sidecar(BaseModel):
+    """The part of a ``meta_params.npz.json`` that names the architecture (for its errors)."""
+
+    model_config = ConfigDict(extra="ignore")
+    optimizer: LOptConfig
 
 
 def from_config(cfg: Any) -> LearnedOptimizer:
@@ -49,10 +58,10 @@ def load_pretrained(path: str | Path, fallback: Any = None) -> Pretrained:
     architecture when the metadata has none. Raises ``FileNotFoundError`` /
     ``CheckpointError`` (a ``ValueError``) naming the file when a file is missing or they disagree.
     """
-    from pydantic import TypeAdapter, ValidationError
+    from pydantic import ValidationError
 
     from lopt.checkpoint import CheckpointError, load_meta_params, read_json
-    from lopt.config import LOptConfig
+    from lopt.config.errors import error_lines
 
     path = Path(path)
     meta_path = path.with_name(path.name + ".json")
@@ -62,9 +71,10 @@ def load_pretrained(path: str | Path, fallback: Any = None) -> Pretrained:
     metadata = read_json(meta_path)
     if "optimizer" in metadata:
         try:
-            cfg = TypeAdapter(LOptConfig).validate_python(metadata["optimizer"])
+            cfg = _Sidecar.model_validate({"optimizer": metadata["optimizer"]}).optimizer
         except ValidationError as exc:
-            raise CheckpointError(f"{meta_path}: 'optimizer' is not a valid lopt config: {exc}") from None
+            lines = "\n".join(error_lines(exc, _Sidecar))
+            raise CheckpointError(f"{meta_path}: 'optimizer' is not a valid lopt config\n{lines}") from None
     elif fallback is not None:
         cfg = fallback
     else:

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from lopt.analysis.figures import _band, _save
+from lopt.analysis.results import STUDY_CURVE, read_result
 from lopt.studies.config import ClaimConfig, StudyConfig
 from lopt.studies.sweep import write_sweep
 
@@ -42,7 +43,7 @@ def load_curves(study: StudyConfig, runs_dir: Path) -> pd.DataFrame:
             path = Path(runs_dir) / m.name / f"seed{seed}" / "curve.csv"
             if not path.exists():
                 raise FileNotFoundError(f"{path}: missing run of study {study.name} (method {m.name}, seed {seed})")
-            frames.append(pd.read_csv(path).assign(method=m.name, seed=seed))
+            frames.append(read_result(path, STUDY_CURVE).assign(method=m.name, seed=seed))
     return pd.concat(frames, ignore_index=True)
 
 

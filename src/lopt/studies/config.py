@@ -46,7 +46,7 @@ from lopt.config import (
     parse_yaml,
 )
 from lopt.config.base import KeyedError, _Strict
-from lopt.config.errors import _error_lines
+from lopt.config.errors import error_lines
 
 Name = Annotated[str, Field(min_length=2, pattern=r"^[A-Za-z0-9_\-]+$")]
 EstimatorName = Literal["tbptt", "full_es", "tes", "pes", "gpes", "nres"]
@@ -124,7 +124,7 @@ class OuterOptimizerConfig(_Strict):
     lr: PosFloat = 1e-3
     b1: Annotated[Float, Field(ge=0, lt=1)] = Field(0.9, description="Adam beta1 (PES toy: 0.99).")
     b2: Annotated[Float, Field(ge=0, lt=1)] = 0.999
-    lr_decay: dict[Int, PosFloat] = Field(
+    lr_decay: dict[PosInt, PosFloat] = Field(
         default_factory=dict,
         description="Piecewise-constant schedule {outer step: multiplier}, e.g. {1000: 0.1}.",
     )
@@ -268,6 +268,14 @@ class SurfaceConfig(_Strict):
     theta1: tuple[Float, Float]
     num: Annotated[Int, Field(ge=5, le=400)] = 60
 
+    @model_validator(mode="after")
+    def _ranges(self) -> SurfaceConfig:
+        for key in ("theta0", "theta1"):
+            low, high = getattr(self, key)
+            if not low < high:
+                raise KeyedError((key,), f"[{low:g}, {high:g}] must be [low, high] with low < high")
+        return self
+
 
 class VarianceConfig(_Strict):
     """``lopt variance`` on the study's system at theta_0 (figures/variance.png)."""
@@ -292,13 +300,20 @@ class QuickConfig(_Strict):
     """Overrides of the ``--quick`` variant (CI-sized; results in results/<name>_quick)."""
 
     seeds: PosInt = 1
-    methods: list[str] | None = Field(None, description="Subset of method names (default: all).")
+    methods: list[str] | None = Field(None, min_length=1, description="Subset of method names (default: all).")
     outer_steps: PosInt | None = None
     unroll_budget: PosInt | None = None
     eval_every: PosInt | None = None
     variance: VarianceConfig | None = Field(
         None, description="Replaces analysis.variance (e.g. fewer truncation lengths and replicas)."
     )
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> QuickConfig:
+        if self.outer_steps is not None and self.unroll_budget is not None:
+            raise KeyedError(("unroll_budget",), "set at most one of quick.outer_steps and quick.unroll_budget "
+                             "(the quick variant's budget replaces the study's)")
+        return self
 
 
 class StudyConfig(_Strict):
@@ -535,7 +550,7 @@ def is_study(path: str | Path) -> bool:
     """
     try:
         raw = parse_yaml(Path(path).read_text(), str(path))
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     if isinstance(raw, dict) and "kind" in raw and raw["kind"] != "study":
         raise ConfigError(f"{path}: kind: {raw['kind']!r} is not allowed; the only value is 'study' "
@@ -556,6 +571,12 @@ def load_study(path: str | Path, *, quick: bool = False) -> StudyConfig:
     try:
         study = StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = _error_lines(exc, StudyConfig)
+        lines = error_lines(exc, StudyConfig)
         raise ConfigError(f"{path}: invalid study config\n" + "\n".join(lines)) from None
-    return study.quick_variant() if quick else study
+    try:  # checked either way: CI runs the quick variant of a study that validates in full
+        variant = study.quick_variant()
+    except ValidationError as exc:
+        lines = error_lines(exc, StudyConfig)
+        raise ConfigError(f"{path}: the quick variant (this study with its `quick:` overrides applied, "
+                          "as --quick runs it) is invalid; fix `quick:`\n" + "\n".join(lines)) from None
+    return variant if quick else study
