@@ -345,6 +345,42 @@ def test_unreadable_stamp_moves_the_checkpoints_aside_instead_of_crashing(tmp_pa
     assert sorted(p.name for p in ckpt.iterdir()) == ["fingerprint.json"]
 
 
+def test_a_move_of_published_files_cut_short_is_completed_by_the_next_resume(tmp_path):
+    """Moving a run aside puts its published files into its checkpoint directory first, then
+    renames that: a kill between the two leaves them with their own checkpoints. Putting
+    an earlier run back renames first: a kill before its files come out is finished by the
+    next resume. Either way no config's optimizer sits in out/ beside another's run."""
+    import lopt.meta_train as mt_module
+
+    _, cfg = _config(tmp_path)
+    other = cfg.model_copy(update={"meta_train": cfg.meta_train.model_copy(update={"sigma": 0.05})})
+    out = tmp_path / "out"
+    ckpt = out / "checkpoints"
+    # the other config's run, killed after its files went into checkpoints/published
+    (ckpt / "published").mkdir(parents=True)
+    (ckpt / "4").mkdir()
+    (ckpt / "published" / "meta_params.npz").write_text("other")
+    (ckpt / "fingerprint.json").write_text(json.dumps(
+        {"fingerprint": mt_module.fingerprint(other), "particle_layout": mt_module.PARTICLE_LAYOUT}))
+    with pytest.warns(UserWarning, match="config changed"):
+        mt_module.prepare_checkpoint_dir(ckpt, cfg, resume=True)
+    (aside,) = out.glob("checkpoints.stale-*")
+    assert (aside / "published" / "meta_params.npz").read_text() == "other" and (aside / "4").is_dir()
+    assert not (out / "meta_params.npz").exists() and sorted(p.name for p in ckpt.iterdir()) == ["fingerprint.json"]
+    # this config's own run, killed after being put back but before its files came out
+    (ckpt / "7").mkdir()
+    (ckpt / "published").mkdir()
+    (ckpt / "published" / "meta_params.npz").write_text("own")
+    mt_module.prepare_checkpoint_dir(ckpt, cfg, resume=True)
+    assert (out / "meta_params.npz").read_text() == "own" and not (ckpt / "published").exists()
+    assert (ckpt / "7").is_dir()
+    # a temporary file a kill left behind is not a checkpoint: a fresh start is not refused
+    empty = tmp_path / "fresh" / "checkpoints"
+    empty.mkdir(parents=True)
+    (empty / ".metrics.live.csv.tmp").write_text("step\n")
+    mt_module.prepare_checkpoint_dir(empty, cfg, resume=False)
+
+
 def test_refused_start_leaves_nothing_that_blocks_the_next(tmp_path, digits_root, capsys):
     """A config refused at start-up (here: more devices than the process has) is a one-line
     error, exit status 2, and leaves no stamp that would make the corrected run's start

@@ -152,6 +152,7 @@ def cmd_study_analyze(study, args: argparse.Namespace) -> None:
 
 def cmd_variance(study, args: argparse.Namespace) -> None:
     from lopt.analysis.variance import measure, plot_variance
+    from lopt.atomic import write_csv
     from lopt.runtime import setup
     from lopt.studies.systems import build_system
 
@@ -164,8 +165,7 @@ def cmd_variance(study, args: argparse.Namespace) -> None:
         system.system, system.theta0, system.data, estimators=spec.estimators, trunc_lengths=spec.trunc_lengths,
         sigma=spec.sigma, replicas=spec.replicas, seed=study.seed_offset, protocols=spec.protocols,
     )
-    (root / "tables").mkdir(parents=True, exist_ok=True)
-    table.to_csv(root / "tables" / "variance.csv", index=False)
+    write_csv(root / "tables" / "variance.csv", table)
     plot_variance(table, root / "figures" / "variance.png", title=f"{study.name}: estimator variance at theta_0",
                   dpi=study.analysis.dpi)
     print(table.to_string(index=False))

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from lopt.atomic import replace_with
+
 # Fixed order and colours so every figure of every experiment reads the same way.
 _COLOURS = {
     "lopt": "C3",
@@ -36,9 +38,11 @@ def _band(values: pd.core.groupby.DataFrameGroupBy, kind: str) -> tuple[pd.Serie
 
 
 def _save(fig: plt.Figure, path: Path, dpi: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Fixed metadata keeps PNG bytes stable across runs.
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    # Fixed metadata keeps PNG bytes stable across runs; the format is the real name's
+    # (the temporary file's suffix is .tmp).
+    path = Path(path)
+    replace_with(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=dpi, bbox_inches="tight",
+                                               metadata={"Software": None}))
     plt.close(fig)
 
 

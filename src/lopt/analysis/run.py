@@ -29,6 +29,7 @@ from lopt.analysis.tables import (
     summary_latex,
     tradeoffs_table,
 )
+from lopt.atomic import write_csv, write_text
 
 
 def analyze(
@@ -74,28 +75,28 @@ def analyze(
     tradeoff_rows = read_result(tradeoffs, TRADEOFFS) if tradeoffs is not None else None
     plot_meta_training(meta, paths["meta_training"], title=title, dpi=dpi)
     plot_eval_curves(curves, paths["eval_curves"], band=band, dpi=dpi)
-    paths["final_losses"].parent.mkdir(parents=True, exist_ok=True)
-    paths["final_losses"].write_text(final_loss_table(summary))
-    summary.to_csv(paths["summary"], index=False)
-    paths["generalization"].write_text(generalization_table(summary))
+    write_text(paths["final_losses"], final_loss_table(summary))
+    write_csv(paths["summary"], summary)
+    write_text(paths["generalization"], generalization_table(summary))
     plot_generalization(generalization_frame(summary), paths["generalization_figure"], dpi=dpi)
-    metrics.to_csv(out_dir / "tables" / "metrics.csv", index=False)
+    write_csv(out_dir / "tables" / "metrics.csv", metrics)
     agg = across_tasks(metrics)
-    paths["across_tasks"].write_text(across_tasks_table(agg))
-    paths["across_tasks_latex"].write_text(across_tasks_table(agg, latex=True))
-    (out_dir / "tables" / "final_losses.tex").write_text(summary_latex(summary))
+    write_text(paths["across_tasks"], across_tasks_table(agg))
+    write_text(paths["across_tasks_latex"], across_tasks_table(agg, latex=True))
+    write_text(out_dir / "tables" / "final_losses.tex", summary_latex(summary))
     plot_speedups(agg, paths["speedups"], dpi=dpi)
     card = Path(meta_metrics).with_name("model_card.md")
     if card.exists():  # the published card: architecture + training + how it evaluated
         paths["model_card"] = out_dir / "model_card.md"
-        paths["model_card"].write_text(
+        write_text(
+            paths["model_card"],
             card.read_text()
             + "\n## Evaluation summary\n\n"
             + paths["across_tasks"].read_text()
             + "\n"
-            + paths["generalization"].read_text()
+            + paths["generalization"].read_text(),
         )
     if tradeoffs is not None:
         paths["tradeoffs"] = out_dir / "tables" / "tradeoffs.md"
-        paths["tradeoffs"].write_text(tradeoffs_table(tradeoff_rows))
+        write_text(paths["tradeoffs"], tradeoffs_table(tradeoff_rows))
     return paths

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lopt.atomic import write_csv, write_text
 from lopt.evaluate.baselines import grid_edge_selections, tune_and_report_baselines
 from lopt.evaluate.runs import report_learned
 from lopt.evaluate.summary import summarise, task_metrics
@@ -82,13 +83,17 @@ def _baselines(cfg: Any, task_name: str, task: Task, data: Any, num_steps: int):
     return curves, sweep, reference
 
 
-def _write_csvs(out_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
-    """``<name>.csv`` for each table, each written whole or not at all."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _write_csvs(out_dir: Path, tables: dict[str, pd.DataFrame], marker: str | None = None) -> None:
+    """``<name>.csv`` for each table, each written whole or not at all.
+
+    The previous set is removed first (``marker`` before anything else): a rerun killed
+    part-way leaves an incomplete set that every reader refuses, never new tables beside
+    old ones (or old baselines under a settings file that no longer describes them).
+    """
+    for name in ([marker] if marker else []) + [f"{name}.csv" for name in tables]:
+        (out_dir / name).unlink(missing_ok=True)
     for name, df in tables.items():
-        tmp = out_dir / f".{name}.csv.tmp"
-        df.to_csv(tmp, index=False)
-        tmp.replace(out_dir / f"{name}.csv")
+        write_csv(out_dir / f"{name}.csv", df)
 
 
 BASELINE_TABLES = ("curves", "sweep", "reference")
@@ -104,13 +109,11 @@ def run_baselines(cfg: Any, task_name: str, out_dir: str | Path, tracker: Any = 
     task, data, num_steps = _build(cfg, task_name)
     curves, sweep, reference = _baselines(cfg, task_name, task, data, num_steps)
     out_dir = Path(out_dir)
-    _write_csvs(out_dir, {"curves": curves, "sweep": sweep, "reference": reference})
-    tmp = out_dir / ".settings.json.tmp"
+    _write_csvs(out_dir, {"curves": curves, "sweep": sweep, "reference": reference}, marker="settings.json")
     # "config": the whole resolved config, as meta-training records it, for the workflow's
     # check of pulled outputs (workflow/rules/common.smk, outdated_by_config)
     record = {"settings": baseline_settings(cfg, task_name), "config": cfg.to_dict()}
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    tmp.replace(out_dir / "settings.json")  # last: a directory without it is incomplete
+    write_text(out_dir / "settings.json", json.dumps(record, indent=1, sort_keys=True) + "\n")  # last: the marker
     summary = summarise(curves)
     if tracker is not None:
         tracker.log_table(f"baselines/{task_name}/summary", summary)

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 
+from lopt.atomic import replace_with, write_text
 from lopt.config import ExperimentConfig
 from lopt.meta_train.step import MetaState, MetaTrainer
 from lopt.optimizers import LearnedOptimizer
@@ -82,8 +83,9 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
     stamp = ckpt_dir / "fingerprint.json"
     current = fingerprint(cfg)
     # a stamp or live log alone (a run stopped before its first checkpoint) holds nothing to resume
-    own = (stamp.name, f".{stamp.name}.tmp", LIVE_METRICS)
-    exists = ckpt_dir.exists() and any(p.name not in own for p in ckpt_dir.iterdir())
+    # (and a temporary file a kill left behind: lopt.atomic names them .<name>.tmp)
+    own = (stamp.name, LIVE_METRICS)
+    exists = ckpt_dir.exists() and any(p.name not in own and p.suffix != ".tmp" for p in ckpt_dir.iterdir())
     if exists and not resume:
         raise FileExistsError(
             f"{ckpt_dir} already holds checkpoints; pass --resume to continue or delete it"
@@ -97,14 +99,15 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
     if jax.process_index() == 0:
         if exists and previous != current:
             stale = _free_name(ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{previous}"))
-            ckpt_dir.rename(stale)
             # the published files of that run go with it: until this run publishes, nothing
-            # in out_dir may pass for this config's optimizer (e.g. `lopt evaluate`'s default)
-            _move_published(ckpt_dir.parent, stale / PUBLISHED_ASIDE)
+            # in out_dir may pass for this config's optimizer (e.g. `lopt evaluate`'s default).
+            # Into its directory first, then one rename: a kill between the two leaves them with
+            # their checkpoints, which the next resume moves aside together.
+            _move_published(ckpt_dir.parent, ckpt_dir / PUBLISHED_ASIDE)
+            ckpt_dir.rename(stale)
             earlier = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{current}")
             if earlier.exists():
-                earlier.rename(ckpt_dir)
-                _move_published(ckpt_dir / PUBLISHED_ASIDE, ckpt_dir.parent)
+                earlier.rename(ckpt_dir)  # its published files come back out below
                 warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and "
                               f"resuming this config's earlier run from {earlier}")
             elif not stamped:
@@ -116,9 +119,9 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
             else:
                 warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and starting afresh")
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tmp = stamp.with_name(f".{stamp.name}.tmp")  # whole or absent: a kill never tears the stamp
-        tmp.write_text(json.dumps({"fingerprint": current, "experiment": cfg.name, "particle_layout": PARTICLE_LAYOUT}))
-        tmp.replace(stamp)
+        # this config's run, put back now or earlier (a kill may have cut the move short)
+        _move_published(ckpt_dir / PUBLISHED_ASIDE, ckpt_dir.parent)
+        write_text(stamp, json.dumps({"fingerprint": current, "experiment": cfg.name, "particle_layout": PARTICLE_LAYOUT}))
     barrier("lopt-checkpoint-dir-ready")
 
 
@@ -149,13 +152,17 @@ def _free_name(path: Path) -> Path:
 
 
 def publish(out_dir: Path, cfg: ExperimentConfig, trainer: MetaTrainer, state: MetaState, wall: float) -> None:
-    """Publish the finished run: the log and model card first, the meta-parameters last."""
+    """Publish the finished run: the log and model card first, the meta-parameters last.
+
+    The metadata ``meta_params.npz.json`` is the set's completion mark: removed first and
+    written last, so a kill while republishing (an extended resume) leaves no old weights
+    beside the new log and card that a loader would accept.
+    """
     from lopt.checkpoint import save_meta_params
 
     mt = cfg.meta_train
-    tmp = out_dir / ".metrics.csv.tmp"
-    shutil.copyfile(out_dir / "checkpoints" / LIVE_METRICS, tmp)
-    tmp.replace(out_dir / "metrics.csv")
+    (out_dir / "meta_params.npz.json").unlink(missing_ok=True)
+    replace_with(out_dir / "metrics.csv", lambda tmp: shutil.copyfile(out_dir / "checkpoints" / LIVE_METRICS, tmp))
     _write_model_card(out_dir / "model_card.md", trainer.lopt, cfg, int(state.step))
     save_meta_params(
         out_dir / "meta_params.npz",
@@ -195,6 +202,4 @@ def _write_model_card(path: Path, lopt: LearnedOptimizer, cfg: ExperimentConfig,
         f"sigma = {mt.sigma}, {steps} outer steps of {mt.outer_optimizer} (lr {mt.outer_lr}).\n"
         f"Meta-training tasks: {tasks}.\n"
     )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, text)

@@ -31,6 +31,7 @@ import pandas as pd
 
 from lopt.analysis.figures import _band, _save
 from lopt.analysis.results import STUDY_CURVE, read_result
+from lopt.atomic import write_csv, write_text
 from lopt.studies.config import ClaimConfig, StudyConfig
 from lopt.studies.sweep import write_sweep
 
@@ -345,10 +346,9 @@ def analyze_study(study: StudyConfig, results: str | Path) -> dict[str, Path]:
     if "figures/surface.png" in paths:
         plot_surface(study, curves, paths["figures/surface.png"])
     summary = summarise(study, curves)
-    paths["tables/summary.csv"].parent.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(paths["tables/summary.csv"], index=False)
-    paths["tables/summary.md"].write_text(summary.to_markdown(index=False, floatfmt=".4g") + "\n")
-    paths["claims.md"].write_text(claims_markdown(study, check_claims(study, curves, summary)))
+    write_csv(paths["tables/summary.csv"], summary)
+    write_text(paths["tables/summary.md"], summary.to_markdown(index=False, floatfmt=".4g") + "\n")
+    write_text(paths["claims.md"], claims_markdown(study, check_claims(study, curves, summary)))
     if "tables/lr_sweep.csv" in paths:
         write_sweep(study, summary, paths)
     return paths

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.atomic import replace_with
 from lopt.estimators import estimator_options, make_estimator
 from lopt.meta_train import (
     KEY_ESTIMATOR_INIT,
@@ -184,19 +185,22 @@ def run_method(
         bar.set_postfix(eval_loss=f"{row['eval_loss']:.4g}")
     bar.close()
 
-    tmp = out_dir / ".curve.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    # curve.csv marks a finished run: removed before theta.npz is replaced, written last
+    (out_dir / "curve.csv").unlink(missing_ok=True)
     save_meta_params(
         out_dir / "theta.npz",
         state.theta,
         {"study": study.name, "method": method.model_dump(mode="json"),
          "seed": seed, "outer_steps": total, "unroll_steps": total * steps_per_estimate},
     )
-    tmp.replace(out_dir / "curve.csv")
-    return out_dir / "curve.csv"
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return replace_with(out_dir / "curve.csv", write)
 
 
 def _row(step, unroll, wall, eval_loss, loss, gnorm, skipped, theta_cols) -> dict[str, float]:

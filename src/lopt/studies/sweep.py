@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from lopt.analysis.figures import _save
+from lopt.atomic import write_csv, write_text
 from lopt.studies.config import StudyConfig
 
 
@@ -86,5 +87,5 @@ def write_sweep(study: StudyConfig, summary: pd.DataFrame, paths: dict[str, Path
     """Write the sweep's figure and tables (the caller checks that there are groups)."""
     table = sweep_table(study, summary)
     plot_sweep(study, table, paths["figures/lr_sweep.png"])
-    table.to_csv(paths["tables/lr_sweep.csv"], index=False)
-    paths["tables/lr_sweep.md"].write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
+    write_csv(paths["tables/lr_sweep.csv"], table)
+    write_text(paths["tables/lr_sweep.md"], table.to_markdown(index=False, floatfmt=".4g") + "\n")
