@@ -374,6 +374,17 @@ def test_a_move_of_published_files_cut_short_is_completed_by_the_next_resume(tmp
     mt_module.prepare_checkpoint_dir(ckpt, cfg, resume=True)
     assert (out / "meta_params.npz").read_text() == "own" and not (ckpt / "published").exists()
     assert (ckpt / "7").is_dir()
+    # killed after this run was moved aside but before the earlier one came back: no
+    # checkpoints/ (or one holding only a stamp); the resume still finds the earlier run
+    (ckpt / "published").mkdir()
+    (ckpt / "published" / "meta_params.npz").write_text("own again")
+    ckpt.rename(out / f"checkpoints.stale-{mt_module.fingerprint(cfg)}")
+    ckpt.mkdir()
+    (ckpt / "fingerprint.json").write_text("{}")
+    with pytest.warns(UserWarning, match="held no checkpoints; resuming this config's earlier run"):
+        mt_module.prepare_checkpoint_dir(ckpt, cfg, resume=True)
+    assert (ckpt / "7").is_dir() and (out / "meta_params.npz").read_text() == "own again"
+    assert sorted(p.name for p in out.glob("checkpoints.stale-*")) == [aside.name]
     # a temporary file a kill left behind is not a checkpoint: a fresh start is not refused
     empty = tmp_path / "fresh" / "checkpoints"
     empty.mkdir(parents=True)

@@ -8,12 +8,14 @@ that a later stage, ``dvc commit`` or a resume would take for finished.
 
 from __future__ import annotations
 
+import csv
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas only for the annotation: lopt.checkpoint imports this module too
+    import pandas as pd
 
 
 def temporary_name(path: Path) -> Path:
@@ -47,3 +49,15 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_csv(path: str | Path, df: pd.DataFrame) -> Path:
     """``df.to_csv(path, index=False)``, whole or not at all."""
     return replace_with(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def write_rows(path: str | Path, fields: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
+    """A CSV of ``rows`` (dicts) under the header ``fields``, whole or not at all."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return replace_with(path, write)

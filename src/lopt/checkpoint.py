@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
 import warnings
@@ -26,6 +25,8 @@ from typing import Any, Self
 
 import jax
 import numpy as np
+
+from lopt.atomic import replace_with, write_text
 
 __all__ = ["CheckpointError", "Checkpointer", "load_meta_params", "save_meta_params", "sha256_file"]
 
@@ -209,15 +210,16 @@ def save_meta_params(path: str | Path, meta_params: Any, metadata: dict[str, Any
     Returns the sha256 of the npz, also recorded in the JSON.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **_flatten(meta_params))
-    os.replace(tmp, path)
+    flat = _flatten(meta_params)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a name, np.savez would append ".npz"
+            np.savez(f, **flat)
+
+    replace_with(path, write)
     digest = sha256_file(path)
     meta = dict(metadata, sha256=digest, file=path.name)
-    tmp_json = path.with_name(path.name + ".json.tmp")
-    tmp_json.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp_json, path.with_name(path.name + ".json"))
+    write_text(path.with_name(path.name + ".json"), json.dumps(meta, indent=2, sort_keys=True))
     return digest
 
 

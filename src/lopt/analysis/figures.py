@@ -41,9 +41,11 @@ def _save(fig: plt.Figure, path: Path, dpi: int) -> None:
     # Fixed metadata keeps PNG bytes stable across runs; the format is the real name's
     # (the temporary file's suffix is .tmp).
     path = Path(path)
-    replace_with(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=dpi, bbox_inches="tight",
-                                               metadata={"Software": None}))
-    plt.close(fig)
+    try:
+        replace_with(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=dpi, bbox_inches="tight",
+                                                   metadata={"Software": None}))
+    finally:
+        plt.close(fig)
 
 
 def plot_meta_training(metrics: pd.DataFrame, path: Path, *, title: str = "", dpi: int = 120, smooth: int = 10) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from lopt.config.base import Int, PosFloat, PosInt, _Strict, no_repeats
+from lopt.config.base import Int, NoRepeats, PosFloat, PosInt, _Strict
 from lopt.config.tasks import TaskConfig
 
 
@@ -48,10 +48,11 @@ class EvaluationConfig(_Strict):
     seed_offset: Annotated[Int, Field(ge=0)] = Field(
         1000, description="Evaluation seeds start here, disjoint from meta-training seeds."
     )
-    baselines: list[
-        Literal["sgd", "momentum", "adam", "adamw", "nadamw", "rmsprop", "lion", "adafactor"]
+    # a repeat would tune, plot and report the same optimizer twice
+    baselines: Annotated[
+        list[Literal["sgd", "momentum", "adam", "adamw", "nadamw", "rmsprop", "lion", "adafactor"]], NoRepeats
     ] = Field(default_factory=lambda: ["sgd", "adam"], min_length=1)
-    schedules: list[Literal["constant", "cosine", "linear", "warmup_cosine"]] = Field(
+    schedules: Annotated[list[Literal["constant", "cosine", "linear", "warmup_cosine"]], NoRepeats] = Field(
         default_factory=lambda: ["constant"],
         min_length=1,
         description="Learning-rate schedules tuned jointly with the rate (best on inner-valid).",
@@ -78,10 +79,6 @@ class EvaluationConfig(_Strict):
             raise ValueError(f"evaluation task names must be unique, got {names}")
         return self
 
-    @field_validator("baselines", "schedules")
-    @classmethod
-    def _no_repeats(cls, values: list[str]) -> list[str]:
-        return no_repeats(values)  # a repeat would tune, plot and report the same optimizer twice
 
 
 class AnalysisConfig(_Strict):

@@ -4,7 +4,7 @@ One outer step is a single jitted pure function
 
     meta_step(MetaState, data) -> (MetaState, metrics)
 
-that draws its PRNG key as ``fold_in(PRNGKey(seed), step)``, asks the estimator for a
+that draws its PRNG key as ``fold_in(fold_in(PRNGKey(seed), KEY_STEPS), step)``, asks the estimator for a
 meta-gradient over one truncation window of every particle, clips it by global norm
 and applies the outer optimizer (Adam by default). Because the key is a function of
 the step and the state holds everything else, a run resumed from a checkpoint

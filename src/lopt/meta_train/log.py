@@ -9,7 +9,7 @@ from typing import Any
 
 import jax
 
-from lopt.atomic import replace_with
+from lopt.atomic import write_rows
 
 METRIC_FIELDS = (
     "step",
@@ -50,13 +50,7 @@ class MetricsLog:
             rows = [r for r in csv.DictReader(lines) if _complete(r) and int(r["step"]) <= resume_step]
         self.last_wall_time = float(rows[-1]["wall_time"]) if rows else 0.0
         # Rewrite (dropping rows past the checkpoint a killed run may have logged).
-        def write(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-                writer.writeheader()
-                writer.writerows(rows)
-
-        replace_with(path, write)
+        write_rows(path, METRIC_FIELDS, rows)
         self._file = open(path, "a", newline="")  # noqa: SIM115 -- held open for the run, closed in close()
         # extra metrics (a task family's per-task meta_loss/<i>) go to the tracker only
         self._writer = csv.DictWriter(self._file, fieldnames=METRIC_FIELDS, extrasaction="ignore")

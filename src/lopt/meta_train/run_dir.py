@@ -74,7 +74,8 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
 
     A resume under a changed config moves the old checkpoints to
     ``checkpoints.stale-<their fingerprint>`` and, when an earlier run of the current
-    config was moved aside that way, puts it back so the resume continues it. The
+    config was moved aside that way, puts it back so the resume continues it (also when
+    ``ckpt_dir`` holds no checkpoints: a kill may have cut the move back short). The
     published files (:data:`PUBLISHED`) move with their run's checkpoints (into its
     ``published/`` folder) and come back with them. Nothing is deleted: a name already
     taken gets a numbered suffix. Every process reads (so all
@@ -83,9 +84,11 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
     stamp = ckpt_dir / "fingerprint.json"
     current = fingerprint(cfg)
     # a stamp or live log alone (a run stopped before its first checkpoint) holds nothing to resume
-    # (and a temporary file a kill left behind: lopt.atomic names them .<name>.tmp)
-    own = (stamp.name, LIVE_METRICS)
-    exists = ckpt_dir.exists() and any(p.name not in own and p.suffix != ".tmp" for p in ckpt_dir.iterdir())
+    # (nor does a temporary file a kill left behind: lopt.atomic's hidden .<name>.tmp)
+    def holds_nothing(p: Path) -> bool:
+        return p.name in (stamp.name, LIVE_METRICS) or (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file())
+
+    exists = ckpt_dir.exists() and not all(holds_nothing(p) for p in ckpt_dir.iterdir())
     if exists and not resume:
         raise FileExistsError(
             f"{ckpt_dir} already holds checkpoints; pass --resume to continue or delete it"
@@ -97,7 +100,12 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
     previous = _stamped_identity(stamped) if stamped else "unknown"  # unknown: moved aside, never resumed
     barrier("lopt-checkpoint-dir-read")
     if jax.process_index() == 0:
-        if exists and previous != current:
+        earlier = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{current}")
+        moved_aside = exists and previous != current
+        # this config's earlier run, moved aside by a run of another config; also when a kill
+        # cut short the move that puts it back (no checkpoints/ then, or one holding nothing)
+        restore = resume and earlier.exists() and (moved_aside or not exists)
+        if moved_aside:
             stale = _free_name(ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{previous}"))
             # the published files of that run go with it: until this run publishes, nothing
             # in out_dir may pass for this config's optimizer (e.g. `lopt evaluate`'s default).
@@ -105,19 +113,21 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
             # their checkpoints, which the next resume moves aside together.
             _move_published(ckpt_dir.parent, ckpt_dir / PUBLISHED_ASIDE)
             ckpt_dir.rename(stale)
-            earlier = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{current}")
-            if earlier.exists():
-                earlier.rename(ckpt_dir)  # its published files come back out below
-                warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and "
-                              f"resuming this config's earlier run from {earlier}")
-            elif not stamped:
-                warnings.warn(f"{ckpt_dir} has no readable {stamp.name}, so its checkpoints cannot be matched "
-                              f"to a config; moved it to {stale} and starting afresh")
-            elif stamped.get("fingerprint") == current:  # same config, older layout
-                warnings.warn(f"{ckpt_dir} was written by an older lopt with another particle layout, which "
-                              f"cannot resume; moved it to {stale} and starting afresh")
-            else:
-                warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and starting afresh")
+        elif restore and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)  # a stamp or log alone: nothing to resume (see holds_nothing)
+        if restore:
+            earlier.rename(ckpt_dir)  # its published files come back out below
+            why = (f"config changed since {ckpt_dir} was written; moved it to {stale}" if moved_aside
+                   else f"{ckpt_dir} held no checkpoints")
+            warnings.warn(f"{why}; resuming this config's earlier run from {earlier}")
+        elif moved_aside and not stamped:
+            warnings.warn(f"{ckpt_dir} has no readable {stamp.name}, so its checkpoints cannot be matched "
+                          f"to a config; moved it to {stale} and starting afresh")
+        elif moved_aside and stamped.get("fingerprint") == current:  # same config, older layout
+            warnings.warn(f"{ckpt_dir} was written by an older lopt with another particle layout, which "
+                          f"cannot resume; moved it to {stale} and starting afresh")
+        elif moved_aside:
+            warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and starting afresh")
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         # this config's run, put back now or earlier (a kill may have cut the move short)
         _move_published(ckpt_dir / PUBLISHED_ASIDE, ckpt_dir.parent)

@@ -549,7 +549,7 @@ def is_study(path: str | Path) -> bool:
             top-level ``kind`` other than ``study`` (experiment configs have none).
     """
     try:
-        raw = parse_yaml(Path(path).read_text(), str(path))
+        raw = parse_yaml(Path(path).read_text(encoding="utf-8"), str(path))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     if isinstance(raw, dict) and "kind" in raw and raw["kind"] != "study":

@@ -17,7 +17,6 @@ Outputs (``out_dir``), written only when the run completes (atomic renames):
 
 from __future__ import annotations
 
-import csv
 import functools
 import logging
 import time
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt.atomic import replace_with
+from lopt.atomic import write_rows
 from lopt.estimators import estimator_options, make_estimator
 from lopt.meta_train import (
     KEY_ESTIMATOR_INIT,
@@ -193,14 +192,7 @@ def run_method(
         {"study": study.name, "method": method.model_dump(mode="json"),
          "seed": seed, "outer_steps": total, "unroll_steps": total * steps_per_estimate},
     )
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    return replace_with(out_dir / "curve.csv", write)
+    return write_rows(out_dir / "curve.csv", fields, rows)
 
 
 def _row(step, unroll, wall, eval_loss, loss, gnorm, skipped, theta_cols) -> dict[str, float]:
