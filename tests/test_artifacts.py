@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from lopt.artifacts import resolve_checkpoint
+from lopt.artifacts import resolve_checkpoint, restamp
 from lopt.config import ImageMLPTaskConfig
 from lopt.evaluate import train_curves
 from lopt.optimizers import load_pretrained
@@ -130,3 +130,27 @@ def test_sidecar_with_a_bad_architecture_names_the_key_and_allowed_values(tmp_pa
     lines = str(info.value).splitlines()
     assert lines[0] == f"{sidecar}: 'optimizer' is not a valid lopt config", lines
     assert lines[1].startswith(expected) and "pydantic" not in str(info.value), lines
+
+
+def test_restamp_shares_the_newest_time_and_never_dates_a_set_past_its_products(tmp_path):
+    """Pulled files share one time, the newest of theirs: not "now", which would make an
+    up-to-date input newer than the outputs a run made from it (Snakemake would re-run)."""
+    import os
+
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    files = [data / "a.npz", data / "sub" / "b.json", tmp_path / "single.txt"]
+    for i, path in enumerate(files):
+        path.write_text(str(i))
+        os.utime(path, (1000.0 + i, 1000.0 + i))
+    product = tmp_path / "product.csv"
+    product.write_text("made from data")
+    os.utime(product, (5000.0, 5000.0))
+
+    assert restamp([data, files[2]]) == 3
+    assert {p.stat().st_mtime for p in files} == {1002.0}
+    assert restamp([data, files[2]]) == 3  # a second pull that fetched nothing
+    assert {p.stat().st_mtime for p in files} == {1002.0}
+    assert product.stat().st_mtime == 5000.0
+    restamp([data], when=7000.0)
+    assert {p.stat().st_mtime for p in files[:2]} == {7000.0}

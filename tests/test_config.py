@@ -312,6 +312,23 @@ def test_schema_file_is_current():
     assert shipped == json_schema(), "regenerate with: lopt schema > configs/schema.json"
 
 
+def test_schema_piped_into_a_reader_that_stops_early_is_not_an_error():
+    """`lopt schema | head`: a closed pipe ends the command quietly, status 0."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # the ~40 kB schema cannot fit: the write blocks
+    proc = subprocess.Popen([sys.executable, "-m", "lopt.cli", "schema"], stdout=write_end, stderr=subprocess.PIPE)
+    os.close(write_end)
+    assert os.read(read_end, 1) == b"{"
+    os.close(read_end)  # like head: the blocked write now fails with EPIPE
+    assert proc.wait(timeout=120) == 0
+    assert proc.stderr.read() == b""
+
+
 def test_cli_rejects_before_any_jax_work(tmp_path):
     """The CLI validates first: a bad config exits 2 without importing JAX."""
     raw = yaml.safe_load(yaml.safe_dump(BASE))

@@ -195,6 +195,12 @@ def test_fresh_clone_lopt_pull_everything_then_nothing_to_do(smoke, tmp_path):
     proc, _ = run(["snakemake", "-n", "--configfile", "configs/smoke.yaml"], clone, env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
+    # Pulling a subset again fetches nothing and must not make it newer than what was
+    # made from it (a stamp of "now" would replan meta-training and everything after it).
+    proc, _ = run(["lopt", "pull", "data"], clone, env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc, _ = run(["snakemake", "-n", "--configfile", "configs/smoke.yaml"], clone, env, timeout=300)
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
 
 
 def _planned_rules(dry_run_stdout: str) -> set[str]:

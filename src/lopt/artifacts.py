@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 WANDB_PREFIX = "wandb:"
@@ -110,11 +109,14 @@ def _dvc_pull(path: Path) -> Path | None:
         if not outs:
             return None
         roots = [Path(o.fs_path) for o in outs]
-        for remote in _remote_order(repo.config) or [None]:
+        names = _remote_order(repo.config) or [None]
+        for i, remote in enumerate(names):
             try:
                 repo.pull(targets=[str(r) for r in roots], remote=remote)
             except DvcException as exc:
                 failures.append(f"remote {remote!r}: {exc}")
+                if i + 1 < len(names):  # the same line as `lopt pull`
+                    print(f"lopt: remote {remote!r} failed; trying remote {names[i + 1]!r}", file=sys.stderr)
                 continue
             restamp(roots)  # see restamp: keeps Snakemake from re-running
             return path
@@ -122,21 +124,25 @@ def _dvc_pull(path: Path) -> Path | None:
 
 
 def restamp(roots: list[Path], when: float | None = None) -> int:
-    """Give every file under ``roots`` one modification time (now); return how many.
+    """Give every file under ``roots`` one modification time; return how many.
 
     ``dvc pull`` writes files in parallel, so their times say nothing about which stage
     made them, and Snakemake (which always compares an input's time with its outputs')
     would re-run jobs whose inputs happen to be a millisecond newer. One shared time makes
     the pulled outputs a consistent set; files written later by jobs are newer again.
+
+    The shared time defaults to the newest of the files' own times, not to now: a pull
+    that fetched nothing (everything up to date) then leaves the files no newer than the
+    outputs a run has since made from them, and Snakemake plans nothing downstream.
     """
-    when = time.time() if when is None else when
-    count = 0
+    files = []
     for root in roots:
-        files = [root] if root.is_file() else (p for p in root.rglob("*") if p.is_file())
-        for path in files:
-            os.utime(path, (when, when))
-            count += 1
-    return count
+        files += [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+    if when is None:
+        when = max((p.stat().st_mtime for p in files), default=0.0)
+    for path in files:
+        os.utime(path, (when, when))
+    return len(files)
 
 
 def pull(targets: list[str], remote: str | None = None) -> int:

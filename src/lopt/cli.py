@@ -309,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         from lopt.studies.config import StudyConfig
 
-        print(json.dumps(StudyConfig.model_json_schema() if args.study else json_schema(), indent=2))
+        try:
+            print(json.dumps(StudyConfig.model_json_schema() if args.study else json_schema(), indent=2), flush=True)
+        except BrokenPipeError:  # `lopt schema | head`: the reader has all it wants
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush is quiet
         return 0
     if args.command == "pull":
         from lopt.artifacts import pull
