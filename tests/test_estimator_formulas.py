@@ -14,32 +14,22 @@ metrics are summed over tasks.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from test_estimators import S0 as _S0
+from test_estimators import TARGET as _TARGET
+from test_estimators import THETA as _THETA
+from test_estimators import A as _A
+from test_estimators import LinearQuadratic
 
 from lopt.estimators import pes
 from lopt.estimators.base import Estimator, sample_noise
 from lopt.estimators.multi_task import multi_task
 
-A = np.array([[0.9, 0.2, 0.0], [0.0, 0.8, 0.3], [-0.1, 0.0, 0.7]])
-TARGET = np.array([0.5, -0.3, 0.2])
-S0 = np.array([1.0, 1.0, -1.0])
-THETA = np.array([0.1, -0.2, 0.3])
-
-
-@dataclasses.dataclass(frozen=True)
-class LinearQuadratic:
-    horizon: int
-
-    def init(self, theta, key, data):
-        return jnp.asarray(S0, jnp.float32)
-
-    def step(self, theta, s, t, key, data):
-        s = jnp.asarray(A, jnp.float32) @ s + theta
-        return s, 0.5 * jnp.sum((s - jnp.asarray(TARGET, jnp.float32)) ** 2)
+# the linear-quadratic system of the unbiasedness tests; NumPy float64 copies of its
+# (float32) constants for the reference computed outside the engine
+A, TARGET, S0, THETA = (np.asarray(v, np.float64) for v in (_A, _TARGET, _S0, _THETA))
 
 
 def _losses(thetas_per_step):
