@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 WANDB_PREFIX = "wandb:"
@@ -88,6 +89,14 @@ def _remote_order(config) -> list[str]:
     return ([default] if default in names else []) + [n for n in names if n != default]
 
 
+def _in_turn(names: list[str | None], who: str) -> Iterator[str | None]:
+    """The remotes in order; asking for the next one says on stderr that the last one failed."""
+    for i, name in enumerate(names):
+        if i:
+            print(f"{who}: remote {names[i - 1]!r} failed; trying remote {name!r}", file=sys.stderr)
+        yield name
+
+
 def _dvc_pull(path: Path) -> Path | None:
     """``dvc pull`` the DVC output that contains ``path``; None when DVC does not track it.
 
@@ -109,14 +118,11 @@ def _dvc_pull(path: Path) -> Path | None:
         if not outs:
             return None
         roots = [Path(o.fs_path) for o in outs]
-        names = _remote_order(repo.config) or [None]
-        for i, remote in enumerate(names):
+        for remote in _in_turn(_remote_order(repo.config) or [None], "lopt"):
             try:
                 repo.pull(targets=[str(r) for r in roots], remote=remote)
             except DvcException as exc:
                 failures.append(f"remote {remote!r}: {exc}")
-                if i + 1 < len(names):  # the same line as `lopt pull`
-                    print(f"lopt: remote {remote!r} failed; trying remote {names[i + 1]!r}", file=sys.stderr)
                 continue
             restamp(roots)  # see restamp: keeps Snakemake from re-running
             return path
@@ -152,15 +158,12 @@ def pull(targets: list[str], remote: str | None = None) -> int:
     :func:`remotes` are tried in order until one pull succeeds (the repository's
     ``release`` remote holds the released default experiment: README, DVC).
     """
-    names = [remote] if remote else remotes() or [None]
-    for i, name in enumerate(names):
+    for name in _in_turn([remote] if remote else remotes() or [None], "lopt pull"):
         remote_args = ["--remote", name] if name else []
         cmd = [sys.executable, "-m", "dvc", "pull", *remote_args, *targets]
         rc = subprocess.run(cmd, check=False).returncode
         if rc == 0:
             break
-        if i + 1 < len(names):
-            print(f"lopt pull: remote {name!r} failed; trying remote {names[i + 1]!r}", file=sys.stderr)
     if rc:
         return rc
     from dvc.repo import Repo
