@@ -2,7 +2,8 @@
 
 Every setting that changes the meta-training computation must change the fingerprint (a
 resume would otherwise continue another experiment's run); the bookkeeping settings
-listed in run_dir._NON_FINGERPRINT must not (a longer or re-chunked run resumes).
+listed in run_dir._NON_FINGERPRINT must not (a longer or re-chunked run resumes), nor may
+``data.root`` (moved data).
 """
 
 from __future__ import annotations
@@ -51,3 +52,8 @@ def test_settings_of_the_computation_change_the_fingerprint(section, update):
 )
 def test_bookkeeping_settings_keep_the_fingerprint(update):
     assert _fp("meta_train", **update) == _fp(None), update
+
+
+def test_the_data_root_keeps_the_fingerprint():
+    """Where the datasets are is not what they hold: a run resumes with its data moved."""
+    assert _fp("data", root="/scratch/job-123/data") == _fp(None)

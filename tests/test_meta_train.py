@@ -301,6 +301,51 @@ def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, capsys)
     assert json.loads((stale / "published" / "meta_params.npz.json").read_text())["outer_steps"] == 12
 
 
+def test_moved_data_and_stamps_of_the_older_lopt_resume_in_place(tmp_path):
+    """``data.root`` says where the datasets are, not what they hold: a run resumes with its
+    data moved (a node's scratch disk). Stamps of the lopt that hashed the root too, and
+    runs it moved aside under that name, still resume; the resume re-stamps them."""
+    import warnings
+
+    import lopt.meta_train as mt_module
+    from lopt.meta_train import meta_train
+
+    _, cfg = _config(tmp_path, task=QUAD, outer_steps=6, checkpoint_every=3, log_every=3)
+    out = tmp_path / "out"
+    ckpt = out / "checkpoints"
+    meta_train(cfg, out, progress=False)
+
+    def extended(steps, root):
+        return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(tmp_path / root)}),
+                                      "meta_train": cfg.meta_train.model_copy(update={"outer_steps": steps})})
+
+    def resume_quietly(c):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            state = meta_train(c, out, resume=True, progress=False)
+        assert not [w for w in caught if "checkpoints" in str(w.message)], [str(w.message) for w in caught]
+        assert not list(out.glob("checkpoints.stale-*"))
+        return state
+
+    assert int(resume_quietly(extended(9, "scratch")).step) == 9  # data moved: continued, not restarted
+    # a stamp the older lopt wrote (root hashed in) stands for the same run
+    c = extended(12, "scratch")
+    legacy = mt_module.run_dir._legacy_fingerprint(c)
+    assert legacy != mt_module.fingerprint(c) == mt_module.fingerprint(cfg)
+    stamp = json.loads((ckpt / "fingerprint.json").read_text())
+    (ckpt / "fingerprint.json").write_text(json.dumps({**stamp, "fingerprint": legacy}))
+    assert int(resume_quietly(c).step) == 12
+    assert json.loads((ckpt / "fingerprint.json").read_text())["fingerprint"] == mt_module.fingerprint(cfg)
+    # a run the older lopt moved aside under its fingerprint is put back
+    ckpt.rename(out / f"checkpoints.stale-{mt_module.run_dir._legacy_fingerprint(extended(15, 'scratch'))}")
+    with pytest.warns(UserWarning, match="held no checkpoints; resuming this config's earlier run"):
+        state = meta_train(extended(15, "scratch"), out, resume=True, progress=False)
+    assert int(state.step) == 15 and not list(out.glob("checkpoints.stale-*"))
+    fresh = meta_train(extended(15, "elsewhere"), tmp_path / "fresh", progress=False)
+    for a, b in zip(jax.tree.leaves(state.theta), jax.tree.leaves(fresh.theta)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_checkpoints_of_the_old_particle_layout_are_moved_aside_not_resumed(tmp_path):
     """Checkpoints from before pairs were adjacent (stamp without ``particle_layout``) hold
     estimator states whose particle i pairs with i + P/2: resuming them would difference

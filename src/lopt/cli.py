@@ -217,7 +217,8 @@ def _with_data_root(cfg, data_root: Path | None):
     """``cfg`` reading its datasets from ``data_root`` (``--data-root``) instead of ``data.root``.
 
     The same directory leaves ``cfg`` as it is, so a run without a storage provider
-    (where the workflow passes the config's own root) is unchanged, fingerprint included.
+    (where the workflow passes the config's own root) records the config's own root. The
+    root is not part of the checkpoint fingerprint either way.
     """
     if data_root is None or Path(data_root) == Path(cfg.data.root):
         return cfg

@@ -29,13 +29,32 @@ _NON_FINGERPRINT = {"outer_steps", "checkpoint_every", "max_to_keep", "log_every
 
 
 def fingerprint(cfg: ExperimentConfig) -> str:
-    """Hash of every config field that affects the meta-training computation."""
+    """Hash of every config field that affects the meta-training computation.
+
+    ``data.root`` is left out: it says where the prepared datasets are, not what they hold
+    (that follows from the rest of ``data`` and the tasks), so a run may resume with its
+    data moved, e.g. to a node's scratch disk through ``--data-root`` or a storage plugin.
+    """
+    return _fingerprint(cfg, with_root=False)
+
+
+def _fingerprint(cfg: ExperimentConfig, with_root: bool) -> str:
     resolved = cfg.to_dict()
     meta = {k: v for k, v in resolved["meta_train"].items() if k not in _NON_FINGERPRINT}
-    spec = {"seed": resolved["seed"], "data": resolved["data"], "lopt": resolved["lopt"], "meta_train": meta}
+    data = {k: v for k, v in resolved["data"].items() if with_root or k != "root"}
+    spec = {"seed": resolved["seed"], "data": data, "lopt": resolved["lopt"], "meta_train": meta}
     if cfg.compute.precision != "float32":  # absent when float32: older checkpoints stay valid
         spec["precision"] = cfg.compute.precision
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _legacy_fingerprint(cfg: ExperimentConfig) -> str:
+    """The fingerprint lopt before 2026-12-07 gave ``cfg``: it hashed ``data.root`` too.
+
+    A stamp holding it (with the root the run now reads) stands for this config, so
+    checkpoints written by that lopt still resume; the resume re-stamps them.
+    """
+    return _fingerprint(cfg, with_root=True)
 
 
 # How the estimator state orders antithetic copies (lopt.unroll.pair_up). Checkpoints
@@ -98,9 +117,14 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
         legacy_log.replace(ckpt_dir / LIVE_METRICS)
     stamped = _read_stamp(stamp)
     previous = _stamped_identity(stamped) if stamped else "unknown"  # unknown: moved aside, never resumed
+    legacy = _legacy_fingerprint(cfg)
+    if previous == legacy:
+        previous = current
     barrier("lopt-checkpoint-dir-read")
     if jax.process_index() == 0:
         earlier = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{current}")
+        if not earlier.exists():  # moved aside by a run of another config under the older lopt
+            earlier = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{legacy}")
         moved_aside = exists and previous != current
         # this config's earlier run, moved aside by a run of another config; also when a kill
         # cut short the move that puts it back (no checkpoints/ then, or one holding nothing)
@@ -123,7 +147,7 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
         elif moved_aside and not stamped:
             warnings.warn(f"{ckpt_dir} has no readable {stamp.name}, so its checkpoints cannot be matched "
                           f"to a config; moved it to {stale} and starting afresh")
-        elif moved_aside and stamped.get("fingerprint") == current:  # same config, older layout
+        elif moved_aside and stamped.get("fingerprint") in (current, legacy):  # same config, older layout
             warnings.warn(f"{ckpt_dir} was written by an older lopt with another particle layout, which "
                           f"cannot resume; moved it to {stale} and starting afresh")
         elif moved_aside:
