@@ -211,7 +211,9 @@ def test_kubernetes_profile_plans_every_rule_in_storage_with_configured_resource
 
 def test_kubernetes_job_requests_the_configured_gpus_memory_and_cpus(k8s_repo):
     repo, env, s3, k8s = k8s_repo
-    cmd = ["snakemake", "results/quadk8s/meta/meta_params.npz", "--profile", PROFILE, "--configfile", "cfg.yaml"]
+    # a persistent volume for compute.checkpoint_root, as the profile's comment shows
+    cmd = ["snakemake", "results/quadk8s/meta/meta_params.npz", "--profile", PROFILE, "--configfile", "cfg.yaml",
+           "--kubernetes-persistent-volumes", "lopt-checkpoints:/checkpoints"]
     log = repo.parent / "submit.log"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -233,6 +235,10 @@ def test_kubernetes_job_requests_the_configured_gpus_memory_and_cpus(k8s_repo):
     (container,) = pod["containers"]
     profile = yaml.safe_load((REPO / PROFILE / "config.yaml").read_text())
     assert container["image"] == profile["container-image"]
+    # the claim outlives the pod: a retried job finds the killed one's checkpoints there
+    assert {"name": "lopt-checkpoints", "mountPath": "/checkpoints"} in container["volumeMounts"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["lopt-checkpoints"]["persistentVolumeClaim"] == {"claimName": "lopt-checkpoints"}
 
     # resources.meta_train: 2 GPUs, 16000 MB, 4 cpus (threads; the plugin scales requests by
     # 0.95). GPUs must be limits too, or the API server rejects the pod.

@@ -682,3 +682,40 @@ def test_grad_clip_applies_to_the_gradient_before_adam():
     # and a non-finite gradient is skipped, not applied
     updates, state = opt.update(jnp.array([jnp.nan, 1.0]), state, params)
     np.testing.assert_array_equal(np.asarray(updates), 0.0)
+
+
+def test_checkpoint_root_lets_a_fresh_job_directory_resume(tmp_path):
+    """``compute.checkpoint_root`` keeps the live checkpoints outside the job's directory
+    (a persistent volume on Kubernetes, where a killed pod loses its scratch space): a job
+    in a fresh directory resumes the run there and publishes the whole log, and a config
+    change moves that run aside together with the files it published elsewhere."""
+    from lopt.meta_train import checkpoint_dir, meta_train
+
+    _, base = _config(tmp_path, task=QUAD, outer_steps=6, checkpoint_every=3, log_every=3)
+    root = tmp_path / "volume"
+
+    def with_root(steps, **meta):
+        return base.model_copy(update={
+            "compute": base.compute.model_copy(update={"checkpoint_root": str(root)}),
+            "meta_train": base.meta_train.model_copy(update={"outer_steps": steps, **meta})})
+
+    assert checkpoint_dir(base, tmp_path / "x") == tmp_path / "x" / "checkpoints"
+    assert checkpoint_dir(with_root(6), tmp_path / "x") == root / base.name
+    meta_train(with_root(6), tmp_path / "pod1", progress=False)
+    assert not (tmp_path / "pod1" / "checkpoints").exists()
+    assert sorted(int(p.name) for p in (root / base.name).iterdir() if p.name.isdigit()) == [3, 6]
+    # the next job starts in an empty directory and continues from step 6, not from 0
+    state = meta_train(with_root(9), tmp_path / "pod2", resume=True, progress=False)
+    assert int(state.step) == 9
+    assert list(pd.read_csv(tmp_path / "pod2" / "metrics.csv")["step"]) == list(range(1, 10))
+    fresh = meta_train(base.model_copy(update={"meta_train": with_root(9).meta_train}), tmp_path / "fresh", progress=False)
+    for a, b in zip(jax.tree.leaves(state.theta), jax.tree.leaves(fresh.theta)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(pd.read_csv(tmp_path / "pod2" / "metrics.csv")["meta_loss"],
+                                  pd.read_csv(tmp_path / "fresh" / "metrics.csv")["meta_loss"])
+    # another config moves the run aside in the volume, with what it published in pod2/
+    published = (tmp_path / "pod2" / "meta_params.npz").read_bytes()
+    with pytest.warns(UserWarning, match="starting afresh"):
+        meta_train(with_root(3, sigma=0.05), tmp_path / "pod2", resume=True, progress=False)
+    (aside,) = root.glob(f"{base.name}.stale-*")
+    assert (aside / "published" / "meta_params.npz").read_bytes() == published and (aside / "9").is_dir()

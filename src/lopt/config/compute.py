@@ -57,6 +57,12 @@ class ComputeConfig(DeviceConfig):
     """Where and how the numerics run: platform, inner-task precision, processes."""
 
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    checkpoint_root: Annotated[str, Field(min_length=1)] | None = Field(
+        None,
+        description="Keep meta-training's live checkpoints in <checkpoint_root>/<name>/ instead of "
+        "<out>/checkpoints: a directory that outlives the job, e.g. a persistent volume mounted "
+        "in every Kubernetes pod, so a killed job resumes in a fresh pod. Unset: <out>/checkpoints.",
+    )
 
 
 class StageResources(_Strict):

@@ -14,7 +14,8 @@ Outputs (``out_dir``):
     checkpoints/        run state: orbax steps of the whole MetaState every
                         ``checkpoint_every``, ``fingerprint.json``, and
                         ``metrics.live.csv``, the per-step log appended as training
-                        goes (kept with the checkpoints it belongs to)
+                        goes (kept with the checkpoints it belongs to); in
+                        ``<compute.checkpoint_root>/<name>/`` instead when that is set
     metrics.csv         final: one row per outer step (step, meta_loss, grad_norm, ...)
     model_card.md       final: architecture card + how it was meta-trained
     meta_params.npz     final: meta-parameters (+ .json with sha256 and config)
@@ -36,6 +37,7 @@ from lopt.meta_train.run_dir import (
     LIVE_METRICS,
     PARTICLE_LAYOUT,
     PUBLISHED,
+    checkpoint_dir,
     fingerprint,
     prepare_checkpoint_dir,
 )
@@ -55,7 +57,7 @@ from lopt.meta_train.step import (
 
 __all__ = [
     "KEY_ESTIMATOR_INIT", "KEY_STEPS", "KEY_THETA", "LIVE_METRICS", "METRIC_FIELDS", "PARTICLE_LAYOUT",
-    "PUBLISHED", "MetaState", "MetaTrainer", "MetricsLog", "build_trainer", "fingerprint", "make_meta_step",
+    "PUBLISHED", "MetaState", "MetaTrainer", "MetricsLog", "build_trainer", "checkpoint_dir", "fingerprint", "make_meta_step",
     "meta_state_shardings", "meta_step_fn", "meta_train", "outer_optimizer", "particle_leaves",
     "prepare_checkpoint_dir",
 ]

@@ -10,7 +10,13 @@ import jax
 
 from lopt.config import ExperimentConfig
 from lopt.meta_train.log import MetricsLog, rows_of
-from lopt.meta_train.run_dir import LIVE_METRICS, barrier, prepare_checkpoint_dir, publish
+from lopt.meta_train.run_dir import (
+    LIVE_METRICS,
+    barrier,
+    checkpoint_dir,
+    prepare_checkpoint_dir,
+    publish,
+)
 from lopt.meta_train.step import MetaState, build_trainer, make_meta_step, meta_state_shardings
 
 
@@ -27,8 +33,9 @@ def meta_train(
     Args:
         cfg: validated experiment config.
         out_dir: directory for checkpoints, metrics and the final meta-parameters.
-        resume: continue from the latest checkpoint in ``out_dir/checkpoints`` if any;
-            without it an existing checkpoint directory is an error (never overwrite).
+        resume: continue from the latest checkpoint in ``out_dir/checkpoints`` (or
+            ``<compute.checkpoint_root>/<name>``) if any; without it an existing checkpoint
+            directory is an error (never overwrite).
         tracker: optional :class:`lopt.tracking.Tracker` receiving scalars.
         progress: show a tqdm progress bar (steps, meta-loss, ETA).
     """
@@ -41,7 +48,7 @@ def meta_train(
     primary = jax.process_index() == 0  # the one process that writes files and tracks
     if primary:
         out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir = checkpoint_dir(cfg, out_dir)
     # everything that can refuse this config (data, devices) before the checkpoint
     # directory is touched: a refused start must not leave a stamp that blocks the next
     trainer = build_trainer(cfg)
@@ -51,7 +58,7 @@ def meta_train(
 
         mesh = particle_mesh(None if mt.devices == "all" else mt.devices)
         _check_split(mt.num_particles, mesh.devices.size)
-    prepare_checkpoint_dir(ckpt_dir, cfg, resume)
+    prepare_checkpoint_dir(ckpt_dir, cfg, resume, out_dir)
     meta_step = make_meta_step(trainer, mesh)
     state = trainer.init()
     data = trainer.data
@@ -120,7 +127,7 @@ def meta_train(
             log.close()
         checkpointer.close()
     if primary:
-        publish(out_dir, cfg, trainer, state, time.perf_counter() - t0)
+        publish(out_dir, cfg, trainer, state, time.perf_counter() - t0, ckpt_dir)
     barrier("lopt-published")
     return state
 

@@ -88,18 +88,26 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
+def checkpoint_dir(cfg: ExperimentConfig, out_dir: Path) -> Path:
+    """Where the run keeps its live checkpoints: ``out_dir/checkpoints``, or
+    ``<compute.checkpoint_root>/<name>`` when the job's own directory does not outlive it."""
+    root = cfg.compute.checkpoint_root
+    return out_dir / "checkpoints" if root is None else Path(root) / cfg.name
+
+
+def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool, out_dir: Path | None = None) -> None:
     """Refuse to overwrite, or move aside checkpoints of a different configuration.
 
     A resume under a changed config moves the old checkpoints to
     ``checkpoints.stale-<their fingerprint>`` and, when an earlier run of the current
     config was moved aside that way, puts it back so the resume continues it (also when
     ``ckpt_dir`` holds no checkpoints: a kill may have cut the move back short). The
-    published files (:data:`PUBLISHED`) move with their run's checkpoints (into its
-    ``published/`` folder) and come back with them. Nothing is deleted: a name already
+    published files (:data:`PUBLISHED`, in ``out_dir``: by default ``ckpt_dir``'s parent)
+    move with their run's checkpoints (into its ``published/`` folder) and come back with them. Nothing is deleted: a name already
     taken gets a numbered suffix. Every process reads (so all
     raise alike); only process 0 changes the directory.
     """
+    out_dir = ckpt_dir.parent if out_dir is None else out_dir
     stamp = ckpt_dir / "fingerprint.json"
     current = fingerprint(cfg)
     # a stamp or live log alone (a run stopped before its first checkpoint) holds nothing to resume
@@ -112,7 +120,7 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
         raise FileExistsError(
             f"{ckpt_dir} already holds checkpoints; pass --resume to continue or delete it"
         )
-    legacy_log = ckpt_dir.parent / LIVE_METRICS  # where runs before the log moved kept it
+    legacy_log = out_dir / LIVE_METRICS  # where runs before the log moved kept it
     if exists and legacy_log.exists() and not (ckpt_dir / LIVE_METRICS).exists() and jax.process_index() == 0:
         legacy_log.replace(ckpt_dir / LIVE_METRICS)
     stamped = _read_stamp(stamp)
@@ -135,7 +143,7 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
             # in out_dir may pass for this config's optimizer (e.g. `lopt evaluate`'s default).
             # Into its directory first, then one rename: a kill between the two leaves them with
             # their checkpoints, which the next resume moves aside together.
-            _move_published(ckpt_dir.parent, ckpt_dir / PUBLISHED_ASIDE)
+            _move_published(out_dir, ckpt_dir / PUBLISHED_ASIDE)
             ckpt_dir.rename(stale)
         elif restore and ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)  # a stamp or log alone: nothing to resume (see holds_nothing)
@@ -154,7 +162,7 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool) 
             warnings.warn(f"config changed since {ckpt_dir} was written; moved it to {stale} and starting afresh")
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         # this config's run, put back now or earlier (a kill may have cut the move short)
-        _move_published(ckpt_dir / PUBLISHED_ASIDE, ckpt_dir.parent)
+        _move_published(ckpt_dir / PUBLISHED_ASIDE, out_dir)
         write_text(stamp, json.dumps({"fingerprint": current, "experiment": cfg.name, "particle_layout": PARTICLE_LAYOUT}))
     barrier("lopt-checkpoint-dir-ready")
 
@@ -171,7 +179,7 @@ def _move_published(src: Path, dst: Path) -> None:
     if files:
         dst.mkdir(parents=True, exist_ok=True)
     for f in files:
-        f.replace(dst / f.name)
+        shutil.move(f, dst / f.name)  # a rename, unless compute.checkpoint_root is on another disk
     if src.name == PUBLISHED_ASIDE and src.is_dir() and not any(src.iterdir()):
         src.rmdir()
 
@@ -185,7 +193,9 @@ def _free_name(path: Path) -> Path:
     return candidate
 
 
-def publish(out_dir: Path, cfg: ExperimentConfig, trainer: MetaTrainer, state: MetaState, wall: float) -> None:
+def publish(
+    out_dir: Path, cfg: ExperimentConfig, trainer: MetaTrainer, state: MetaState, wall: float, ckpt_dir: Path | None = None
+) -> None:
     """Publish the finished run: the log and model card first, the meta-parameters last.
 
     The metadata ``meta_params.npz.json`` is the set's completion mark: removed first and
@@ -195,8 +205,9 @@ def publish(out_dir: Path, cfg: ExperimentConfig, trainer: MetaTrainer, state: M
     from lopt.checkpoint import save_meta_params
 
     mt = cfg.meta_train
+    live_log = (out_dir / "checkpoints" if ckpt_dir is None else ckpt_dir) / LIVE_METRICS
     (out_dir / "meta_params.npz.json").unlink(missing_ok=True)
-    replace_with(out_dir / "metrics.csv", lambda tmp: shutil.copyfile(out_dir / "checkpoints" / LIVE_METRICS, tmp))
+    replace_with(out_dir / "metrics.csv", lambda tmp: shutil.copyfile(live_log, tmp))
     _write_model_card(out_dir / "model_card.md", trainer.lopt, cfg, int(state.step))
     save_meta_params(
         out_dir / "meta_params.npz",
