@@ -81,6 +81,30 @@ def test_toy_schedule_step_and_learning_rate():
     np.testing.assert_allclose(loss, system.inner_loss(new), rtol=1e-6)
 
 
+def _toy_episode_numpy(theta, horizon):
+    """Mean loss of one ToySchedule episode in float64 NumPy, gradients written out by hand:
+    df/dx0 = x0 / sqrt(x0^2 + 5) - 10 x0 sin(x1)^2 exp(-5 x0^2),
+    df/dx1 = 2 sin(x1) cos(x1) exp(-5 x0^2) + 0.25 sign(x1 - 100); lr_t for t = 0 .. T - 1."""
+    x0, x1, losses = 1.0, 1.0, []
+    for t in range(horizon):
+        lr = math.exp(theta[0]) * (1 - t / horizon) + math.exp(theta[1]) * t / horizon
+        g0 = x0 / math.sqrt(x0**2 + 5) - 10 * x0 * math.sin(x1) ** 2 * math.exp(-5 * x0**2)
+        g1 = 2 * math.sin(x1) * math.cos(x1) * math.exp(-5 * x0**2) + 0.25 * math.copysign(1.0, x1 - 100)
+        x0, x1 = x0 - lr * g0, x1 - lr * g1
+        losses.append(math.sqrt(x0**2 + 5) - math.sqrt(5) + math.sin(x1) ** 2 * math.exp(-5 * x0**2) + 0.25 * abs(x1 - 100))
+    return float(np.mean(losses))
+
+
+def test_toy_schedule_meta_loss_matches_a_numpy_episode():
+    """The episode's steps are t = 0 .. T - 1 (lr from exp(theta0) towards exp(theta1)); with
+    T = 10 a schedule shifted by one step moves every rate by a tenth of its range, which
+    moves the meta-loss by ~1e-3 relative, against float32 rounding of ~1e-7."""
+    system = ToySchedule(horizon=10)
+    for theta in ((0.0, math.log(1e-3)), (math.log(0.5), math.log(2.0))):
+        got = float(system.meta_loss(jnp.asarray(theta, jnp.float32)))
+        assert got == pytest.approx(_toy_episode_numpy(theta, 10), rel=1e-5)
+
+
 # --------------------------------------------------------------------------- lorenz
 
 
@@ -127,6 +151,26 @@ def test_lorenz_start_noise_and_overflow_guard():
         loss, grad = jax.value_and_grad(system.meta_loss)(jnp.array(theta))
         assert np.isfinite(loss) and np.all(np.isfinite(grad))
         assert float(loss) <= (2 * system.state_bound) ** 2
+
+
+def test_lorenz_meta_loss_matches_a_numpy_euler_reference():
+    """200 Euler steps of both trajectories in float64 NumPy from the paper's start, paper
+    init against truth. The trajectories swing to negative x and y, where the overflow
+    guard (|coordinate| <= 1000) must not act; float32 stays within ~1e-6 of the float64
+    reference over this short (not yet chaotic) stretch."""
+
+    def trajectory(a, r, steps, b=8 / 3, dt=0.005):
+        x, y, z, out = 1.2, 1.3, 1.6, []
+        for _ in range(steps):
+            x, y, z = x + dt * a * (y - x), y + dt * (x * (r - z) - y), z + dt * (x * y - b * z)
+            out.append((x, y, z))
+        return np.asarray(out)
+
+    learned, true = trajectory(math.exp(3.116), math.exp(3.7), 200), trajectory(10.0, 28.0, 200)
+    assert learned[:, :2].min() < -10 and true[:, :2].min() < -8
+    expected = np.mean((learned[:, 2] - true[:, 2]) ** 2)  # about 467.4
+    system = Lorenz(horizon=200)
+    assert float(system.meta_loss(system.initial_theta())) == pytest.approx(expected, rel=1e-5)
 
 
 # --------------------------------------------------------------------------- engine
