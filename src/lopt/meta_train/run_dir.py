@@ -103,9 +103,9 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool, 
     config was moved aside that way, puts it back so the resume continues it (also when
     ``ckpt_dir`` holds no checkpoints: a kill may have cut the move back short). The
     published files (:data:`PUBLISHED`, in ``out_dir``: by default ``ckpt_dir``'s parent)
-    move with their run's checkpoints (into its ``published/`` folder) and come back with them. Nothing is deleted: a name already
-    taken gets a numbered suffix. Every process reads (so all
-    raise alike); only process 0 changes the directory.
+    move with their run's checkpoints (into its ``published/`` folder) and come back with
+    them. Nothing is deleted: a name already taken gets a numbered suffix. Every process
+    reads (so all raise alike); only process 0 changes the directory.
     """
     out_dir = ckpt_dir.parent if out_dir is None else out_dir
     stamp = ckpt_dir / "fingerprint.json"
@@ -122,7 +122,7 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool, 
         )
     legacy_log = out_dir / LIVE_METRICS  # where runs before the log moved kept it
     if exists and legacy_log.exists() and not (ckpt_dir / LIVE_METRICS).exists() and jax.process_index() == 0:
-        legacy_log.replace(ckpt_dir / LIVE_METRICS)
+        shutil.move(legacy_log, ckpt_dir / LIVE_METRICS)  # ckpt_dir may be on another disk
     stamped = _read_stamp(stamp)
     previous = _stamped_identity(stamped) if stamped else "unknown"  # unknown: moved aside, never resumed
     legacy = _legacy_fingerprint(cfg)
