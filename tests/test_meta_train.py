@@ -713,6 +713,21 @@ def test_checkpoint_root_lets_a_fresh_job_directory_resume(tmp_path):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(pd.read_csv(tmp_path / "pod2" / "metrics.csv")["meta_loss"],
                                   pd.read_csv(tmp_path / "fresh" / "metrics.csv")["meta_loss"])
+    # a run trained before the setting was on (or a pulled release) is copied in and resumed
+    meta_train(base, tmp_path / "local", progress=False)
+    first_six = pd.read_csv(tmp_path / "local" / "metrics.csv")
+    moved = base.model_copy(update={
+        "compute": base.compute.model_copy(update={"checkpoint_root": str(tmp_path / "volume2")}),
+        "meta_train": with_root(9).meta_train})
+    with pytest.warns(UserWarning, match="copied this config's run"):
+        resumed = meta_train(moved, tmp_path / "local", resume=True, progress=False)
+    assert sorted(int(p.name) for p in (tmp_path / "local" / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+    for a, b in zip(jax.tree.leaves(resumed.theta), jax.tree.leaves(fresh.theta)):
+        np.testing.assert_array_equal(a, b)
+    continued = pd.read_csv(tmp_path / "local" / "metrics.csv")
+    assert list(continued["step"]) == list(range(1, 10))
+    # steps 1-6 were not re-run: their rows, wall times included, are the first run's
+    pd.testing.assert_frame_equal(continued.iloc[:6], first_six)
     # another config moves the run aside in the volume, with what it published in pod2/
     published = (tmp_path / "pod2" / "meta_params.npz").read_bytes()
     with pytest.warns(UserWarning, match="starting afresh"):

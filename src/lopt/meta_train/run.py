@@ -16,6 +16,7 @@ from lopt.meta_train.run_dir import (
     checkpoint_dir,
     prepare_checkpoint_dir,
     publish,
+    seed_checkpoint_dir,
 )
 from lopt.meta_train.step import MetaState, build_trainer, make_meta_step, meta_state_shardings
 
@@ -58,6 +59,8 @@ def meta_train(
 
         mesh = particle_mesh(None if mt.devices == "all" else mt.devices)
         _check_split(mt.num_particles, mesh.devices.size)
+    if resume:
+        seed_checkpoint_dir(ckpt_dir, cfg, out_dir)
     prepare_checkpoint_dir(ckpt_dir, cfg, resume, out_dir)
     meta_step = make_meta_step(trainer, mesh)
     state = trainer.init()

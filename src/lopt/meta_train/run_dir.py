@@ -95,6 +95,31 @@ def checkpoint_dir(cfg: ExperimentConfig, out_dir: Path) -> Path:
     return out_dir / "checkpoints" if root is None else Path(root) / cfg.name
 
 
+def seed_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, out_dir: Path) -> None:
+    """Start an empty ``compute.checkpoint_root`` run from ``out_dir/checkpoints`` when that
+    holds this config's run (one trained before the setting was on, or a pulled release),
+    so turning the setting on resumes the run instead of restarting it from step 0.
+
+    The copy goes to a hidden sibling first and is renamed into place, so a kill mid-copy
+    leaves nothing a resume would take for checkpoints. Only process 0 copies.
+    """
+    local = out_dir / "checkpoints"
+    if ckpt_dir == local:
+        return
+    if jax.process_index() == 0 and not (ckpt_dir.exists() and any(ckpt_dir.iterdir())) and local.is_dir():
+        stamped = _read_stamp(local / "fingerprint.json")
+        ours = stamped and _stamped_identity(stamped) in (fingerprint(cfg), _legacy_fingerprint(cfg))
+        if ours and any(p.name.isdigit() for p in local.iterdir()):
+            staging = ckpt_dir.with_name(f".{ckpt_dir.name}.seeding")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(local, staging)
+            if ckpt_dir.exists():
+                ckpt_dir.rmdir()  # empty (checked above)
+            staging.rename(ckpt_dir)
+            warnings.warn(f"{ckpt_dir} was empty; copied this config's run from {local} to resume it")
+    barrier("lopt-checkpoint-dir-seeded")
+
+
 def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool, out_dir: Path | None = None) -> None:
     """Refuse to overwrite, or move aside checkpoints of a different configuration.
 
