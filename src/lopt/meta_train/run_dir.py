@@ -74,10 +74,22 @@ def _read_stamp(path: Path) -> dict[str, Any]:
     return stamped if isinstance(stamped, dict) and isinstance(stamped.get("fingerprint"), str) else {}
 
 
-def _stamped_identity(stamp: dict[str, Any]) -> str:
-    """The fingerprint a checkpoint directory's stamp stands for, its layout included."""
+def _stamped_identity(stamp: dict[str, Any], cfg: ExperimentConfig) -> str:
+    """The fingerprint a checkpoint directory's stamp stands for, its layout included
+    (``cfg``'s own when the stamp holds the older lopt's fingerprint of ``cfg``)."""
     layout = stamp.get("particle_layout", "pairs-halves")
-    return stamp["fingerprint"] if layout == PARTICLE_LAYOUT else f"{stamp['fingerprint']}-{layout}"
+    fp = fingerprint(cfg) if stamp["fingerprint"] == _legacy_fingerprint(cfg) else stamp["fingerprint"]
+    return fp if layout == PARTICLE_LAYOUT else f"{fp}-{layout}"
+
+
+def _holds_checkpoints(ckpt_dir: Path) -> bool:
+    """Whether ``ckpt_dir`` holds anything to resume: a stamp or live log alone (a run stopped
+    before its first checkpoint) does not, nor does a temporary file a kill left behind
+    (lopt.atomic's hidden ``.<name>.tmp``)."""
+    def holds_nothing(p: Path) -> bool:
+        return p.name in ("fingerprint.json", LIVE_METRICS) or (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file())
+
+    return ckpt_dir.exists() and not all(holds_nothing(p) for p in ckpt_dir.iterdir())
 
 
 def barrier(name: str) -> None:
@@ -106,15 +118,13 @@ def seed_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, out_dir: Path) ->
     local = out_dir / "checkpoints"
     if ckpt_dir == local:
         return
-    if jax.process_index() == 0 and not (ckpt_dir.exists() and any(ckpt_dir.iterdir())) and local.is_dir():
+    if jax.process_index() == 0 and not _holds_checkpoints(ckpt_dir) and _holds_checkpoints(local):
         stamped = _read_stamp(local / "fingerprint.json")
-        ours = stamped and _stamped_identity(stamped) in (fingerprint(cfg), _legacy_fingerprint(cfg))
-        if ours and any(p.name.isdigit() for p in local.iterdir()):
+        if stamped and _stamped_identity(stamped, cfg) == fingerprint(cfg):
             staging = ckpt_dir.with_name(f".{ckpt_dir.name}.seeding")
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(local, staging)
-            if ckpt_dir.exists():
-                ckpt_dir.rmdir()  # empty (checked above)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)  # a stamp or log alone at most (checked above)
             staging.rename(ckpt_dir)
             warnings.warn(f"{ckpt_dir} was empty; copied this config's run from {local} to resume it")
     barrier("lopt-checkpoint-dir-seeded")
@@ -135,12 +145,7 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool, 
     out_dir = ckpt_dir.parent if out_dir is None else out_dir
     stamp = ckpt_dir / "fingerprint.json"
     current = fingerprint(cfg)
-    # a stamp or live log alone (a run stopped before its first checkpoint) holds nothing to resume
-    # (nor does a temporary file a kill left behind: lopt.atomic's hidden .<name>.tmp)
-    def holds_nothing(p: Path) -> bool:
-        return p.name in (stamp.name, LIVE_METRICS) or (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file())
-
-    exists = ckpt_dir.exists() and not all(holds_nothing(p) for p in ckpt_dir.iterdir())
+    exists = _holds_checkpoints(ckpt_dir)
     if exists and not resume:
         raise FileExistsError(
             f"{ckpt_dir} already holds checkpoints; pass --resume to continue or delete it"
@@ -149,10 +154,8 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool, 
     if exists and legacy_log.exists() and not (ckpt_dir / LIVE_METRICS).exists() and jax.process_index() == 0:
         shutil.move(legacy_log, ckpt_dir / LIVE_METRICS)  # ckpt_dir may be on another disk
     stamped = _read_stamp(stamp)
-    previous = _stamped_identity(stamped) if stamped else "unknown"  # unknown: moved aside, never resumed
+    previous = _stamped_identity(stamped, cfg) if stamped else "unknown"  # unknown: moved aside, never resumed
     legacy = _legacy_fingerprint(cfg)
-    if previous == legacy:
-        previous = current
     barrier("lopt-checkpoint-dir-read")
     if jax.process_index() == 0:
         earlier = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{current}")
@@ -171,7 +174,7 @@ def prepare_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, resume: bool, 
             _move_published(out_dir, ckpt_dir / PUBLISHED_ASIDE)
             ckpt_dir.rename(stale)
         elif restore and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)  # a stamp or log alone: nothing to resume (see holds_nothing)
+            shutil.rmtree(ckpt_dir)  # a stamp or log alone: nothing to resume (see _holds_checkpoints)
         if restore:
             earlier.rename(ckpt_dir)  # its published files come back out below
             why = (f"config changed since {ckpt_dir} was written; moved it to {stale}" if moved_aside
