@@ -33,7 +33,7 @@ run: $(STAMP)
 test: $(STAMP)
 	pytest -m "not slow" -n 2 --dist loadscope --no-loadscope-reorder --timeout 900
 
-test-slow: $(STAMP)  # the full paper studies (tests/test_paper_scale.py), ~12 min on 2 cores
+test-slow: $(STAMP)  # the paper studies and the default pipeline end to end, ~17 min on 2 cores
 	pytest -m slow
 
 report: $(STAMP)

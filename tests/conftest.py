@@ -50,12 +50,12 @@ def pytest_unconfigure(config):
 # The longest modules first (module totals of `--durations=0`, largest first): `make test`
 # hands whole modules to its 2 workers (--dist loadscope, --no-loadscope-reorder keeps this
 # order), and starting the long ones early lets the short ones fill the end instead of one
-# worker running the default pipeline alone for its last 3 minutes. Unlisted modules follow
+# worker running a long module alone for its last minutes. Unlisted modules follow
 # in collection order; the order changes only when tests run, never what they check.
 LONGEST_FIRST = (
-    "test_default_run.py", "test_meta_train.py", "test_zoo_meta_train.py", "test_estimators.py",
-    "test_studies.py", "test_pipeline.py", "test_multihost.py", "test_lopt_zoo.py", "test_task_zoo.py",
-    "test_kubernetes.py", "test_sharding.py", "test_variance.py",
+    "test_meta_train.py", "test_estimators.py", "test_pipeline.py", "test_zoo_meta_train.py",
+    "test_lopt_zoo.py", "test_studies.py", "test_kubernetes.py", "test_sharding.py", "test_release.py",
+    "test_multihost.py", "test_task_zoo.py", "test_variance.py",
 )
 
 

@@ -5,6 +5,12 @@ within 10 minutes on 2 CPU cores, and the NRES-meta-trained learned optimizer re
 lower mean final training loss over the held-out tasks than learning-rate-tuned SGD.
 The time bound is the issue's stated budget, with ~3x headroom over the measured
 ~3.5 min (benchmarks/RESULTS.md), not a performance benchmark.
+
+Opt-in (`make test-slow`): at 4-6 CPU-minutes it was a fifth of `make test`. The CI suite
+checks the same claims through the release instead (tests/test_release.py): the released
+tables show the headline, the current code re-computes the released evaluation (the
+learned optimizer and tuned SGD), and it retraces the released meta-training run's first
+steps from scratch, so a change to what the default run computes fails there.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import pandas as pd
 import pytest
 from pipeline_utils import run_pipeline
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def test_default_pipeline_beats_tuned_sgd(tmp_path):
