@@ -82,3 +82,15 @@ def cluster_config(name: str, meta_train_resources: dict) -> dict:
                        "num_steps": 20, "eval_every": 10},
         "resources": {"meta_train": meta_train_resources},
     }
+
+
+def assert_lopt_beats_tuned_sgd(results: Path, tasks: set[str]) -> None:
+    """The default experiment's headline from its ``tables/summary.csv``: the learned
+    optimizer's mean final training loss over the held-out ``tasks`` is below tuned SGD's."""
+    import pandas as pd
+
+    summary = pd.read_csv(results / "tables" / "summary.csv")
+    train = summary[summary["split"] == "train"]
+    assert set(train["task"]) == tasks
+    mean_final = train.groupby("optimizer")["loss_mean"].mean()
+    assert mean_final["lopt"] < mean_final["sgd"], mean_final.to_dict()
