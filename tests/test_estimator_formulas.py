@@ -23,7 +23,7 @@ from test_estimators import THETA as _THETA
 from test_estimators import A as _A
 from test_estimators import LinearQuadratic
 
-from lopt.estimators import pes
+from lopt.estimators import gpes, nres, pes, tes
 from lopt.estimators.base import Estimator, sample_noise
 from lopt.estimators.multi_task import multi_task
 
@@ -99,3 +99,98 @@ def test_multi_task_averages_gradients_and_sums_counts():
     assert float(metrics["diverged"]) == 1.0
     assert float(metrics["meta_loss/0"]) == 0.5 and float(metrics["meta_loss/1"]) == 1.5
     assert est.unroll_steps == 20
+
+
+def _run(s, t, theta, steps, horizon):
+    """NumPy float64: ``steps`` steps from state ``s`` at inner step ``t`` under ``theta``,
+    resetting to S0 at the horizon. Returns (state, step, losses)."""
+    out = []
+    for _ in range(steps):
+        if t >= horizon:
+            s, t = S0.copy(), 0
+        s = A @ s + theta
+        out.append(0.5 * np.sum((s - TARGET) ** 2))
+        t += 1
+    if t >= horizon:  # a reset on the window's last step is installed after it
+        s, t = S0.copy(), 0
+    return s, t, np.array(out)
+
+
+def test_tes_windows_match_the_formula_with_the_base_advanced_unperturbed():
+    """TES (step-unlocked, T = 7, K = 3, M = 2, six windows, resets inside windows): each
+    window's estimate is 1 / (2 M sigma^2 K) sum_m eps_m sum_j (L+_mj - L-_mj), both copies
+    run from pair m's *unperturbed* base state, which then advances K steps under theta
+    itself. A base advanced under a perturbed theta, or not at all, changes the estimates of
+    the later windows by O(1) of their size; the unbiasedness tests see neither (a biased
+    base state only moves where TES is evaluated)."""
+    sigma, pairs, trunc, horizon = 0.1, 2, 3, 7
+    est = tes(LinearQuadratic(horizon), num_particles=2 * pairs, trunc_length=trunc, sigma=sigma, step_unlock=True)
+    theta = jnp.asarray(THETA, jnp.float32)
+    state = est.init(theta, jax.random.PRNGKey(3))
+    base = [(S0.copy(), int(state.base.step[m])) for m in range(pairs)]
+    assert len({t for _, t in base}) > 1  # the seed staggers the pairs
+    for w in range(6):
+        key = jax.random.PRNGKey(100 + w)
+        grad, state, _ = est.estimate(theta, state, key)
+        eps = np.asarray(sample_noise(key, theta, pairs, sigma), np.float64)
+        expected = np.zeros(3)
+        for m, (s, t) in enumerate(base):
+            delta = _run(s, t, THETA + eps[m], trunc, horizon)[2] - _run(s, t, THETA - eps[m], trunc, horizon)[2]
+            expected += eps[m] * delta.sum()
+            base[m] = _run(s, t, THETA, trunc, horizon)[:2]
+        expected /= 2 * pairs * sigma**2 * trunc
+        # float32 vs float64, differences of O(sigma): ~1e-4 relative (see the PES test above)
+        np.testing.assert_allclose(np.asarray(grad), expected, rtol=2e-3, atol=1e-5, err_msg=f"window {w}")
+
+
+def test_gpes_draws_new_noise_every_k_prime_steps_and_at_each_reset():
+    """GPES-K' with K = 2 in lockstep: the perturbation changes after exactly every K'/K
+    windows (K' = 2: every window, as PES; 4: every second; 6: every third) and when an
+    episode ends (T = 12). Every schedule is unbiased and the antithetic checks ignore
+    theta, so only this pins K'."""
+    trunc, horizon = 2, 12
+    windows = horizon // trunc
+
+    def held_after(w, per):
+        """Which draw state.noise holds after window w, as (episode, block of K'/K windows):
+        the draw window w ran under, or after a reset the next episode's first draw."""
+        v = w + 1 if w % windows == windows - 1 else max(w, 0)
+        return v // windows, v % windows // per
+
+    theta = jnp.asarray(THETA, jnp.float32)
+    for k_prime in (2, 4, 6):
+        est = gpes(LinearQuadratic(horizon), num_particles=2, trunc_length=trunc, sigma=0.1,
+                   noise_reuse_steps=k_prime, step_unlock=False)
+        state = est.init(theta, jax.random.PRNGKey(0))
+        changed = []
+        for w in range(12):  # 24 steps: two episodes of six windows
+            previous = np.asarray(state.noise)
+            _, state, _ = est.estimate(theta, state, jax.random.PRNGKey(w + 1))
+            changed.append(not np.array_equal(np.asarray(state.noise), previous))
+        per = k_prime // trunc
+        expected = [held_after(w, per) != held_after(w - 1, per) for w in range(12)]
+        assert changed == expected, (k_prime, changed, expected)
+
+
+def test_loss_difference_clip_applies_to_each_step():
+    """``loss_diff_clip`` clips every step's L+ - L- (as the reference codes do), not the
+    window's sum: with c at the median |difference| of the window, some steps are clipped
+    and some are not. Clipping the window sums instead gives an estimate that differs by
+    more than half its size (asserted below, so this test can tell the two apart)."""
+    sigma, pairs, trunc, horizon = 0.1, 2, 5, 10
+    theta = jnp.asarray(THETA, jnp.float32)
+    base = nres(LinearQuadratic(horizon), num_particles=2 * pairs, trunc_length=trunc, sigma=sigma, step_unlock=False)
+    state = base.init(theta, jax.random.PRNGKey(0))
+    eps = np.asarray(state.noise, np.float64)  # the episode's noise, which window 1 runs under
+    delta = np.stack([_run(S0, 0, THETA + e, trunc, horizon)[2] - _run(S0, 0, THETA - e, trunc, horizon)[2]
+                      for e in eps])  # [M, K]
+    clip = float(np.median(np.abs(delta)))
+    scale = 1 / (2 * pairs * sigma**2 * trunc)
+    per_step = scale * (eps * np.clip(delta, -clip, clip).sum(1, keepdims=True)).sum(0)
+    per_window = scale * (eps * np.clip(delta.sum(1, keepdims=True), -clip, clip)).sum(0)
+    assert np.abs(per_step - per_window).max() > 0.5 * np.abs(per_step).max()
+    est = nres(LinearQuadratic(horizon), num_particles=2 * pairs, trunc_length=trunc, sigma=sigma,
+               step_unlock=False, loss_diff_clip=clip)
+    grad, _, _ = est.estimate(theta, est.init(theta, jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    # float32 engine vs float64 NumPy on differences of O(sigma) (see the PES test above)
+    np.testing.assert_allclose(np.asarray(grad), per_step, rtol=2e-3, atol=1e-5)

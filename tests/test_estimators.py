@@ -453,3 +453,60 @@ def test_tbptt_leaves_out_diverged_particles_instead_of_losing_the_step():
     everyone = state._replace(particles=state.particles._replace(inner=(state.particles.inner[0], jnp.ones(8, bool))))
     grad, _, _ = est.estimate(THETA, everyone, None)
     assert np.all(np.isnan(grad))
+
+
+@dataclasses.dataclass(frozen=True)
+class DivergesAboveThreshold(LinearQuadratic):
+    """LinearQuadratic whose loss is inf at step 3 for copies with theta[0] > 0.25: with
+    theta[0] = 0.1 and sigma = 0.1 the + copy diverges alone in some pairs."""
+
+    loss_cap: float = 1e3
+
+    def step(self, theta, s, t, key, data):
+        s, loss = super().step(theta, s, t, key, data)
+        return s, jnp.where((theta[0] > 0.25) & (t == 3), jnp.inf, loss)
+
+
+@pytest.mark.parametrize("chunk", [None, 1], ids=["all", "chunked"])
+def test_divergence_restarts_both_copies_of_a_pair(chunk):
+    """When one copy of an antithetic pair diverges, the engine restarts both (same init key),
+    so the pair stays antithetic: after a restart at step 3 and one more step (4) under
+    theta +- eps, s+ - s- = 2 eps exactly (s' = A s + theta from the same s). Restarting
+    only the diverged copy leaves s+ - s- of order one, and every later loss difference of
+    that pair O(1) instead of O(sigma). Pairs that did not diverge keep their five-step
+    difference, sum_k A^k 2 eps."""
+    from lopt.estimators.base import antithetic, sample_noise
+
+    pairs, sigma = 64, 0.1
+    system = DivergesAboveThreshold(20)
+    state = init_particles(system, THETA, jax.random.PRNGKey(0), 2 * pairs)
+    eps = sample_noise(jax.random.PRNGKey(1), THETA, pairs, sigma)
+    thetas = antithetic(THETA, eps)
+    state, window = unroll(system, thetas, thetas, state, 5, particle_chunk=chunk, paired=True)
+    plus, minus = (np.asarray(x) for x in unpair(state.inner))
+    div_plus, div_minus = (np.asarray(x).any(axis=1) for x in unpair(window.diverged))
+    hit, alone = div_plus | div_minus, div_plus ^ div_minus
+    assert 0 < alone.sum() and hit.sum() < pairs, (alone.sum(), hit.sum())
+    e = np.asarray(eps)
+    np.testing.assert_allclose(plus[hit] - minus[hit], 2 * e[hit], rtol=1e-4, atol=1e-6)
+    spread = sum(np.linalg.matrix_power(np.asarray(A), k) for k in range(5))
+    np.testing.assert_allclose(plus[~hit] - minus[~hit], 2 * e[~hit] @ spread.T, rtol=1e-4, atol=1e-6)
+    # a diverged copy reports the cap; its partner its own loss
+    losses = np.stack([np.asarray(x)[:, 3] for x in unpair(window.losses)], 1)  # [M, 2] at step 3
+    diverged = np.stack([div_plus, div_minus], 1)
+    assert (losses[diverged] == 1e3).all() and (losses[~diverged] < 10).all()
+
+
+def test_uncapped_divergence_restarts_both_copies_of_a_pair():
+    """Without a cap, a pair whose window ends non-finite in one copy restarts in both."""
+    system = StateBlowsUp(20)
+    state = init_particles(system, THETA, jax.random.PRNGKey(0), 16)
+    blown = np.asarray(unpair(state.inner[1])[0])
+    assert 0 < blown.sum() < 8
+    # only the + copies carry the blow-up flag
+    state = state._replace(inner=(state.inner[0], jnp.asarray(np.stack([blown, np.zeros(8, bool)], 1).reshape(16))))
+    thetas = jnp.broadcast_to(THETA, (16, 3))
+    state, _ = unroll(system, thetas, thetas, state, 5, paired=True)
+    plus, minus = (np.asarray(x) for x in unpair(state.inner[0]))
+    assert np.isfinite(plus).all()
+    np.testing.assert_array_equal(plus, minus)  # same theta, same restart key: the same state

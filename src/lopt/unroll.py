@@ -49,7 +49,12 @@ Divergence, with a ``loss_cap`` (the system's optional divergence threshold): a 
 loss is non-finite or at/above it restarts that particle's inner run from ``system.init`` (a
 key derived from the step key; same inner step and episode), reports the cap as its loss,
 and is flagged in ``Window.diverged``; inside jit, under a ``lax.cond`` taken only when some
-particle diverged, so the window's estimate stays finite. A capped step's loss difference
+particle diverged, so the window's estimate stays finite. With ``paired=True`` (the ES
+estimators' antithetic pairs) the other copy of the pair restarts too, from the same init key:
+restarting one copy alone would leave the pair's states apart, so its loss differences stay
+of order one instead of sigma for the rest of the episode. (PES and GPES keep weighting the
+restarted pair by their accumulated noise until the episode ends; the restarted state no
+longer depends on it, which adds variance, not bias.) A capped step's loss difference
 is still up to the cap (against differences of order sigma elsewhere) and can dominate that
 window's ES estimate; an estimator's ``loss_diff_clip`` bounds it. Without a cap nothing is
 checked per step (systems like Lorenz, whose state is bounded, pay nothing); a non-finite
@@ -184,6 +189,7 @@ def unroll(
     data: Any = None,
     *,
     particle_chunk: int | None = None,
+    paired: bool = False,
 ) -> tuple[ParticleState, Window]:
     """Advance every particle ``num_steps`` (K) steps, resetting at the horizon.
 
@@ -198,12 +204,18 @@ def unroll(
             chunks of consecutive particles, each a whole window); None: all at once.
             Particles are independent within a window, so the result is the same; what
             changes is the working set, which for large ``P`` on a CPU can then stay in
-            cache (see benchmarks/RESULTS.md). ``c`` must divide ``P``.
+            cache (see benchmarks/RESULTS.md). ``c`` must divide ``P``; when
+            ``paired`` an odd ``c`` is doubled, so no chunk splits a pair.
+        paired: the particles are antithetic pairs (:func:`pair_up` layout, shared key):
+            a divergence restart restarts both copies of the pair (see the module
+            docstring), so the pair stays antithetic.
 
     Returns:
         The new state and the :class:`Window` (losses and masks, shape ``[P, K]``).
     """
     num_particles = state.step.shape[0]
+    if paired and particle_chunk is not None and particle_chunk % 2:
+        particle_chunk *= 2  # whole pairs: a divergence restart reads both copies
     if particle_chunk is not None and particle_chunk < num_particles:
         if num_particles % particle_chunk:
             raise ValueError(f"particle_chunk ({particle_chunk}) must divide the {num_particles} particles")
@@ -214,7 +226,7 @@ def unroll(
 
         def one_chunk(args):
             ta, tb, st = args
-            return unroll(system, ta, tb, st, num_steps, data)
+            return unroll(system, ta, tb, st, num_steps, data, paired=paired)
 
         new, window = jax.lax.map(one_chunk, jax.tree.map(split, (theta_a, theta_b, state)))
         return jax.tree.map(lambda x: x.reshape(num_particles, *x.shape[2:]), (new, window))
@@ -248,12 +260,14 @@ def unroll(
         if cap is None:  # checked once per window instead (see _restart_nonfinite)
             return inner, loss, jnp.zeros(loss.shape, bool)
         bad = ~jnp.isfinite(loss) | (loss >= cap)
+        again = _pair_any(bad) if paired else bad  # both copies: the pair stays antithetic
 
         def restart():
+            # the copies of a pair share their step key, so both restart from the same init key
             fresh_inner = jax.vmap(system.init, in_axes=(0, 0, None))(
                 theta_now(), jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, _RESTART), data
             )
-            return jax.vmap(tree_select)(bad, fresh_inner, inner)
+            return jax.vmap(tree_select)(again, fresh_inner, inner)
 
         inner = jax.lax.cond(jnp.any(bad), restart, lambda: inner)
         return inner, jnp.where(bad, cap, loss), bad
@@ -321,12 +335,20 @@ def unroll(
         jnp.all(state.step + num_steps <= horizon), no_reset_inside, reset_inside, state
     )
     if cap is None:
-        new, window = _restart_nonfinite(system, theta_a, theta_b, new, window, data)
+        new, window = _restart_nonfinite(system, theta_a, theta_b, new, window, data, paired)
     return new, window
 
 
+def _pair_any(mask: jax.Array) -> jax.Array:
+    """``mask [P]`` -> ``[P]``: true for both copies of a pair where either copy is."""
+    plus, minus = unpair(mask)
+    either = plus | minus
+    return pair_up(either, either)
+
+
 def _restart_nonfinite(
-    system: UnrolledSystem, theta_a: Theta, theta_b: Theta, state: ParticleState, window: Window, data: Any
+    system: UnrolledSystem, theta_a: Theta, theta_b: Theta, state: ParticleState, window: Window, data: Any,
+    paired: bool = False,
 ) -> tuple[ParticleState, Window]:
     """Uncapped systems: flag non-finite steps; restart particles whose window ended non-finite.
 
@@ -338,6 +360,8 @@ def _restart_nonfinite(
     last_fresh = window.fresh[:, -1]
     # after a reset on the last step the old episode's loss is last, the new state is fresh
     need = bad[:, -1] & (last_fresh | ~window.done)
+    if paired:  # the masks of a pair's copies agree, so both copies qualify alike
+        need = _pair_any(need)
 
     def restart():
         keys = jax.vmap(

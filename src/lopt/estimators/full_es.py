@@ -58,7 +58,7 @@ def full_es(
         particles = init_particles(system, theta, key_particles, num_particles, data)
         eps = sample_noise(key_noise, theta, num_pairs, sigma)
         thetas = antithetic(theta, eps)
-        _, window = unroll(system, thetas, thetas, particles, horizon, data, particle_chunk=particle_chunk)
+        _, window = unroll(system, thetas, thetas, particles, horizon, data, particle_chunk=particle_chunk, paired=True)
         grad = window_gradient(eps, eps, window, scale, loss_diff_clip)
         return grad, FullESState(state.episodes + 1), window_metrics(window)
 

@@ -80,7 +80,7 @@ def gpes(
         xi = tree_where(redraw, jax.tree.map(jnp.add, state.accumulator, drawn), state.accumulator)
         particles, window = unroll(
             system, antithetic(theta, noise), antithetic(theta, reset_eps), state.particles, trunc_length, data,
-            particle_chunk=particle_chunk,
+            particle_chunk=particle_chunk, paired=True,
         )
         grad = window_gradient(xi, reset_eps, window, scale, loss_diff_clip)
         _, fresh, done = pair_differences(window)

@@ -66,7 +66,7 @@ def nres(
             state.particles,
             trunc_length,
             data,
-            particle_chunk=particle_chunk,
+            particle_chunk=particle_chunk, paired=True,
         )
         grad = window_gradient(state.noise, new_eps, window, scale, loss_diff_clip)
         noise = tree_where(unpair(window.done)[0], new_eps, state.noise)  # a pair resets together

@@ -66,7 +66,7 @@ def pes(
     def estimate(theta, state: PESState, key, data=None):
         eps = sample_noise(key, theta, num_pairs, sigma)
         thetas = antithetic(theta, eps)
-        particles, window = unroll(system, thetas, thetas, state.particles, trunc_length, data, particle_chunk=particle_chunk)
+        particles, window = unroll(system, thetas, thetas, state.particles, trunc_length, data, particle_chunk=particle_chunk, paired=True)
         accumulated = jax.tree.map(jnp.add, state.accumulator, eps)
         grad = window_gradient(accumulated, eps, window, scale, loss_diff_clip)
         _, fresh, done = pair_differences(window)

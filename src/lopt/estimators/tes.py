@@ -63,7 +63,7 @@ def tes(
         thetas = antithetic(theta, eps)
         # + and - copies of pair m start from base particle m (same key, same data)
         pairs = jax.tree.map(lambda x: pair_up(x, x), state.base)
-        _, window = unroll(system, thetas, thetas, pairs, trunc_length, data, particle_chunk=particle_chunk)
+        _, window = unroll(system, thetas, thetas, pairs, trunc_length, data, particle_chunk=particle_chunk, paired=True)
         grad = window_gradient(eps, eps, window, scale, loss_diff_clip)
         plain = broadcast_theta(theta, num_pairs)
         base, _ = unroll(system, plain, plain, state.base, trunc_length, data, particle_chunk=particle_chunk)
