@@ -82,8 +82,27 @@ def test_tracked_checkpoint_is_pulled_from_the_first_remote_that_has_it(tmp_path
     assert resolve_checkpoint("meta") == Path("meta") / "meta_params.npz"
     assert (tmp_path / "meta" / "meta_params.npz").read_bytes() == sha
 
+    # `lopt pull` the same way: the unreachable remote's DVC error is held back when the
+    # next remote succeeds, and shown, named by remote, when every remote fails
+    def lopt_pull():
+        return subprocess.run([sys.executable, "-m", "lopt.cli", "pull", "meta"], cwd=tmp_path, check=False, capture_output=True, text=True)
+
     shutil.rmtree(tmp_path / "meta")
     shutil.rmtree(tmp_path / ".dvc" / "cache")
+    proc = lopt_pull()
+    assert proc.returncode == 0, proc.stderr
+    assert "remote 'lab' failed; trying remote 'shipped'" in proc.stderr and "ERROR" not in proc.stderr, proc.stderr
+    assert (tmp_path / "meta" / "meta_params.npz").read_bytes() == sha
+    shutil.rmtree(tmp_path / "meta")
+    shutil.rmtree(tmp_path / ".dvc" / "cache")
+    shutil.move(tmp_path / "shipped", tmp_path / "shipped.away")
+    proc = lopt_pull()
+    assert proc.returncode != 0
+    assert "remote 'lab' had failed with:" in proc.stderr and proc.stderr.count("ERROR") >= 2, proc.stderr
+    shutil.move(tmp_path / "shipped.away", tmp_path / "shipped")
+
+    shutil.rmtree(tmp_path / "meta", ignore_errors=True)
+    shutil.rmtree(tmp_path / ".dvc" / "cache", ignore_errors=True)
     shutil.rmtree(tmp_path / "shipped")
     with pytest.raises(FileNotFoundError, match="failed from every remote") as info:
         resolve_checkpoint("meta")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import subprocess
 import sys
@@ -392,3 +393,17 @@ def test_snakemake_rejects_unexpected_config_overrides(tmp_path, configfile, ove
     assert proc.returncode != 0, out
     for fragment in fragments:
         assert fragment in out, out
+
+
+def test_changed_keys_names_the_leaves_that_differ():
+    """The stale-output message after a pull names the edited keys, not whole sections."""
+    from lopt.config import changed_keys, load_config
+
+    cfg = load_config(REPO / "configs" / "default.yaml").to_dict()
+    edited = copy.deepcopy(cfg)
+    edited["meta_train"]["sigma"] = 0.5
+    edited["evaluation"]["lr_grid"]["num"] = 3
+    del edited["seed"]
+    assert changed_keys(cfg, edited) == ["evaluation.lr_grid.num", "meta_train.sigma", "seed"]
+    assert changed_keys(cfg, copy.deepcopy(cfg)) == []
+    assert changed_keys({"a": [1, 2]}, {"a": [1, 3]}) == ["a"]  # lists compare whole

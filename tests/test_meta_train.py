@@ -301,6 +301,34 @@ def test_resume_extends_run_but_never_reuses_stale_checkpoints(tmp_path, capsys)
     assert json.loads((stale / "published" / "meta_params.npz.json").read_text())["outer_steps"] == 12
 
 
+def test_resuming_a_finished_run_leaves_its_published_files_alone(tmp_path):
+    """``--resume`` with no steps left must not rewrite the published set: a new
+    modification time would make Snakemake re-run evaluation downstream, and the metadata's
+    wall time would be overwritten with 0. A missing file, or a run whose resolved config
+    changed outside the fingerprint (here log_every), is republished."""
+    from lopt.meta_train import PUBLISHED, meta_train
+
+    _, cfg = _config(tmp_path, task=QUAD, outer_steps=4, checkpoint_every=2, log_every=2)
+    out = tmp_path / "out"
+    meta_train(cfg, out, progress=False)
+
+    def snapshot():
+        return {n: ((out / n).read_bytes(), (out / n).stat().st_mtime_ns) for n in PUBLISHED}
+
+    before = snapshot()
+    wall = json.loads(before["meta_params.npz.json"][0])["compute"]["wall_seconds_this_process"]
+    assert wall > 0
+    meta_train(cfg, out, resume=True, progress=False)
+    assert snapshot() == before
+    (out / "model_card.md").unlink()
+    meta_train(cfg, out, resume=True, progress=False)
+    assert (out / "model_card.md").read_bytes() == before["model_card.md"][0]
+    assert (out / "meta_params.npz").read_bytes() == before["meta_params.npz"][0]  # the same weights
+    relogged = cfg.model_copy(update={"meta_train": cfg.meta_train.model_copy(update={"log_every": 1})})
+    meta_train(relogged, out, resume=True, progress=False)
+    assert json.loads((out / "meta_params.npz.json").read_text())["config"]["meta_train"]["log_every"] == 1
+
+
 def test_moved_data_and_stamps_of_the_older_lopt_resume_in_place(tmp_path):
     """``data.root`` says where the datasets are, not what they hold: a run resumes with its
     data moved (a node's scratch disk). Stamps of the lopt that hashed the root too, and

@@ -151,20 +151,37 @@ def restamp(roots: list[Path], when: float | None = None) -> int:
     return len(files)
 
 
-def pull(targets: list[str], remote: str | None = None) -> int:
-    """``dvc pull [-r REMOTE] TARGETS`` (every stage when none), then :func:`restamp` them.
+def pull(targets: list[str], remote: str | None = None, force: bool = False) -> int:
+    """``dvc pull [-r REMOTE] [--force] TARGETS`` (every stage when none), then :func:`restamp` them.
 
     ``remote`` names a remote of ``.dvc/config``; without one, the remotes of
     :func:`remotes` are tried in order until one pull succeeds (the repository's
-    ``release`` remote holds the released default experiment: README, DVC).
+    ``release`` remote holds the released default experiment: README, DVC). DVC's output
+    of an attempt another remote may still rescue is held back: shown if it succeeds, and
+    after the last attempt if every remote fails, so a fallback that works prints no error.
+    ``force`` lets DVC overwrite workspace files that differ from the pulled ones.
     """
-    for name in _in_turn([remote] if remote else remotes() or [None], "lopt pull"):
-        remote_args = ["--remote", name] if name else []
-        cmd = [sys.executable, "-m", "dvc", "pull", *remote_args, *targets]
-        rc = subprocess.run(cmd, check=False).returncode
+    names = [remote] if remote else remotes() or [None]
+    failed: list[tuple[str | None, str]] = []
+    for i, name in enumerate(names):
+        cmd = [sys.executable, "-m", "dvc", "pull", *(["--remote", name] if name else []),
+               *(["--force"] if force else []), *targets]
+        if i == len(names) - 1:  # the last chance: DVC's progress and errors as they come
+            rc = subprocess.run(cmd, check=False).returncode
+        else:
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+            rc = proc.returncode
+            if rc == 0:
+                sys.stdout.write(proc.stdout)
+                sys.stderr.write(proc.stderr)
+            else:
+                failed.append((name, proc.stdout + proc.stderr))
+                print(f"lopt pull: remote {name!r} failed; trying remote {names[i + 1]!r}", file=sys.stderr)
         if rc == 0:
             break
     if rc:
+        for name, output in failed:
+            print(f"lopt pull: remote {name!r} had failed with:\n{output.rstrip()}", file=sys.stderr)
         return rc
     from dvc.repo import Repo
 

@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull_p.add_argument(
         "-r", "--remote", help="DVC remote to pull from (default: the default remote, then each other remote in turn; 'release': the shipped artifacts)"
     )
+    pull_p.add_argument(
+        "-f", "--force", action="store_true", help="overwrite workspace files that differ from the pulled ones (dvc pull --force)"
+    )
     helps = {
         "validate": "validate a config and print it with defaults filled in",
         "prepare-data": "prepare the datasets a config uses under data/",
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pull":
         from lopt.artifacts import pull
 
-        return pull(args.targets, remote=args.remote)
+        return pull(args.targets, remote=args.remote, force=args.force)
     from lopt.studies.config import is_study, load_study
 
     try:

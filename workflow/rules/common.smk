@@ -24,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 from snakemake.exceptions import WorkflowError
-from lopt.config import DATASET_NAMES, load_config
+from lopt.config import DATASET_NAMES, changed_keys, load_config
 from lopt.studies.config import is_study, load_study
 
 _configfiles = list(dict.fromkeys(str(f) for f in workflow.overwrite_configfiles))  # in order, repeats once
@@ -64,6 +64,11 @@ NOT_A_TRIGGER = {"meta_train": ("particle_chunk",)}
 def spec(*sections, resolved=None):
     """The config sections (or `section.key`s) a stage depends on, as a stable string for the params trigger
     (of this run's config, or of ``resolved``: a config dict an output recorded)."""
+    return json.dumps(spec_dict(*sections, resolved=resolved), sort_keys=True)
+
+
+def spec_dict(*sections, resolved=None):
+    """What :func:`spec` serialises: ``{section: its resolved settings}``."""
     resolved = copy.deepcopy(CFG.to_dict() if resolved is None else resolved)  # popped below
     for section, keys in NOT_A_TRIGGER.items():
         for key in keys:
@@ -75,12 +80,13 @@ def spec(*sections, resolved=None):
             value = value[key]
         return value
 
-    return json.dumps({s: get(s) for s in sections}, sort_keys=True)
+    return {s: get(s) for s in sections}
 
 
 def outdated_by_config(recorded, *sections):
     """[CONFIGFILE] when the output metadata file ``recorded`` (``lopt`` writes the resolved
-    config into it) was computed from other ``sections`` than the config says, else [].
+    config into it) was computed from other ``sections`` than the config says, else []; the
+    line on stderr names the keys that changed.
 
     The params trigger needs Snakemake's metadata of the job that wrote the output, which
     outputs fetched with `lopt pull` / `dvc pull` lack: without this, editing the config
@@ -92,11 +98,11 @@ def outdated_by_config(recorded, *sections):
         return []
     try:
         old = json.loads(path.read_text())["config"]
-        differs = spec(*sections, resolved=old) != spec(*sections)
+        changed = changed_keys(spec_dict(*sections, resolved=old), spec_dict(*sections))
     except (ValueError, KeyError, TypeError):  # unreadable or older metadata: the params trigger decides
         return []
-    if differs:
-        print(f"lopt: {recorded} was computed from other {', '.join(sections)} settings than {CONFIGFILE}; "
+    if changed:
+        print(f"lopt: {recorded} was computed with other settings than {CONFIGFILE} ({', '.join(changed)}); "
               f"its rule reruns if {CONFIGFILE} is newer, else use --forcerun", file=sys.stderr)
         return [CONFIGFILE]
     return []

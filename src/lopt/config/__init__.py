@@ -36,7 +36,7 @@ One module per config section, as in a paper's method section:
 
 from __future__ import annotations
 
-from lopt.config.base import Bool, ConfigError, Float, Int, PosFloat, PosInt
+from lopt.config.base import Bool, ConfigError, Float, Int, PosFloat, PosInt, changed_keys
 from lopt.config.compute import (
     ComputeConfig,
     DeviceConfig,
@@ -120,6 +120,7 @@ __all__ = [
     "TaskConfig",
     "TaskFamilyConfig",
     "TrackingConfig",
+    "changed_keys",
     "check_particle_chunk",
     "json_schema",
     "load_config",

@@ -28,6 +28,25 @@ def no_repeats(values: list[Any]) -> list[Any]:
 NoRepeats = AfterValidator(no_repeats)
 
 
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted key paths at which two resolved configs (nested dicts) differ, sorted.
+
+    Dicts are compared key by key (a key on one side only counts as changed); anything
+    else, lists included, as a whole. ``changed_keys({"a": {"b": 1, "c": 2}}, {"a": {"b": 1,
+    "c": 3}})`` is ``["a.c"]``.
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        return sorted(
+            path
+            for key in old.keys() | new.keys()
+            for path in changed_keys(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{prefix}{key}.")
+        )
+    return [prefix.rstrip(".")] if old != new else []
+
+
+_ABSENT = object()  # a key one side lacks: unequal to every value
+
+
 class ConfigError(ValueError):
     """A config file failed validation; the message names file, key path and allowed values."""
 

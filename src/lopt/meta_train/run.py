@@ -14,6 +14,7 @@ from lopt.meta_train.run_dir import (
     LIVE_METRICS,
     barrier,
     checkpoint_dir,
+    is_published,
     prepare_checkpoint_dir,
     publish,
     seed_checkpoint_dir,
@@ -129,7 +130,8 @@ def meta_train(
         if log is not None:
             log.close()
         checkpointer.close()
-    if primary:
+    # a resume with no steps left keeps an intact publication (see is_published)
+    if primary and not (start == mt.outer_steps and is_published(out_dir, cfg, start)):
         publish(out_dir, cfg, trainer, state, time.perf_counter() - t0, ckpt_dir)
     barrier("lopt-published")
     return state

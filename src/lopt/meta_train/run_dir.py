@@ -221,6 +221,28 @@ def _free_name(path: Path) -> Path:
     return candidate
 
 
+def is_published(out_dir: Path, cfg: ExperimentConfig, steps: int) -> bool:
+    """Whether ``out_dir`` already holds exactly what :func:`publish` would write for this
+    config's run at ``steps`` outer steps: every published file, metadata naming that step
+    count and the resolved config, and the weights its sha256 names. A ``--resume`` of a
+    finished run then leaves them untouched, so Snakemake sees no newer output to re-run
+    evaluation from (and the recorded wall time is not overwritten with 0)."""
+    from lopt.checkpoint import sha256_file
+
+    if not all((out_dir / name).is_file() for name in PUBLISHED):
+        return False
+    try:
+        meta = json.loads((out_dir / "meta_params.npz.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(meta, dict)
+        and meta.get("outer_steps") == steps
+        and meta.get("config") == json.loads(json.dumps(cfg.to_dict()))
+        and meta.get("sha256") == sha256_file(out_dir / "meta_params.npz")
+    )
+
+
 def publish(
     out_dir: Path, cfg: ExperimentConfig, trainer: MetaTrainer, state: MetaState, wall: float, ckpt_dir: Path | None = None
 ) -> None:

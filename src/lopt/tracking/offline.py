@@ -56,7 +56,7 @@ class OfflineRun:
         return [(row["_step"], row[key]) for row in self.history if key in row]
 
 
-def _iter_chunks(data: bytes, path: Path) -> Iterator[tuple[int, bytes]]:
+def _iter_chunks(data: bytes, path: Path, warn_truncated: bool = True) -> Iterator[tuple[int, bytes]]:
     pos = len(_FILE_HEADER)
     n = len(data)
     while pos < n:
@@ -65,7 +65,8 @@ def _iter_chunks(data: bytes, path: Path) -> Iterator[tuple[int, bytes]]:
             pos += left
             continue
         if pos + _CHUNK_HEADER.size > n:
-            log.warning("%s: truncated chunk header at byte %d", path, pos)
+            if warn_truncated:
+                log.warning("%s: truncated chunk header at byte %d", path, pos)
             return
         crc, length, kind = _CHUNK_HEADER.unpack_from(data, pos)
         if kind == 0 and length == 0 and crc == 0:  # zero padding to the block end
@@ -74,9 +75,8 @@ def _iter_chunks(data: bytes, path: Path) -> Iterator[tuple[int, bytes]]:
         start = pos + _CHUNK_HEADER.size
         end = start + length
         if end > n:
-            log.warning(
-                "%s: truncated record at byte %d (run still writing or crashed?)", path, pos
-            )
+            if warn_truncated:
+                log.warning("%s: truncated record at byte %d (run still writing or crashed?)", path, pos)
             return
         if length > left - _CHUNK_HEADER.size or kind not in (_FULL, _FIRST, _MIDDLE, _LAST):
             raise ValueError(f"{path}: corrupt chunk header at byte {pos}")
@@ -87,14 +87,14 @@ def _iter_chunks(data: bytes, path: Path) -> Iterator[tuple[int, bytes]]:
         pos = end
 
 
-def _iter_records(path: Path) -> Iterator[bytes]:
+def _iter_records(path: Path, warn_truncated: bool = True) -> Iterator[bytes]:
     data = path.read_bytes()
     if not data.startswith(_MAGIC):
         raise ValueError(f"{path}: not a W&B transaction log (bad magic)")
     if data[: len(_FILE_HEADER)] != _FILE_HEADER:
         raise ValueError(f"{path}: unsupported W&B log header {data[:7]!r}")
     parts: list[bytes] | None = None
-    for kind, payload in _iter_chunks(data, path):
+    for kind, payload in _iter_chunks(data, path, warn_truncated):
         if kind == _FULL:
             if parts is not None:
                 raise ValueError(f"{path}: full record inside a fragmented one")
@@ -110,7 +110,7 @@ def _iter_records(path: Path) -> Iterator[bytes]:
             if kind == _LAST:
                 yield b"".join(parts)
                 parts = None
-    if parts is not None:
+    if parts is not None and warn_truncated:
         log.warning("%s: last record incomplete (run still writing or crashed?)", path)
 
 
@@ -188,7 +188,7 @@ def _resolve_log_file(run_dir_or_file: Path) -> Path:
     raise ValueError(f"several .wandb files in {p}: {[f.name for f in files]}")
 
 
-def read_offline_run(run_dir_or_file: Path | str) -> OfflineRun:
+def read_offline_run(run_dir_or_file: Path | str, *, warn_truncated: bool = True) -> OfflineRun:
     """Read what a W&B run logged from its local ``run-<id>.wandb`` transaction log.
 
     Accepts the run directory (``.../wandb/offline-run-<ts>-<id>``), the
@@ -204,7 +204,8 @@ def read_offline_run(run_dir_or_file: Path | str) -> OfflineRun:
     ``exit_code`` (None if the run has not finished).
 
     Raises :class:`ValueError` on a corrupt file (bad header, CRC mismatch); a
-    truncated tail (run still writing, or killed) is skipped with a warning.
+    truncated tail (run still writing, or killed) is skipped, with a logged warning unless
+    ``warn_truncated`` is False (a reader polling a run it knows is still being written).
     """
     from wandb.proto import wandb_internal_pb2 as pb
 
@@ -223,7 +224,7 @@ def read_offline_run(run_dir_or_file: Path | str) -> OfflineRun:
     history: list[dict[str, Any]] = []
     artifacts: list[dict[str, Any]] = []
 
-    for payload in _iter_records(path):
+    for payload in _iter_records(path, warn_truncated):
         rec = pb.Record()
         rec.ParseFromString(payload)
         kind = rec.WhichOneof("record_type")

@@ -488,7 +488,7 @@ class Tracker:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a half-written tail is expected here
                 try:
-                    done = read_offline_run(run_dir).exit_code is not None
+                    done = read_offline_run(run_dir, warn_truncated=False).exit_code is not None
                 except Exception:  # noqa: BLE001 -- a half-written file: try again
                     done = False
             if done:
