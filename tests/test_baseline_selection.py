@@ -96,10 +96,11 @@ def test_tuning_seeds_are_disjoint_from_reporting_seeds_and_the_long_run_stretch
     def fake_train_curves(task, make, hparams, seeds, data, num_steps, every):
         calls["long"] = (make, np.asarray(hparams), np.asarray(seeds), num_steps)
         num_evals = num_steps // every + 1
-        out = {"train_batch": np.zeros((1, len(seeds), num_steps))}
+        rates = len(hparams)
+        out = {"train_batch": np.zeros((rates, len(seeds), num_steps))}
         for split in EVAL_SPLITS:
-            out[f"{split}_loss"] = np.zeros((1, len(seeds), num_evals))
-            out[f"{split}_accuracy"] = np.zeros((1, len(seeds), num_evals))
+            out[f"{split}_loss"] = np.zeros((rates, len(seeds), num_evals))
+            out[f"{split}_accuracy"] = np.zeros((rates, len(seeds), num_evals))
         return out
 
     monkeypatch.setattr(baselines_module, "baseline_tuner", fake_baseline_tuner)
@@ -119,12 +120,15 @@ def test_tuning_seeds_are_disjoint_from_reporting_seeds_and_the_long_run_stretch
     assert calls["reported"] == [("sgd", pytest.approx(0.01), "linear")]
     assert sweep["task"].tolist() == ["quad"] * 3 and sweep["selected"].tolist() == [False, True, False]
 
-    # the long run: same seeds, the tuned rate, mult budgets ...
+    # the long runs: same seeds, every rate of the grid (the speed-up takes the fastest
+    # for each target), mult budgets ...
     make, hparams, seeds, steps = calls["long"]
-    np.testing.assert_allclose(hparams, [0.01], rtol=1e-6)
+    np.testing.assert_allclose(hparams, [1e-3, 1e-2, 1e-1], rtol=1e-6)
     np.testing.assert_array_equal(seeds, reporting)
     assert steps == mult * budget
     assert reference["step"].max() == mult * budget and set(reference["seed"]) == set(reporting)
+    np.testing.assert_allclose(sorted(set(reference["learning_rate"])), [1e-3, 1e-2, 1e-1], rtol=1e-6)
+    assert "train_batch" not in set(reference["split"])  # evaluations only: what the speed-up reads
     # ... and the linear schedule over all of them: SGD's update for gradient 1 at step t
     # is -0.01 (1 - t / 32); a schedule over one budget would give 0 from t = 8 on
     opt = make(0.01)

@@ -106,6 +106,25 @@ def test_speedup_interpolates_the_reference():
     assert speedup(REF_STEPS, REF, 2.5, budget=10) == (0.0, False)
 
 
+def test_speedup_over_a_rate_grid_takes_the_fastest_rate_for_each_target():
+    """[H, S, E] references: per target, the fewest steps over the rates (VeLOdrome's
+    learning-rate-tuned Adam). Rate 0 (REF) is slow and steady; rate 1 drops fast and stalls
+    at 1.2. Target 1.25: rate 1 reaches it at 10 + (1.4 - 1.25) / (1.4 - 1.2) * 10 = 17.5
+    steps, rate 0 at 15 -> 15 / 10 = 1.5. Target 1.3: rate 1 at 15, rate 0 at 14 -> 1.4.
+    Target 1.45: rate 1 at (2 - 1.45) / (2 - 1.4) * 10 = 9.17, rate 0 at 11 -> 0.917. Target 0.5:
+    only rate 0 gets there (30 steps) -> 3.0. Target 0.25: neither -> censored at 30 / 10."""
+    fast = np.array([2.0, 1.4, 1.2, 1.2])
+    ref = np.stack([np.stack([REF, REF]), np.stack([fast, fast])])  # [2 rates, 2 seeds, 4]
+    targets = np.array([1.25, 1.3, 1.45, 0.5, 0.25])
+    values, censored = speedup(REF_STEPS, ref, targets, budget=10)
+    np.testing.assert_allclose(values, [1.5, 1.4, 0.55 / 0.6, 3.0, 3.0])
+    np.testing.assert_array_equal(censored, [False, False, False, False, True])
+    # a target that the fast rate reaches first: 1.4 at step 10 vs rate 0's 12 -> 1.0
+    assert speedup(REF_STEPS, ref, 1.4, budget=10)[0] == pytest.approx(1.0)
+    # one rate alone gives its own speed-up
+    assert speedup(REF_STEPS, ref[1:], 1.25, budget=10)[0] == pytest.approx(1.75)
+
+
 def test_speedup_censored_lower_bound():
     # L = 0.25 is below the reference's best (0.5 at step 30): it needs > 30 steps; we
     # report the lower bound 30 / 10 = 3.0, flagged censored (no extrapolation)
@@ -399,3 +418,21 @@ def test_task_metrics_average_best_so_far_curves_over_seeds():
     assert m.loc["lopt", "steps_to_target"] == 20
     assert m.loc["lopt", "speedup"] == pytest.approx(1.55, **tol)
     assert not m.loc["lopt", "censored"]
+
+
+def test_task_metrics_read_the_reference_at_every_rate():
+    """reference.csv holds the long runs at every grid rate (column learning_rate); the
+    speed-up is over the fastest for the target, not over the rate the tables tuned (here
+    the slow 0.01, picked on inner-valid loss). lopt's best train loss 1.25 at budget 20:
+    rate 0.01 (train 2, 1.5, 1.0, 0.5 at steps 0, 10, 20, 30) needs 15 steps, rate 0.1
+    (2, 1.2, 1.1, 1.0) needs (2 - 1.25) / (2 - 1.2) * 10 = 9.375 -> 9.375 / 20."""
+    from lopt.evaluate import task_metrics
+
+    steps = (0, 10, 20, 30)
+    slow = _curves("adam", train=[2.0, 1.5, 1.0, 0.5], test=[2.0, 1.5, 1.0, 0.5], steps=steps).assign(learning_rate=0.01)
+    fast = _curves("adam", train=[2.0, 1.2, 1.1, 1.0], test=[2.0, 1.2, 1.1, 1.0], steps=steps).assign(learning_rate=0.1)
+    lopt = _curves("lopt", train=[2.0, 1.6, 1.25], test=[2.0, 1.6, 1.25]).assign(learning_rate=np.nan)
+    curves = pd.concat([lopt, slow[slow["step"] <= 20]])
+    m = task_metrics(curves, pd.concat([slow, fast]), budget=20).set_index("optimizer")
+    assert m.at["lopt", "speedup"] == pytest.approx(9.375 / 20)
+    assert m.at["lopt", "speedup"] < task_metrics(curves, slow, budget=20).set_index("optimizer").at["lopt", "speedup"]

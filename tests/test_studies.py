@@ -256,6 +256,11 @@ def test_claim_verdicts_need_two_standard_errors():
     assert verdicts({"pes": [0.49, 0.5, 0.51], "nres": close["pes"]})[2] == "no"
     md = claims_markdown(study, check_claims(study, _seeded(close), summarise(study, _seeded(close))))
     assert "| inconclusive |" in md and "2 standard errors" in md
+    # a seed that diverged (NaN) counts as +inf: pes cannot win on its two surviving seeds
+    # (a NaN-skipping mean gives 0.275 against 0.335 and a "yes")
+    diverged = {"pes": [0.27, 0.28, float("nan")], "nres": apart["nres"]}
+    assert verdicts(diverged)[0] == "no"
+    assert summarise(study, _seeded(diverged)).set_index("method").at["pes", "final_loss"] == math.inf
 
 
 def test_method_eval_every_overrides_the_study_schedule(tmp_path):

@@ -53,6 +53,36 @@ def test_summarise_averages_accuracy_over_seeds_and_keeps_the_schedule():
     assert row["num_seeds"] == 3
 
 
+def test_a_diverged_seed_makes_the_mean_infinite_and_the_table_says_so():
+    """A NaN final loss counts as +inf, as in tuning: a NaN-skipping mean would report the
+    surviving seeds' 0.1 (with the s.e.m. over the wrong n) and bold the diverged method."""
+    from lopt.analysis.tables import final_loss_table
+
+    rows = []
+    for opt, finals in (("lopt", [0.1, 0.1, 0.1, 0.1, np.nan]), ("adam", [0.2, 0.2, 0.2, 0.2, 0.2])):
+        for seed, loss in enumerate(finals):
+            for split in ("train", "test"):
+                rows.append({"step": 10, "split": split, "loss": loss, "accuracy": 0.5, "seed": seed,
+                             "optimizer": opt, "learning_rate": np.nan if opt == "lopt" else 0.01})
+    out = summarise(pd.DataFrame(rows).assign(task="t", schedule="constant"))
+    lopt = out[(out["optimizer"] == "lopt") & (out["split"] == "test")].iloc[0]
+    assert lopt["loss_mean"] == np.inf and np.isnan(lopt["loss_sem"])
+    assert (lopt["num_seeds"], lopt["num_diverged"]) == (5, 1)
+    adam = out[(out["optimizer"] == "adam") & (out["split"] == "test")].iloc[0]
+    assert adam["loss_mean"] == pytest.approx(0.2) and adam["num_diverged"] == 0
+    table = final_loss_table(out.assign(lr_at_grid_edge=False))
+    assert "diverged (1 of 5 seeds)" in table and "**0.2000 ± 0.0000**" in table
+
+
+def test_seed_sem_divides_by_every_seed():
+    """n in std / sqrt(n) is the number of seeds; a non-finite seed makes it NaN."""
+    from lopt.analysis.metrics import seed_mean, seed_sem
+
+    assert seed_mean([0.1, np.nan]) == np.inf and np.isnan(seed_sem([0.1, np.nan]))
+    values = [1.0, 2.0, 3.0, 4.0]
+    assert seed_sem(values) == pytest.approx(np.std(values, ddof=1) / 2.0, rel=1e-12)
+
+
 def _final_summary() -> pd.DataFrame:
     # (task, optimizer, rate): {split: (loss_mean, loss_sem, accuracy_mean)}
     table = {

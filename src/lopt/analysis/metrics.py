@@ -127,10 +127,17 @@ def speedup(reference_steps, reference_losses, losses_at_budget, budget: float):
     (0 on a grid starting at 0). A non-finite ``L`` (NaN is treated as ``+inf``: the
     evaluated optimizer reached nothing) gives that value too.
 
+    Learning-rate tuning: given ``[H, S_ref, E]``, one set of reference runs per rate of a
+    grid, the reference is tuned *for each target*: ``steps_ref(L)`` is the fewest steps
+    any rate needs (the minimum over rates of the above; censored only when every rate
+    is). This is VeLOdrome's "learning-rate-tuned Adam": a rate tuned for one budget or
+    split would be a slower reference for targets it was not tuned for.
+
     Args:
         reference_steps: ``[E]`` strictly increasing evaluation steps of the reference.
-        reference_losses: ``[S_ref, E]`` (seeds) or ``[E]`` reference losses; the
-            reference's learning rate should already be tuned. NaN counts as ``+inf``.
+        reference_losses: ``[H, S_ref, E]`` (rates, seeds), ``[S_ref, E]`` (seeds) or
+            ``[E]`` reference losses; without the rate axis, the reference's learning
+            rate should already be tuned. NaN counts as ``+inf``.
         losses_at_budget: the evaluated optimizer's best-so-far loss at ``budget``
             (:func:`best_loss_at`); a float or any-shaped array (e.g. per seed).
         budget: the evaluated optimizer's step budget (> 0).
@@ -140,10 +147,17 @@ def speedup(reference_steps, reference_losses, losses_at_budget, budget: float):
         ``losses_at_budget`` (NumPy scalars for a scalar input).
     """
     steps, ref = _check_curve(reference_steps, reference_losses)
+    if ref.ndim == 3:  # per target, the fastest rate
+        per_rate = [speedup(steps, r, losses_at_budget, budget) for r in ref]
+        values = np.stack([np.asarray(v, dtype=np.float64) for v, _ in per_rate]).min(axis=0)
+        # a rate that reaches the target does so by steps[-1], no later than a censored
+        # rate's bound steps[-1] / budget: the minimum is censored only if every rate is
+        censored = np.stack([np.asarray(c) for _, c in per_rate]).all(axis=0)
+        return _unwrap(values), _unwrap(censored)
     if ref.ndim == 1:
         ref = ref[None]
     if ref.ndim != 2:
-        raise ValueError(f"reference_losses must be [S_ref, E] or [E], got shape {ref.shape}")
+        raise ValueError(f"reference_losses must be [H, S_ref, E], [S_ref, E] or [E], got shape {ref.shape}")
     if not budget > 0:
         raise ValueError(f"budget must be positive, got {budget}")
     curve = best_so_far(ref).mean(axis=0)  # [E], non-increasing
@@ -167,3 +181,27 @@ def speedup(reference_steps, reference_losses, losses_at_budget, budget: float):
     out = (ref_steps / budget).reshape(target.shape)
     censored = (~reached).reshape(target.shape)
     return _unwrap(out), _unwrap(censored)
+
+
+def seed_mean(values) -> float:
+    """Mean over seeds with a non-finite value (a diverged run) counted as ``+inf``.
+
+    So a method that diverged on any seed never looks better than one that did not, where
+    a NaN-skipping mean would average its surviving seeds (and a table would bold it).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.mean(np.where(np.isnan(values), np.inf, values))) if values.size else float("nan")
+
+
+def seed_sem(values) -> float:
+    """Standard error of the mean over seeds, ``std(ddof=1) / sqrt(n)``; NaN with one seed
+    or when a seed is non-finite (its mean is ``+inf``: :func:`seed_mean`)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2 or not np.isfinite(values).all():
+        return float("nan")
+    return float(np.std(values, ddof=1) / np.sqrt(values.size))
+
+
+def num_diverged(values) -> int:
+    """How many seeds' values are non-finite."""
+    return int((~np.isfinite(np.asarray(values, dtype=np.float64))).sum())

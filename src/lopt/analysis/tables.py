@@ -20,7 +20,7 @@ def final_loss_table(summary: pd.DataFrame, splits: tuple[str, ...] = ("train", 
         row = {"task": task, "optimizer": opt, "lr": "learned" if np.isnan(lr) else f"{lr:.3g}" + " †" * edge}
         for split in splits:
             s = grp[grp["split"] == split]
-            row[split] = (float(s["loss_mean"].iloc[0]), float(s["loss_sem"].iloc[0])) if len(s) else (np.nan, np.nan)
+            row[split] = _mean_sem(s)
         acc = grp[grp["split"] == "test"]["accuracy_mean"]
         row["test acc"] = float(acc.iloc[0]) if len(acc) else np.nan
         rows.append(row)
@@ -35,14 +35,29 @@ def final_loss_table(summary: pd.DataFrame, splits: tuple[str, ...] = ("train", 
     for row in rows:
         cells = [row["task"], row["optimizer"], row["lr"]]
         for split in splits:
-            mean, sem = row[split]
-            text = f"{mean:.4f} ± {sem:.4f}"
-            cells.append(f"**{text}**" if mean == best.get((row["task"], split)) else text)
+            text = _loss_cell(*row[split])
+            cells.append(f"**{text}**" if row[split][0] == best.get((row["task"], split)) else text)
         cells.append(f"{row['test acc']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     if any(row["lr"].endswith("†") for row in rows):
         lines += ["", "† selected at an edge of the learning-rate grid: the best rate may lie outside it."]
     return "\n".join(lines) + "\n"
+
+
+def _mean_sem(rows: pd.DataFrame) -> tuple[float, float, int, int]:
+    """(mean, sem, diverged seeds, seeds) of a summary's one row for a split; NaNs if none.
+    Summaries written before ``num_diverged`` existed count no diverged seeds."""
+    if rows.empty:
+        return np.nan, np.nan, 0, 0
+    r = rows.iloc[0]
+    return float(r["loss_mean"]), float(r["loss_sem"]), int(r.get("num_diverged", 0)), int(r.get("num_seeds", 0))
+
+
+def _loss_cell(mean: float, sem: float, diverged: int = 0, seeds: int = 0) -> str:
+    """``mean ± sem``; a mean made infinite by diverged seeds says how many diverged."""
+    if np.isinf(mean) and diverged:
+        return f"diverged ({diverged} of {seeds} seeds)"
+    return f"{mean:.4f} ± {sem:.4f}"
 
 
 def _distribution(summary: pd.DataFrame) -> pd.Series:
@@ -191,7 +206,7 @@ def summary_latex(summary: pd.DataFrame, split: str = "test") -> str:
     s = summary[summary["split"] == split].copy()
     for col in ("task", "optimizer"):
         s[col] = s[col].astype(str).str.replace("_", r"\_", regex=False)
-    s["loss"] = [f"{m:.4f} $\\pm$ {e:.4f}" for m, e in zip(s["loss_mean"], s["loss_sem"])]
+    s["loss"] = [_loss_cell(*_mean_sem(s.iloc[[i]])).replace("±", "$\\pm$") for i in range(len(s))]
     cols = ["task", "optimizer", "loss", "accuracy_mean"]
     out = s[cols].rename(columns={"loss": f"final {split} loss", "accuracy_mean": f"{split} accuracy"})
     return out.to_latex(index=False, escape=False, float_format="%.3f")

@@ -102,7 +102,7 @@ BASELINE_TABLES = ("curves", "sweep", "reference")
 def run_baselines(cfg: Any, task_name: str, out_dir: str | Path, tracker: Any = None) -> pd.DataFrame:
     """CLI entry (``lopt baselines``): tune and report the baselines on eval task ``task_name``.
 
-    Writes ``curves.csv``, ``sweep.csv``, ``reference.csv`` (the reference's long run) and
+    Writes ``curves.csv``, ``sweep.csv``, ``reference.csv`` (the reference's long runs, one per grid rate) and
     last ``settings.json`` (:func:`baseline_settings`) into ``out_dir``, for
     ``lopt evaluate --baselines out_dir``; returns the baselines' summary.
     """

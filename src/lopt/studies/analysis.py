@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from lopt.analysis.figures import _band, _save
+from lopt.analysis.metrics import seed_mean, seed_sem
 from lopt.analysis.results import STUDY_CURVE, read_result
 from lopt.atomic import write_csv, write_text
 from lopt.studies.config import ClaimConfig, StudyConfig
@@ -134,9 +135,8 @@ def plot_surface(study: StudyConfig, curves: pd.DataFrame, path: Path) -> None:
 
 
 def _sem(values: pd.Series) -> float:
-    """Standard error of the mean over seeds (NaN for one seed)."""
-    n = len(values)
-    return float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    """Standard error of the mean over seeds (NaN for one seed, or when one diverged)."""
+    return seed_sem(values)
 
 
 def summarise(study: StudyConfig, curves: pd.DataFrame) -> pd.DataFrame:
@@ -159,11 +159,12 @@ def summarise(study: StudyConfig, curves: pd.DataFrame) -> pd.DataFrame:
             "outer_steps": int(last["outer_step"].iloc[0]),
             "unroll_steps": int(last["unroll_steps"].iloc[0]),
             "seeds": n,
-            "start_loss": float(first["eval_loss"].mean()),
+            # a diverged (non-finite) seed counts as +inf: it never helps a method's mean
+            "start_loss": seed_mean(first["eval_loss"]),
             "start_loss_sem": _sem(first["eval_loss"]),
-            "final_loss": float(last["eval_loss"].mean()),
+            "final_loss": seed_mean(last["eval_loss"]),
             "final_loss_sem": _sem(last["eval_loss"]),
-            "best_loss": float(d.groupby("seed")["eval_loss"].min().mean()),
+            "best_loss": seed_mean(d.groupby("seed")["eval_loss"].min()),
             "wall_time_s": float(last["wall_time"].mean()),
         }
         for c in theta_cols:
