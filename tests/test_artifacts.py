@@ -10,6 +10,7 @@ code must load the file and reproduce those losses.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -173,3 +174,20 @@ def test_restamp_shares_the_newest_time_and_never_dates_a_set_past_its_products(
     assert product.stat().st_mtime == 5000.0
     restamp([data], when=7000.0)
     assert {p.stat().st_mtime for p in files[:2]} == {7000.0}
+
+
+def test_temporaries_a_kill_leaves_in_dvc_outputs_are_never_versioned():
+    """A SIGKILL skips the clean-up of lopt.atomic's and lopt.data.prepare's temporaries
+    (and of orbax's staging directories); inside DVC-tracked outputs (data/, results/) a
+    later `dvc commit` would version them. .dvcignore keeps them out, and real files in."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    paths = ["data/.digits.tmp-52b2572a/train.npz", "results/default/tables/.summary.csv.tmp",
+             "results/default/meta/checkpoints/400.orbax-checkpoint-tmp-1733/x", "results/default/tables/summary.csv",
+             "data/digits/train.npz"]
+    proc = subprocess.run([sys.executable, "-m", "dvc", "check-ignore", *paths], cwd=REPO, capture_output=True,
+                          text=True, check=False, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    assert proc.stdout.split() == paths[:3], proc.stdout + proc.stderr

@@ -206,3 +206,20 @@ def test_baselines_apart_give_the_same_files_as_together_and_other_settings_are_
         load_baselines(tmp_path / "baselines", baseline_settings(validate_config(raw), "quad"))
     with pytest.raises(FileNotFoundError, match=r"together/settings\.json: not found; .*lopt baselines --task quad"):
         load_baselines(tmp_path / "together", baseline_settings(cfg, "quad"))
+
+    # damaged tables are errors naming the file, never an evaluation without baselines
+    from lopt.analysis.results import ResultsError
+
+    settings = baseline_settings(cfg, "quad")
+    curves_csv = tmp_path / "baselines" / "curves.csv"
+    intact = curves_csv.read_bytes()
+    for damage, message in ((b"", "empty, not a CSV table"), (b"hello\n", "lacks column"),
+                            (intact[:-40], "last row is cut off")):
+        curves_csv.write_bytes(damage)
+        with pytest.raises(ResultsError, match=rf"baselines/curves\.csv: .*{message}.*lopt baselines"):
+            load_baselines(tmp_path / "baselines", settings)
+    curves_csv.write_bytes(intact)
+    settings_json = tmp_path / "baselines" / "settings.json"
+    settings_json.write_text('{"settings": 3}')
+    with pytest.raises(BaselinesError, match=r"settings\.json: unreadable \(TypeError: 'settings' is a int"):
+        load_baselines(tmp_path / "baselines", settings)

@@ -407,3 +407,26 @@ def test_changed_keys_names_the_leaves_that_differ():
     assert changed_keys(cfg, edited) == ["evaluation.lr_grid.num", "meta_train.sigma", "seed"]
     assert changed_keys(cfg, copy.deepcopy(cfg)) == []
     assert changed_keys({"a": [1, 2]}, {"a": [1, 3]}) == ["a"]  # lists compare whole
+
+
+def test_cli_refuses_an_out_path_that_is_a_file_before_computing(tmp_path, capsys):
+    """`--out` naming a file would fail only when the results are written, after the
+    compute is spent (and with a traceback); it is refused up front, in one line."""
+    from lopt.cli import main
+
+    out = tmp_path / "taken"
+    out.write_text("")
+    argv = ["baselines", "--config", str(REPO / "configs" / "smoke.yaml"), "--task", "digits_mlp16", "--out", str(out)]
+    start = time.perf_counter()
+    assert main(argv) == 2
+    assert time.perf_counter() - start < 5  # nothing was trained
+    assert capsys.readouterr().err == f"error: --out {out}: exists and is not a directory\n"
+
+
+def test_lopt_pull_outside_a_dvc_repository_is_one_line(tmp_path, monkeypatch, capsys):
+    from lopt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["pull", "data"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path} is not inside a DVC repository") and "Traceback" not in err

@@ -18,11 +18,13 @@ SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 @pytest.mark.parametrize(
     "text,expected",
     [
-        ("", "not a readable CSV table (No columns to parse from file)"),
+        ("", "empty, not a CSV table"),
         ("step,meta_loss,grad_norm\n", "has a header but no rows"),
         ("step,loss\n1,2.0\n", "lacks column(s) meta_loss, grad_norm (has: step, loss)"),
+        # cut by a crash mid-row: pandas would pad the row with NaN
+        ("step,meta_loss,grad_norm\n1,0.5,2.0\n2,0.4", "its last row is cut off (no final newline)"),
     ],
-    ids=["empty", "header-only", "wrong-columns"],
+    ids=["empty", "header-only", "wrong-columns", "torn-row"],
 )
 def test_damaged_tables_are_named_with_their_fix(tmp_path, text, expected):
     path = tmp_path / "metrics.csv"
@@ -48,6 +50,6 @@ def test_analyze_with_an_empty_curves_file_is_a_one_line_error_and_writes_nothin
     capsys.readouterr()
     assert main(["analyze", "--config", str(SMOKE), "--results", str(root)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"error: {eval_dir / 'curves.csv'}: not a readable CSV table (No columns to parse from file); "
+    assert err == (f"error: {eval_dir / 'curves.csv'}: empty, not a CSV table; "
                    "re-run `lopt evaluate` (snakemake reruns it once the file is removed)"), err
     assert not (root / "figures").exists() and not (root / "tables").exists()

@@ -319,9 +319,16 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush is quiet
         return 0
     if args.command == "pull":
+        from dvc.exceptions import NotDvcRepoError
+
         from lopt.artifacts import pull
 
-        return pull(args.targets, remote=args.remote, force=args.force)
+        try:
+            return pull(args.targets, remote=args.remote, force=args.force)
+        except NotDvcRepoError:
+            print(f"error: {Path.cwd()} is not inside a DVC repository; run `lopt pull` in the lopt checkout",
+                  file=sys.stderr)
+            return 2
     from lopt.studies.config import is_study, load_study
 
     try:
@@ -351,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                                   f"allowed: {', '.join(names)}")
             if args.seed not in cfg.seed_list():
                 raise ConfigError(f"{args.config}: seed {args.seed} is not one of the study's seeds {cfg.seed_list()}")
+        out = getattr(args, "out", None)
+        if out is not None and Path(out).exists() and not Path(out).is_dir():  # before any compute is spent
+            raise ConfigError(f"--out {out}: exists and is not a directory")
     except (ConfigError, KeyError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
@@ -379,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system refused (permissions, a full disk, a file for a directory)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

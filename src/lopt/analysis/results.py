@@ -23,18 +23,23 @@ TRADEOFFS = (
     "python benchmarks/lopt_overhead.py",
 )
 STUDY_CURVE = (("outer_step", "eval_loss", "unroll_steps", "wall_time"), "lopt study-run")
+BASELINE_CURVES = (("task", "optimizer", "learning_rate", "step", "split", "loss", "seed"), "lopt baselines")
+BASELINE_SWEEP = (("task", "optimizer", "learning_rate", "selected"), "lopt baselines")
 
 
 class ResultsError(ValueError):
     """A result table analysis cannot use; the message names the file, the problem and the fix."""
 
 
-def read_result(path: str | Path, kind: tuple[Sequence[str], str]) -> pd.DataFrame:
+def read_result(path: str | Path, kind: tuple[Sequence[str], str], *, may_be_empty: bool = False) -> pd.DataFrame:
     """``path`` as a DataFrame with at least one row and ``kind``'s columns.
 
     ``kind`` is one of this module's ``(columns, writer)`` constants. Raises
     ``FileNotFoundError`` when the file is absent and :class:`ResultsError` when it is
-    empty, not a CSV table, has no rows, or lacks a column.
+    empty, not a CSV table, cut off mid-row (lopt's tables end with a newline; pandas would
+    pad the torn row with NaN), has no rows, or lacks a column. ``may_be_empty``: an empty
+    file is an empty DataFrame instead (a table with nothing to hold, e.g. the reference
+    runs of an evaluation without a reference optimizer).
     """
     path = Path(path)
     columns, writer = kind
@@ -43,9 +48,17 @@ def read_result(path: str | Path, kind: tuple[Sequence[str], str]) -> pd.DataFra
         df = pd.read_csv(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: not found; {fix}") from None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except pd.errors.EmptyDataError:
+        if may_be_empty:
+            return pd.DataFrame()
+        raise ResultsError(f"{path}: empty, not a CSV table; {fix}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ResultsError(f"{path}: not a readable CSV table ({reason}); {fix}") from None
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        if f.read(1) not in (b"\n", b"\r"):
+            raise ResultsError(f"{path}: its last row is cut off (no final newline); {fix}")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ResultsError(f"{path}: lacks column(s) {', '.join(missing)} (has: {', '.join(map(str, df.columns))}); {fix}")

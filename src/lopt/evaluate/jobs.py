@@ -135,6 +135,8 @@ def load_baselines(directory: str | Path, settings: dict[str, Any]) -> tuple[pd.
                                 f"`lopt baselines --task {settings['task_name']} --out {directory}`")
     try:
         recorded = json.loads(recorded_path.read_text())["settings"]
+        if not isinstance(recorded, dict):
+            raise TypeError(f"'settings' is a {type(recorded).__name__}, not an object")
     except (ValueError, KeyError, TypeError) as exc:
         raise BaselinesError(f"{recorded_path}: unreadable ({type(exc).__name__}: {exc}); "
                              "re-run `lopt baselines`") from None
@@ -147,11 +149,13 @@ def load_baselines(directory: str | Path, settings: dict[str, Any]) -> tuple[pd.
         raise BaselinesError(f"{recorded_path}: baselines computed under other settings ({diffs}); "
                              "re-run `lopt baselines` with this config (snakemake does)")
 
+    from lopt.analysis.results import BASELINE_CURVES, BASELINE_SWEEP, read_result
+
     def read(name: str) -> pd.DataFrame:
-        try:
-            df = pd.read_csv(directory / f"{name}.csv")
-        except pd.errors.EmptyDataError:  # an empty table (no reference optimizer) has no header
-            return pd.DataFrame()
+        # an empty, torn or foreign table is an error naming the file, never "no baselines";
+        # only the reference runs may be empty (no reference optimizer configured)
+        kind = BASELINE_SWEEP if name == "sweep" else BASELINE_CURVES
+        df = read_result(directory / f"{name}.csv", kind, may_be_empty=name == "reference")
         if "loss" in df:
             df["loss"] = df["loss"].astype(np.float32)  # as trained: float32 (the text round-trips)
         return df
