@@ -6,6 +6,9 @@ import logging
 import math
 import os
 import struct
+import subprocess
+import sys
+import threading
 import time
 import warnings
 import zlib
@@ -499,3 +502,77 @@ def test_import_is_cheap():
     code = "import sys, lopt.tracking; print('wandb' in sys.modules, 'jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_stalled_wandb_call_stops_tracking_instead_of_hanging_the_job(wandb_env, monkeypatch):
+    """A call into the run that never returns (the service hung) costs the job at most
+    the call timeout once: tracking stops with a warning, and later calls and finish()
+    return at once without touching the run."""
+    monkeypatch.setenv(tracking.tracker.CALL_TIMEOUT_ENV, "0.5")
+    calls = []
+    release = threading.Event()
+
+    class HungRun:
+        id = "hung"
+
+        def log(self, data, step):
+            calls.append(("log", step))
+            if step == 2:
+                release.wait(60)  # the service stopped answering
+
+        def finish(self, exit_code=None):
+            calls.append(("finish",))
+
+    t = _tracker(wandb_env, mode="disabled")
+    t._run, t.mode = HungRun(), "offline"
+    t.log({"a": 1.0}, step=1)
+    start = time.monotonic()
+    with pytest.warns(RuntimeWarning, match=r"W&B log did not return within 0\.5 s .*tracking stops"):
+        t.log({"a": 2.0}, step=2)
+    assert 0.4 < time.monotonic() - start < 5
+    assert not t.active
+    t.log({"a": 3.0}, step=3)
+    t.summary({"b": 1})
+    t.finish()
+    assert calls == [("log", 1), ("log", 2)]  # nothing after the stall reached the run
+    release.set()
+
+
+def test_a_stopped_wandb_service_cannot_hang_a_real_run(tmp_path):
+    """With the real wandb-core service frozen (SIGSTOP), a job that keeps logging still
+    finishes and exits: the stalled call times out, the tracker kills the service it
+    started, and wandb's exit hook then has nothing to wait for."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, signal, time, warnings\n"
+        "from pathlib import Path\n"
+        "from wandb.sdk import wandb_setup\n"
+        "from lopt.tracking import Tracker\n"
+        f"t = Tracker('lopt-test', 'frozen', 'g', 'jt', {{}}, dir=Path({str(tmp_path)!r}), mode='offline',\n"
+        "            settings={'x_disable_stats': True})\n"
+        "assert t.active, 'no run'\n"
+        "t.log({'x': 0.0}, step=0)\n"
+        "pid = wandb_setup._singleton._connection._proc._process.pid\n"
+        "os.kill(pid, signal.SIGSTOP)\n"
+        "start = time.monotonic()\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    for step in range(1, 5000):\n"
+        "        t.log({f'v{i}': float(i) for i in range(200)}, step=step)\n"
+        "        if not t.active:\n"
+        "            break\n"
+        "    t.finish()\n"
+        "print('STALLED' if any('tracking stops' in str(w.message) for w in seen) else 'NOT STALLED',\n"
+        "      round(time.monotonic() - start, 1), flush=True)\n"
+    )
+    env = {**os.environ, "LOPT_WANDB_CALL_TIMEOUT": "3", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_DIR": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path), "WANDB_CACHE_DIR": str(tmp_path),
+           "WANDB_DATA_DIR": str(tmp_path)}
+    env.pop("WANDB_API_KEY", None)
+    env.pop("WANDB_SERVICE", None)  # this process's service (an earlier test's run): the job starts its own
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert "STALLED" in proc.stdout and "NOT STALLED" not in proc.stdout, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr  # wandb's exit hook does not report the killed service
+    assert time.monotonic() - start < 60, proc.stdout  # exit included: nothing waited on the frozen service

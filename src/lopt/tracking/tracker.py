@@ -4,6 +4,13 @@ The only module of :mod:`lopt` that starts W&B runs; it imports :mod:`wandb` laz
 inside functions. If ``wandb.init`` raises or times out (for instance online mode
 without a network), the tracker warns once and falls back to offline mode, and if that
 fails too, to a no-op tracker. Every method swallows W&B errors with a warning.
+
+A W&B call that does not return in time (the W&B service process hung, e.g. its
+directory on a stalled network file system) would block the job forever: every call to
+the run goes through one worker thread and is waited for at most
+:data:`DEFAULT_CALL_TIMEOUT` seconds (``LOPT_WANDB_CALL_TIMEOUT``; ``finish`` adds the
+finish timeout). On a timeout the tracker warns, stops tracking, and kills the service
+process it started, so that neither the stuck call nor wandb's exit hook waits on it.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import logging
 import math
 import os
 import re
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,9 +41,13 @@ DEFAULT_INIT_TIMEOUT = 30.0
 #: Seconds ``run.finish`` may spend uploading in online mode before giving up;
 #: whatever was not uploaded stays on disk and can be sent with ``wandb sync``.
 DEFAULT_FINISH_TIMEOUT = 120.0
-#: Environment overrides of the two defaults above.
+#: Seconds any other call to the run (log, summary, artifact) may block before the
+#: tracker takes the W&B service for stalled and stops tracking.
+DEFAULT_CALL_TIMEOUT = 60.0
+#: Environment overrides of the defaults above.
 INIT_TIMEOUT_ENV = "LOPT_WANDB_INIT_TIMEOUT"
 FINISH_TIMEOUT_ENV = "LOPT_WANDB_FINISH_TIMEOUT"
+CALL_TIMEOUT_ENV = "LOPT_WANDB_CALL_TIMEOUT"
 
 # Set once an online ``wandb.init`` failed in this process, so later trackers
 # go straight to offline instead of stalling for the init timeout again.
@@ -108,6 +121,33 @@ def _timeout_from_env(name: str, default: float) -> float:
         warnings.warn(f"ignoring {name}={raw!r}: not a number", RuntimeWarning, stacklevel=3)
         return default
     return value if value > 0 else default
+
+
+def _serve(calls: Any) -> None:
+    """The W&B worker thread: run queued calls in order until ``None``."""
+    while (job := calls.get()) is not None:
+        job()
+
+
+def _kill_owned_service() -> bool:
+    """SIGKILL the wandb-core service process this process started, if any (whether one
+    was killed). Reached through wandb's private setup singleton, so any change there
+    makes this a no-op rather than an error."""
+    try:
+        from wandb.sdk import wandb_setup
+
+        setup = wandb_setup._singleton
+        conn = getattr(setup, "_connection", None) if setup is not None else None
+        process = getattr(getattr(conn, "_proc", None), "_process", None)
+        if process is None or process.poll() is not None:
+            return False
+        os.kill(process.pid, signal.SIGKILL)
+        cleanup = getattr(conn, "_cleanup", None)
+        if callable(cleanup):  # unregisters wandb's exit hook, which would only report the dead peer
+            cleanup()
+        return True
+    except Exception:  # noqa: BLE001 - best effort
+        return False
 
 
 # --------------------------------------------------------------------------- #
@@ -237,8 +277,11 @@ class Tracker:
             if finish_timeout is not None
             else _timeout_from_env(FINISH_TIMEOUT_ENV, DEFAULT_FINISH_TIMEOUT)
         )
+        self.call_timeout = _timeout_from_env(CALL_TIMEOUT_ENV, DEFAULT_CALL_TIMEOUT)
         self._extra_settings = dict(settings or {})
         self._run: Any = None
+        self._calls: Any = None  # the worker's job queue, started with the first call
+        self._stalled = False
         self._warned: set[str] = set()
         self._finished = False
         self._last_step: int | None = None
@@ -326,6 +369,46 @@ class Tracker:
         log.warning("%s", message)
         warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
 
+    def _call(self, what: str, fn: Any, timeout: float | None = None) -> bool:
+        """Run ``fn()`` (a call to the run) on the W&B worker thread, waiting at most
+        ``timeout`` (default :attr:`call_timeout`) seconds; whether it returned normally.
+        An exception is swallowed with a warning; a timeout stops tracking (see the module
+        docstring)."""
+        import queue
+
+        if self._stalled:
+            return False
+        if self._calls is None:
+            self._calls = queue.SimpleQueue()
+            threading.Thread(target=_serve, args=(self._calls,), name="lopt-wandb", daemon=True).start()
+        done, failure = threading.Event(), []
+
+        def job() -> None:
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - tracking must never fail a job
+                failure.append(exc)
+            finally:
+                done.set()
+
+        self._calls.put(job)
+        limit = self.call_timeout if timeout is None else timeout
+        if not done.wait(limit):
+            self._stalled = True
+            killed = _kill_owned_service()
+            self._warn_once(
+                "stalled",
+                f"W&B {what} did not return within {limit:g} s for run {self.name!r}: the W&B "
+                f"service looks stalled; tracking stops for this run and the job goes on"
+                + (" (the service process was killed)" if killed else ""),
+                stacklevel=4,
+            )
+            return False
+        if failure:
+            self._swallow(what, failure[0])
+            return False
+        return True
+
     def _swallow(self, what: str, exc: BaseException) -> None:
         self._warn_once(
             what,
@@ -335,8 +418,9 @@ class Tracker:
 
     @property
     def active(self) -> bool:
-        """Whether a wandb run is live (False for the no-op tracker and after finish)."""
-        return self._run is not None and not self._finished
+        """Whether a wandb run is live (False for the no-op tracker, after finish, and once
+        the W&B service stalled)."""
+        return self._run is not None and not self._finished and not self._stalled
 
     @property
     def run_id(self) -> str | None:
@@ -367,10 +451,8 @@ class Tracker:
             )
             return
         data = {str(k): _plain(v) for k, v in metrics.items()}
-        try:
-            self._run.log(data, step=step)
-        except Exception as exc:  # noqa: BLE001
-            self._swallow("log", exc)
+        run = self._run
+        if not self._call("log", lambda: run.log(data, step=step)):
             return
         self._last_step = step
         for key in data:
@@ -381,10 +463,8 @@ class Tracker:
         if not self.active:
             return
         data = {str(k): _plain(v) for k, v in values.items()}
-        try:
-            self._run.summary.update(data)
-        except Exception as exc:  # noqa: BLE001
-            self._swallow("summary", exc)
+        run = self._run
+        if not self._call("summary", lambda: run.summary.update(data)):
             return
         self._late_summary.update(data)
 
@@ -444,9 +524,11 @@ class Tracker:
                     art.add_dir(os.fspath(p), policy=policy)
                 else:
                     art.add_file(os.fspath(p), name=p.name, policy=policy)
-            self._run.log_artifact(art, aliases=list(aliases) or None)
         except Exception as exc:  # noqa: BLE001
             self._swallow("log_artifact", exc)
+            return None
+        run = self._run
+        if not self._call("log_artifact", lambda: run.log_artifact(art, aliases=list(aliases) or None)):
             return None
         return art_name
 
@@ -459,19 +541,20 @@ class Tracker:
             return
         self._finished = True
         run = self._run
-        try:
-            if self._late_summary and self._last_step is not None:
-                # Commit the pending row now, then re-apply summary values set
-                # after it, which the implicit flush in finish() would clobber.
-                run.log({}, step=self._last_step, commit=True)
-                run.summary.update(self._late_summary)
-        except Exception as exc:  # noqa: BLE001
-            self._swallow("summary", exc)
-        try:
-            run.finish(exit_code=exit_code)
-        except Exception as exc:  # noqa: BLE001
-            self._swallow("finish", exc)
-        self._wait_for_offline_log()
+        late, last_step = dict(self._late_summary), self._last_step
+
+        def flush() -> None:
+            # Commit the pending row now, then re-apply summary values set after it,
+            # which the implicit flush in finish() would clobber.
+            run.log({}, step=last_step, commit=True)
+            run.summary.update(late)
+
+        if late and last_step is not None:
+            self._call("summary", flush)
+        if self._call("finish", lambda: run.finish(exit_code=exit_code), self.finish_timeout + self.call_timeout):
+            self._wait_for_offline_log()
+        if self._calls is not None:
+            self._calls.put(None)  # the worker's end (it may be stuck in a stalled call: a daemon)
 
     def _wait_for_offline_log(self, timeout: float = 30.0) -> None:
         """Block until wandb's service has written the exit record of an offline run.
