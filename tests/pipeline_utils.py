@@ -92,5 +92,8 @@ def assert_lopt_beats_tuned_sgd(results: Path, tasks: set[str]) -> None:
     summary = pd.read_csv(results / "tables" / "summary.csv")
     train = summary[summary["split"] == "train"]
     assert set(train["task"]) == tasks
+    for name in ("lopt", "sgd"):  # every task present and not NaN: a mean must not skip one
+        mine = train[train["optimizer"] == name]
+        assert set(mine["task"]) == tasks and mine["loss_mean"].notna().all(), mine
     mean_final = train.groupby("optimizer")["loss_mean"].mean()
     assert mean_final["lopt"] < mean_final["sgd"], mean_final.to_dict()
