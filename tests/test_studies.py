@@ -397,3 +397,15 @@ def test_lorenz_quick_pipeline_nres_and_pes_lower_the_loss(tmp_path):
     assert planned_jobs(dry.stdout) == {"study_run": 1, "study_analyze": 1, "all": 1}, dry.stdout[-3000:]
     log = dry.stdout + dry.stderr
     assert "wildcards: method=pes, seed=0" in log and "method=nres" not in log, log[-3000:]
+    # what only the figures and claims print (a legend label, the title, the reference):
+    # the analysis reruns, no training run does
+    for edit in (("label: PES,", "label: PES v2,"), ("description: Lorenz-63", "description: Lorenz 63"),
+                 ("reference: Li,", "reference: Li et al.,")):
+        assert edit[0] in text
+        config.write_text(text.replace(*edit))
+        dry, _ = run([*cmd, "-n"], repo, env)
+        assert planned_jobs(dry.stdout) == {"study_analyze": 1, "all": 1}, (edit, dry.stdout[-3000:])
+    # the variance measurement draws its noise from seed_offset: it reruns with it
+    config.write_text(text.replace("reference: Li,", "seed_offset: 3\nreference: Li,"))
+    dry, _ = run([*cmd, "-n"], repo, env)
+    assert planned_jobs(dry.stdout).get("study_variance") == 1, dry.stdout[-3000:]

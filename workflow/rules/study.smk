@@ -37,7 +37,8 @@ rule study_analyze:
     benchmark:
         f"{RESULTS}/benchmarks/study_analyze.tsv"
     params:
-        spec=spec("analysis", "claims"),
+        # what the figures and claims print besides the curves: title, reference, legend labels
+        spec=spec("analysis", "claims", "description", "reference", "methods"),
         results=lambda w, input: parent_dir(input[0], 4),  # results/<name> from runs/<method>/seed<N>/curve.csv
     threads: stage_threads("study_analyze")
     resources:
@@ -55,7 +56,7 @@ rule study_variance:
     benchmark:
         f"{RESULTS}/benchmarks/study_variance.tsv"
     params:
-        spec=spec("system", "data", "analysis"),
+        spec=spec("system", "data", "analysis", "seed_offset", "compute.precision"),  # noise keys from seed_offset
         results=lambda w, output: parent_dir(output[0], 2),  # results/<name> from figures/variance.png
         data_root=lambda w, input: data_root_flag(input.data),
     threads: stage_threads("study_variance")

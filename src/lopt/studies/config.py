@@ -144,8 +144,9 @@ class StudyComputeConfig(DeviceConfig):
 
 # MethodConfig options added after studies had run, with their no-op defaults.
 _LATER_METHOD_OPTIONS: dict[str, Any] = {"eval_every": None, "window_loss": "mean"}
-# MethodConfig options that change how, not what, a run computes: never in its spec.
-_NOT_IN_SPEC = {"particle_chunk"}
+# MethodConfig options that change how, not what, a run computes (or only how it is shown,
+# the legend label: the analysis reruns for it): never in its spec.
+_NOT_IN_SPEC = {"particle_chunk", "label"}
 
 
 class MethodConfig(_Strict):
