@@ -194,3 +194,97 @@ def test_loss_difference_clip_applies_to_each_step():
     grad, _, _ = est.estimate(theta, est.init(theta, jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
     # float32 engine vs float64 NumPy on differences of O(sigma) (see the PES test above)
     np.testing.assert_allclose(np.asarray(grad), per_step, rtol=2e-3, atol=1e-5)
+
+
+def test_pes_and_gpes_restart_their_noise_at_a_divergence_restart():
+    """A divergence restart re-initialises a pair's state mid-episode, so the steps after
+    it depend only on the perturbation they run under: PES weighs them by that window's
+    eps alone (not xi + eps) and restarts xi from it, or from nothing when the restart
+    fell on the window's last step; GPES likewise. System: the linear-quadratic one whose
+    loss is capped (1e3) at inner step 3 for copies with theta[0] > 0.25, lockstep, so
+    pairs drawing |eps[0]| > 0.15 restart after step 3. The window-2 estimate is checked
+    against a float64 NumPy simulation of the formula, and told apart from the stale
+    weighting (xi + eps on the restarted steps)."""
+    from test_estimators import DivergesAboveThreshold
+
+    sigma, pairs, horizon = 0.1, 32, 20
+    theta = jnp.asarray(THETA, jnp.float32)
+    cap = DivergesAboveThreshold(horizon).loss_cap
+
+    def losses(th_per_step, start_step=0):  # one copy from S0; the cap at step 3 for th[0] > 0.25
+        s, out = S0.copy(), []
+        for t, th in enumerate(th_per_step, start_step):
+            s = A @ s + th
+            loss = 0.5 * np.sum((s - TARGET) ** 2)
+            out.append(cap if (t == 3 and th[0] > 0.25) else loss)
+        return np.array(out)
+
+    # K = 3: window 1 = steps 0-2 under eps1, window 2 = steps 3-5 under eps2, restart after step 3
+    est = pes(DivergesAboveThreshold(horizon), num_particles=2 * pairs, trunc_length=3, sigma=sigma, step_unlock=False)
+    k1, k2 = jax.random.PRNGKey(21), jax.random.PRNGKey(22)
+    state = est.init(theta, jax.random.PRNGKey(0))
+    _, state, _ = est.estimate(theta, state, k1)
+    grad, state, metrics = est.estimate(theta, state, k2)
+    eps1, eps2 = (np.asarray(sample_noise(k, theta, pairs, sigma), np.float64) for k in (k1, k2))
+    hit = (np.abs(eps2[:, 0]) > 0.15)
+    assert 0 < hit.sum() < pairs and metrics["diverged"] == hit.sum()
+    expected, stale = np.zeros(3), np.zeros(3)  # stale: the restarted steps weighted by xi + eps
+    for m in range(pairs):
+        d = []
+        for sign in (1.0, -1.0):
+            a, b = THETA + sign * eps1[m], THETA + sign * eps2[m]
+            full = losses([a] * 3 + [b] * 3)[3:]
+            if hit[m]:  # both copies restart from S0 after step 3; steps 4, 5 under b
+                full[1:] = losses([b, b], start_step=4)
+            d.append(full)
+        delta = d[0] - d[1]
+        expected += (eps1[m] + eps2[m]) * delta[0] + (eps2[m] if hit[m] else eps1[m] + eps2[m]) * delta[1:].sum()
+        stale += (eps1[m] + eps2[m]) * delta.sum()
+    expected /= 2 * pairs * sigma**2 * 3
+    stale /= 2 * pairs * sigma**2 * 3
+    # The capped step (a loss difference of ~1e3) dominates both, so compare the estimate's
+    # distance to each: float32 rounding of the capped losses is ~1e-4 x 0.05 per pair,
+    # far below the stale weighting's shift
+    shift = np.abs(expected - stale).max()
+    assert shift > 1e-3, shift
+    assert np.abs(np.asarray(grad) - expected).max() < 0.05 * shift, (np.asarray(grad) - expected, shift)
+    acc = np.asarray(state.accumulator)
+    np.testing.assert_allclose(acc[hit], eps2[hit], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(acc[~hit], (eps1 + eps2)[~hit], rtol=1e-5, atol=1e-7)
+
+    # K = 2: the restart falls on window 2's last step (3): the state has seen no noise yet
+    est = pes(DivergesAboveThreshold(horizon), num_particles=2 * pairs, trunc_length=2, sigma=sigma, step_unlock=False)
+    state = est.init(theta, jax.random.PRNGKey(0))
+    _, state, _ = est.estimate(theta, state, k1)
+    _, state, _ = est.estimate(theta, state, k2)
+    acc = np.asarray(state.accumulator)
+    assert np.all(acc[hit] == 0) and np.allclose(acc[~hit], (eps1 + eps2)[~hit], rtol=1e-5)
+
+    # GPES, K' = K = 3 (a draw every window): xi restarts from the window's draw
+    est = gpes(DivergesAboveThreshold(horizon), num_particles=2 * pairs, trunc_length=3, sigma=sigma,
+               noise_reuse_steps=3, step_unlock=False)
+    state = est.init(theta, jax.random.PRNGKey(0))
+    _, state, _ = est.estimate(theta, state, k1)
+    first = np.asarray(state.noise)
+    _, state, _ = est.estimate(theta, state, k2)
+    noise, xi = np.asarray(state.noise), np.asarray(state.accumulator)
+    restarted = np.abs(noise[:, 0]) > 0.15
+    assert 0 < restarted.sum() < pairs
+    np.testing.assert_array_equal(xi[restarted], noise[restarted])
+    np.testing.assert_allclose(xi[~restarted], (first + noise)[~restarted], rtol=1e-6)
+    # GPES, K = 2, K' = 6: restarted on window 2's last step, xi restarts empty and window 3
+    # draws anew although K' = 6 would keep the episode's first draw: xi = that draw alone
+    est = gpes(DivergesAboveThreshold(horizon), num_particles=2 * pairs, trunc_length=2, sigma=sigma,
+               noise_reuse_steps=6, step_unlock=False)
+    state = est.init(theta, jax.random.PRNGKey(0))
+    for w in range(3):
+        before = np.asarray(state.noise)
+        _, state, _ = est.estimate(theta, state, jax.random.PRNGKey(30 + w))
+        if w == 1:
+            restarted = np.abs(np.asarray(state.noise)[:, 0]) > 0.15
+            assert 0 < restarted.sum() < pairs
+            assert np.all(np.asarray(state.accumulator)[restarted] == 0)
+    noise, xi = np.asarray(state.noise), np.asarray(state.accumulator)
+    np.testing.assert_array_equal(xi[restarted], noise[restarted])
+    assert not np.array_equal(noise[restarted], before[restarted])  # a new draw
+    np.testing.assert_array_equal(noise[~restarted], before[~restarted])  # K' = 6: the others keep theirs

@@ -52,9 +52,10 @@ and is flagged in ``Window.diverged``; inside jit, under a ``lax.cond`` taken on
 particle diverged, so the window's estimate stays finite. With ``paired=True`` (the ES
 estimators' antithetic pairs) the other copy of the pair restarts too, from the same init key:
 restarting one copy alone would leave the pair's states apart, so its loss differences stay
-of order one instead of sigma for the rest of the episode. (PES and GPES keep weighting the
-restarted pair by their accumulated noise until the episode ends; the restarted state no
-longer depends on it, which adds variance, not bias.) A capped step's loss difference
+of order one instead of sigma for the rest of the episode. ``Window.restarted`` marks the
+restart: the restarted state no longer depends on earlier perturbations, so PES and GPES
+weight the steps after it by the perturbation they run under alone and restart their
+accumulated noise, as after an episode reset. A capped step's loss difference
 is still up to the cap (against differences of order sigma elsewhere) and can dominate that
 window's ES estimate; an estimator's ``loss_diff_clip`` bounds it. Without a cap nothing is
 checked per step (systems like Lorenz, whose state is bounded, pay nothing); a non-finite
@@ -108,6 +109,10 @@ class Window(NamedTuple):
     fresh: jax.Array  # bool[P, K], step ran in an episode begun inside this window
     done: jax.Array  # bool[P], an episode ended (and a reset happened) in this window
     diverged: jax.Array  # bool[P, K], the step's loss was non-finite or >= loss_cap
+    # bool[P, K]: the particle's state was re-initialised after this step by a divergence
+    # restart (both copies of a pair when paired; uncapped systems: after the window, marked
+    # on its last step), so the steps after it depend on no perturbation before it
+    restarted: jax.Array
 
 
 def tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
@@ -258,7 +263,7 @@ def unroll(
         # leaves the particle NaN for the rest of its episode. A real branch: the
         # re-initialisation only runs in steps where some particle diverged.
         if cap is None:  # checked once per window instead (see _restart_nonfinite)
-            return inner, loss, jnp.zeros(loss.shape, bool)
+            return inner, loss, jnp.zeros(loss.shape, bool), jnp.zeros(loss.shape, bool)
         bad = ~jnp.isfinite(loss) | (loss >= cap)
         again = _pair_any(bad) if paired else bad  # both copies: the pair stays antithetic
 
@@ -270,7 +275,7 @@ def unroll(
             return jax.vmap(tree_select)(again, fresh_inner, inner)
 
         inner = jax.lax.cond(jnp.any(bad), restart, lambda: inner)
-        return inner, jnp.where(bad, cap, loss), bad
+        return inner, jnp.where(bad, cap, loss), bad, again
 
     # Per-window key material: steps of episode e use fold_in(step_key_e, t), steps after
     # the reset fold_in(step_key_{e+1}, t); deriving both here leaves one fold_in per step.
@@ -293,14 +298,14 @@ def unroll(
             inner, loss = jax.vmap(system.step, in_axes=(0, 0, 0, 0, None))(
                 theta_a, inner, t, keys, data
             )
-            inner, loss, bad = restart_diverged(inner, loss, lambda: theta_a, keys)
-            return inner, (loss, bad)
+            inner, loss, bad, again = restart_diverged(inner, loss, lambda: theta_a, keys)
+            return inner, (loss, bad, again)
 
-        inner, (losses, bad) = jax.lax.scan(
+        inner, (losses, bad, again) = jax.lax.scan(
             body, st.inner, jnp.arange(num_steps, dtype=jnp.int32)
         )
         new, done = finish(st, inner, st.step + num_steps)
-        return new, Window(losses.T, jnp.zeros_like(losses.T, bool), done, bad.T)
+        return new, Window(losses.T, jnp.zeros_like(losses.T, bool), done, bad.T, again.T)
 
     def reset_inside(st):
         step_key_b = jax.vmap(lambda k, e: _episode_keys(k, e + 1)[1])(st.key, st.episode)
@@ -316,20 +321,20 @@ def unroll(
         def body(carry, _):
             inner, t, fresh = carry
             inner, loss, keys = vstep(theta_a, theta_b, inner, t, step_key_a, step_key_b, fresh)
-            inner, loss, bad = restart_diverged(
+            inner, loss, bad, again = restart_diverged(
                 inner, loss, lambda: jax.vmap(tree_select)(fresh, theta_b, theta_a), keys
             )
             t = t + 1
             done = t >= horizon
             inner = jax.vmap(tree_select)(done, reset_inner, inner)
-            return (inner, jnp.where(done, 0, t), fresh | done), (loss, fresh, bad)
+            return (inner, jnp.where(done, 0, t), fresh | done), (loss, fresh, bad, again)
 
         fresh0 = jnp.zeros(st.step.shape, bool)
-        (inner, t, done), (losses, fresh, bad) = jax.lax.scan(
+        (inner, t, done), (losses, fresh, bad, again) = jax.lax.scan(
             body, (st.inner, st.step, fresh0), None, length=num_steps
         )
         new = ParticleState(inner, t, st.episode + done.astype(jnp.int32), st.key)
-        return new, Window(losses.T, fresh.T, done, bad.T)
+        return new, Window(losses.T, fresh.T, done, bad.T, again.T)
 
     new, window = jax.lax.cond(
         jnp.all(state.step + num_steps <= horizon), no_reset_inside, reset_inside, state
@@ -372,4 +377,5 @@ def _restart_nonfinite(
         return jax.vmap(tree_select)(need, fresh_inner, state.inner)
 
     inner = jax.lax.cond(jnp.any(need), restart, lambda: state.inner)
-    return state._replace(inner=inner), window._replace(diverged=bad)
+    restarted = window.restarted.at[:, -1].set(need)
+    return state._replace(inner=inner), window._replace(diverged=bad, restarted=restarted)

@@ -79,12 +79,24 @@ def weighted_sum(weights: Theta, coef: jax.Array) -> Theta:
     return jax.tree.map(lambda w: jnp.tensordot(coef, w, axes=1), weights)
 
 
+def restart_marks(window: Window) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per pair, where a divergence restart (:mod:`lopt.unroll`) cut the dependence on
+    earlier perturbations: ``(cut [M, K], any [M], at_end [M])``. ``cut`` marks steps that
+    ran after a restart earlier in the window, ``any`` pairs restarted in the window,
+    ``at_end`` pairs whose state after the window is a restart's (nothing perturbed it yet).
+    Both copies of a pair restart together, so the + copy's marks are the pair's."""
+    restarted = unpair(window.restarted)[0]
+    cut = (jnp.cumsum(restarted, axis=1) - restarted) > 0
+    return cut, restarted.any(axis=1), restarted[:, -1]
+
+
 def window_gradient(
     before_reset: Theta,
     after_reset: Theta,
     window: Window,
     scale: float,
     loss_diff_clip: float | None = None,
+    after_restart: Theta | None = None,
 ) -> Theta:
     """The antithetic ES estimate of one window, given each pair's perturbation weights.
 
@@ -94,6 +106,10 @@ def window_gradient(
 
         g = scale * sum_m [before_m sum_{j not fresh} delta_mj + after_m sum_{j fresh} delta_mj]
 
+    ``after_restart`` (optional) weighs instead the steps of the old episode that ran after
+    a divergence restart in this window (:func:`restart_marks`): PES and GPES pass the
+    perturbation those steps ran under, since the restarted state saw no earlier one.
+
     ``loss_diff_clip`` (optional, off by default) clips each per-step difference
     ``delta = L+ - L-`` to ``[-c, c]`` so one diverging pair cannot dominate; this biases
     the estimate whenever it binds.
@@ -101,9 +117,15 @@ def window_gradient(
     delta, fresh, _ = pair_differences(window)
     if loss_diff_clip is not None:
         delta = jnp.clip(delta, -loss_diff_clip, loss_diff_clip)
-    before = weighted_sum(before_reset, (delta * ~fresh).sum(axis=1) * scale)
-    after = weighted_sum(after_reset, (delta * fresh).sum(axis=1) * scale)
-    return jax.tree.map(jnp.add, before, after)
+    old = ~fresh
+    terms = []
+    if after_restart is not None:
+        cut = restart_marks(window)[0] & old
+        terms.append(weighted_sum(after_restart, (delta * cut).sum(axis=1) * scale))
+        old = old & ~cut
+    terms.append(weighted_sum(before_reset, (delta * old).sum(axis=1) * scale))
+    terms.append(weighted_sum(after_reset, (delta * fresh).sum(axis=1) * scale))
+    return jax.tree.map(lambda *x: sum(x), *terms)
 
 
 def num_pairs_of(num_particles: int) -> int:

@@ -11,7 +11,9 @@ on window boundaries; after a reset inside a window the new episode keeps its fi
 draw until K steps have run under it); K' >= T gives NRES (one draw per episode).
 K' must be a multiple of K so draws happen at window starts; a reset inside a window
 starts the new episode with its own fresh draw (weights switch to it via the engine's
-fresh mask).
+fresh mask). After a divergence restart (:mod:`lopt.unroll`) the steps carry the current
+draw alone and ``xi`` restarts from it (or, restarted on a window's last step, from the
+next window's new draw).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lopt.estimators.base import (
     es_scale,
     num_pairs_of,
     pair_differences,
+    restart_marks,
     sample_noise,
     tree_where,
     window_gradient,
@@ -82,14 +85,20 @@ def gpes(
             system, antithetic(theta, noise), antithetic(theta, reset_eps), state.particles, trunc_length, data,
             particle_chunk=particle_chunk, paired=True,
         )
-        grad = window_gradient(xi, reset_eps, window, scale, loss_diff_clip)
+        grad = window_gradient(xi, reset_eps, window, scale, loss_diff_clip, after_restart=noise)
         _, fresh, done = pair_differences(window)
+        _, restarted, restarted_at_end = restart_marks(window)
         since = jnp.minimum(jnp.where(redraw, 0, state.since_draw), reuse - trunc_length) + trunc_length
+        since = jnp.where(done, fresh.sum(axis=1).astype(jnp.int32), since)
+        xi_next = tree_where(done, reset_eps, tree_where(restarted, noise, xi))
+        # a divergence restart on the last step leaves a state no perturbation has touched:
+        # xi restarts empty and the next window draws anew (xi = its draw), as at an episode start
+        after_end = restarted_at_end & ~(done & ~fresh.any(axis=1))  # a reset on the last step covers it already
         new_state = GPESState(
             particles,
             tree_where(done, reset_eps, noise),
-            tree_where(done, reset_eps, xi),
-            jnp.where(done, fresh.sum(axis=1).astype(jnp.int32), since),
+            tree_where(after_end, jax.tree.map(jnp.zeros_like, xi), xi_next),
+            jnp.where(after_end, reuse, since).astype(jnp.int32),
         )
         return grad, new_state, window_metrics(window)
 

@@ -11,7 +11,8 @@ with ``xi_{i,j} = xi_i + eps_i`` for steps of the ongoing episode and ``eps_i`` 
 steps after a reset inside the window (the new episode saw only ``eps_i``). ``xi``
 restarts at 0 when an episode ends and collects the noise of the steps the new episode
 has run: ``eps_i`` when the reset fell inside the window, nothing when it fell on the
-window's last step. As in the paper, this assumes a new episode's initial state does not
+window's last step. A divergence restart (:mod:`lopt.unroll`) is treated the same way: the
+steps after it carry ``eps_i`` alone, and ``xi`` restarts. As in the paper, this assumes a new episode's initial state does not
 depend on theta (true of every lopt system). Unbiased for the gradient of the smoothed
 objective; its variance grows with the number of windows per episode.
 """
@@ -29,6 +30,7 @@ from lopt.estimators.base import (
     es_scale,
     num_pairs_of,
     pair_differences,
+    restart_marks,
     sample_noise,
     tree_where,
     window_gradient,
@@ -68,10 +70,18 @@ def pes(
         thetas = antithetic(theta, eps)
         particles, window = unroll(system, thetas, thetas, state.particles, trunc_length, data, particle_chunk=particle_chunk, paired=True)
         accumulated = jax.tree.map(jnp.add, state.accumulator, eps)
-        grad = window_gradient(accumulated, eps, window, scale, loss_diff_clip)
+        grad = window_gradient(accumulated, eps, window, scale, loss_diff_clip, after_restart=eps)
         _, fresh, done = pair_differences(window)
-        restarted = tree_where(fresh.any(axis=1), eps, jax.tree.map(jnp.zeros_like, eps))
-        accumulator = tree_where(done, restarted, accumulated)
+        _, restarted, restarted_at_end = restart_marks(window)
+        zeros = jax.tree.map(jnp.zeros_like, eps)
+        # the state after the window saw: nothing (a reset or a divergence restart on its last
+        # step), only eps (a reset or restart inside it), or every window's noise since the
+        # episode began
+        accumulator = tree_where(
+            restarted_at_end | (done & ~fresh.any(axis=1)),
+            zeros,
+            tree_where(done | restarted, eps, accumulated),
+        )
         return grad, PESState(particles, accumulator), window_metrics(window)
 
     return Estimator(init, estimate, unroll_steps=num_particles * trunc_length)
