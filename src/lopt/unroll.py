@@ -262,8 +262,8 @@ def unroll(
         # cap, reports the cap as its loss, so one blow-up neither crashes meta-training nor
         # leaves the particle NaN for the rest of its episode. A real branch: the
         # re-initialisation only runs in steps where some particle diverged.
-        if cap is None:  # checked once per window instead (see _restart_nonfinite)
-            return inner, loss, jnp.zeros(loss.shape, bool), jnp.zeros(loss.shape, bool)
+        if cap is None:  # checked once per window instead (see _restart_nonfinite); no
+            return inner, loss, ()  # per-step marks either: outputs cost time on tiny systems
         bad = ~jnp.isfinite(loss) | (loss >= cap)
         again = _pair_any(bad) if paired else bad  # both copies: the pair stays antithetic
 
@@ -275,7 +275,13 @@ def unroll(
             return jax.vmap(tree_select)(again, fresh_inner, inner)
 
         inner = jax.lax.cond(jnp.any(bad), restart, lambda: inner)
-        return inner, jnp.where(bad, cap, loss), bad, again
+        return inner, jnp.where(bad, cap, loss), (bad, again)
+
+    def window_marks(marks, losses):
+        # (diverged, restarted) [P, K] from the scan's [K, P] marks; all False without a cap
+        if not marks:
+            return jnp.zeros(losses.T.shape, bool), jnp.zeros(losses.T.shape, bool)
+        return marks[0].T, marks[1].T
 
     # Per-window key material: steps of episode e use fold_in(step_key_e, t), steps after
     # the reset fold_in(step_key_{e+1}, t); deriving both here leaves one fold_in per step.
@@ -298,14 +304,14 @@ def unroll(
             inner, loss = jax.vmap(system.step, in_axes=(0, 0, 0, 0, None))(
                 theta_a, inner, t, keys, data
             )
-            inner, loss, bad, again = restart_diverged(inner, loss, lambda: theta_a, keys)
-            return inner, (loss, bad, again)
+            inner, loss, marks = restart_diverged(inner, loss, lambda: theta_a, keys)
+            return inner, (loss, marks)
 
-        inner, (losses, bad, again) = jax.lax.scan(
+        inner, (losses, marks) = jax.lax.scan(
             body, st.inner, jnp.arange(num_steps, dtype=jnp.int32)
         )
         new, done = finish(st, inner, st.step + num_steps)
-        return new, Window(losses.T, jnp.zeros_like(losses.T, bool), done, bad.T, again.T)
+        return new, Window(losses.T, jnp.zeros_like(losses.T, bool), done, *window_marks(marks, losses))
 
     def reset_inside(st):
         step_key_b = jax.vmap(lambda k, e: _episode_keys(k, e + 1)[1])(st.key, st.episode)
@@ -321,20 +327,20 @@ def unroll(
         def body(carry, _):
             inner, t, fresh = carry
             inner, loss, keys = vstep(theta_a, theta_b, inner, t, step_key_a, step_key_b, fresh)
-            inner, loss, bad, again = restart_diverged(
+            inner, loss, marks = restart_diverged(
                 inner, loss, lambda: jax.vmap(tree_select)(fresh, theta_b, theta_a), keys
             )
             t = t + 1
             done = t >= horizon
             inner = jax.vmap(tree_select)(done, reset_inner, inner)
-            return (inner, jnp.where(done, 0, t), fresh | done), (loss, fresh, bad, again)
+            return (inner, jnp.where(done, 0, t), fresh | done), (loss, fresh, marks)
 
         fresh0 = jnp.zeros(st.step.shape, bool)
-        (inner, t, done), (losses, fresh, bad, again) = jax.lax.scan(
+        (inner, t, done), (losses, fresh, marks) = jax.lax.scan(
             body, (st.inner, st.step, fresh0), None, length=num_steps
         )
         new = ParticleState(inner, t, st.episode + done.astype(jnp.int32), st.key)
-        return new, Window(losses.T, fresh.T, done, bad.T, again.T)
+        return new, Window(losses.T, fresh.T, done, *window_marks(marks, losses))
 
     new, window = jax.lax.cond(
         jnp.all(state.step + num_steps <= horizon), no_reset_inside, reset_inside, state

@@ -117,15 +117,21 @@ def window_gradient(
     delta, fresh, _ = pair_differences(window)
     if loss_diff_clip is not None:
         delta = jnp.clip(delta, -loss_diff_clip, loss_diff_clip)
-    old = ~fresh
-    terms = []
-    if after_restart is not None:
-        cut = restart_marks(window)[0] & old
-        terms.append(weighted_sum(after_restart, (delta * cut).sum(axis=1) * scale))
-        old = old & ~cut
-    terms.append(weighted_sum(before_reset, (delta * old).sum(axis=1) * scale))
-    terms.append(weighted_sum(after_reset, (delta * fresh).sum(axis=1) * scale))
-    return jax.tree.map(lambda *x: sum(x), *terms)
+    before = weighted_sum(before_reset, (delta * ~fresh).sum(axis=1) * scale)
+    after = weighted_sum(after_reset, (delta * fresh).sum(axis=1) * scale)
+    grad = jax.tree.map(jnp.add, before, after)
+    if after_restart is None:
+        return grad
+
+    def reweigh():
+        # move the old episode's steps after a restart from before_reset to after_restart;
+        # a real branch, taken only in windows with a restart (on systems whose step costs a
+        # few flops, the [M, K] masks would otherwise be a visible share of every window)
+        cut_delta = (delta * (restart_marks(window)[0] & ~fresh)).sum(axis=1) * scale
+        moved = jax.tree.map(jnp.subtract, weighted_sum(after_restart, cut_delta), weighted_sum(before_reset, cut_delta))
+        return jax.tree.map(jnp.add, grad, moved)
+
+    return jax.lax.cond(window.restarted.any(), reweigh, lambda: grad)
 
 
 def num_pairs_of(num_particles: int) -> int:
