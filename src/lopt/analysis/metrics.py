@@ -193,13 +193,18 @@ def seed_mean(values) -> float:
     return float(np.mean(np.where(np.isnan(values), np.inf, values))) if values.size else float("nan")
 
 
-def seed_sem(values) -> float:
-    """Standard error of the mean over seeds, ``std(ddof=1) / sqrt(n)``; NaN with one seed
-    or when a seed is non-finite (its mean is ``+inf``: :func:`seed_mean`)."""
+def seed_std(values) -> float:
+    """Sample standard deviation over seeds (``ddof=1``); NaN with one seed or when a seed
+    is non-finite (its mean is ``+inf``: :func:`seed_mean`)."""
     values = np.asarray(values, dtype=np.float64)
     if values.size < 2 or not np.isfinite(values).all():
         return float("nan")
-    return float(np.std(values, ddof=1) / np.sqrt(values.size))
+    return float(np.std(values, ddof=1))
+
+
+def seed_sem(values) -> float:
+    """Standard error of the mean over seeds, :func:`seed_std` ``/ sqrt(n)``, n every seed."""
+    return seed_std(values) / float(np.sqrt(max(np.size(values), 1)))
 
 
 def num_diverged(values) -> int:

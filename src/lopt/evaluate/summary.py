@@ -63,7 +63,7 @@ def summarise(curves: pd.DataFrame) -> pd.DataFrame:
     A seed whose final loss is non-finite (diverged) counts as ``+inf``, as in tuning: the
     mean is then ``inf``, std and sem NaN, and ``num_diverged`` says how many seeds did.
     """
-    from lopt.analysis.metrics import num_diverged, seed_mean, seed_sem
+    from lopt.analysis.metrics import num_diverged, seed_mean, seed_sem, seed_std
 
     evals = curves[curves["split"] != "train_batch"]
     last = evals[evals["step"] == evals.groupby(["task", "optimizer"])["step"].transform("max")]
@@ -71,7 +71,7 @@ def summarise(curves: pd.DataFrame) -> pd.DataFrame:
     g = last.groupby(keys, dropna=False)
     out = g.agg(
         loss_mean=("loss", seed_mean),
-        loss_std=("loss", lambda v: np.std(v, ddof=1) if np.isfinite(v).all() else np.nan),
+        loss_std=("loss", seed_std),
         loss_sem=("loss", seed_sem),
         accuracy_mean=("accuracy", "mean"),
         num_seeds=("seed", "nunique"),
