@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, sandbox_env
-from pipeline_utils import cluster_config, copy_repo, planned_resources, run
+from pipeline_utils import cluster_config, copy_repo, planned_jobs, planned_resources, run
 
 CONFIG = cluster_config("quadslurm", {"gpus": 4, "gpu_model": "a100", "partition": "gpu", "mem_mb": 16000,
                                      "runtime": 180, "cpus": 16, "nodes": 2})
@@ -81,6 +81,24 @@ def test_slurm_profile_plans_every_rule_with_configured_resources(cluster_repo):
     assert "runtime=60" in jobs["evaluate"] and "mem_mb=4000" in jobs["evaluate"]
     for item in ("gpu=", "slurm_partition=cpu", "runtime=60", "mem_mb=4000"):  # resources.evaluate's
         assert (item in jobs["baselines"]) == (item in jobs["evaluate"]), (item, jobs["baselines"])
+
+
+def test_slurm_plans_every_meta_seed_with_the_meta_train_resources(cluster_repo):
+    """num_meta_seeds > 1: each other seed is its own meta-train job with the GPUs, nodes and
+    launcher of `resources.meta_train` (on a cluster the seeds run side by side)."""
+    repo, env, _ = cluster_repo
+    (repo / "seeds.yaml").write_text(yaml.safe_dump(dict(CONFIG, name="quadseeds", num_meta_seeds=3)))
+    proc, _ = run(["snakemake", "-n", "-p", "--profile", "workflow/profiles/slurm", "--configfile", "seeds.yaml"], repo, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert planned_jobs(proc.stdout)["meta_train_seed"] == 2 and planned_jobs(proc.stdout)["evaluate_seed"] == 2
+    jobs = planned_resources(proc.stdout)
+    assert jobs["meta_train_seed"] == jobs["meta_train"], (jobs["meta_train_seed"], jobs["meta_train"])
+    assert jobs["evaluate_seed"] == jobs["evaluate"]
+    commands = [line for line in proc.stdout.splitlines() if line.startswith("Shell command:")]
+    for seed in (1, 2):
+        flags = f"seeds.yaml --meta-seed {seed} --out results/quadseeds/meta_seeds/seed{seed}/meta --resume"
+        assert any(c.startswith("Shell command: srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=16 -n 2 lopt meta-train")
+                   and c.endswith(flags) for c in commands), commands
 
 
 def _first_sbatch_call(repo, env, target, configfile):

@@ -375,7 +375,46 @@ def test_across_tasks_table_says_what_few_tasks_mean():
     assert row["iqm"] == pytest.approx(np.mean([0.27, 0.49, 0.56]))
     assert (row["iqm_low"], row["iqm_high"]) == (pytest.approx(0.27), pytest.approx(0.56))
     assert "is the [min, max] range" in across_tasks_table(agg)
-    assert "% Rows over fewer than 4 tasks" in across_tasks_table(agg, latex=True)
+    # in LaTeX the note is text under the table, not a % comment the compiled table hides
+    latex = across_tasks_table(agg, latex=True)
+    assert "\\footnotesize Rows over fewer than 4 tasks" in latex and "% Rows over" not in latex
+    assert "the \"95\\% CI\"" in latex and "75 \\% of the time" in latex  # % escaped: not a comment
+
+
+def test_a_censored_speedup_marks_every_statistic_of_its_groups_a_lower_bound():
+    """A censored speed-up is a lower bound; median, IQM and percentile-bootstrap bounds never
+    fall when a value grows, so each statistic of a group holding one is a lower bound too."""
+    from lopt.analysis.tables import across_tasks, across_tasks_table
+
+    metrics = pd.DataFrame({
+        "task": ["a", "b", "c"] * 2, "distribution": ["in", "out", "out"] * 2,
+        "optimizer": ["lopt"] * 3 + ["adam"] * 3, "best_loss": [0.27, 0.49, 0.56, 0.3, 0.5, 0.6],
+        "speedup": [4.0, 0.5, 0.25, 1.0, 1.0, 1.0], "censored": [True, False, False] + [False] * 3,
+    })
+    agg = across_tasks(metrics).set_index(["distribution", "optimizer", "metric"])
+    assert agg.loc[("in", "lopt", "speedup"), "censored"] == 1 and agg.loc[("all", "lopt", "speedup"), "censored"] == 1
+    assert agg.loc[("out", "lopt", "speedup"), "censored"] == 0 and agg.loc[("all", "adam", "speedup"), "censored"] == 0
+    assert agg.loc[("all", "lopt", "loss_ratio"), "censored"] == 0  # loss ratios are exact
+    table = across_tasks_table(across_tasks(metrics))
+    rows = {tuple(line.split(" | ")[:2]): line for line in table.splitlines() if line.startswith("| ")}
+    # all / lopt: mean of 4, 0.5, 0.25 = 1.58, range [0.25, 4], median 0.5, each marked +
+    assert "| 1.58+ [0.25+, 4+] | 0.5+ |" in rows[("| all", "lopt")], table
+    assert "+" not in rows[("| out", "lopt")] and "+" not in rows[("| all", "adam")], table
+    assert "+: a lower bound" in table
+
+
+def test_a_diverged_seed_ends_the_mean_curve():
+    """The band's mean over seeds is not drawn from the first step where any seed is NaN (pandas'
+    mean would skip it and draw the survivors' mean as if nothing happened)."""
+    from lopt.analysis.figures import _band
+
+    curves = pd.DataFrame({"step": [0, 0, 10, 10, 20, 20], "loss": [2.0, 2.0, 1.0, 3.0, 0.5, np.nan]})
+    mean, lo, hi = _band(curves.groupby("step")["loss"], "sem")
+    assert mean.loc[0] == 2.0 and mean.loc[10] == 2.0
+    assert np.isnan(mean.loc[20]) and np.isnan(lo.loc[20]) and np.isnan(hi.loc[20])  # no band either
+    _, lo, hi = _band(curves.groupby("step")["loss"], "minmax")
+    assert (lo.loc[10], hi.loc[10]) == (1.0, 3.0) and np.isnan(lo.loc[20]) and np.isnan(hi.loc[20])
+    assert hi.loc[10] - mean.loc[10] == pytest.approx(np.std([1.0, 3.0], ddof=1) / np.sqrt(2))
 
 
 def _per_seed(optimizer, per_seed, steps=(0, 10, 20)):

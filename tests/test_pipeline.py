@@ -214,3 +214,47 @@ def _planned_rules(dry_run_stdout: str) -> set[str]:
             break
         rules.add(parts[0])
     return rules
+
+
+def test_more_meta_seeds_train_and_evaluate_only_the_new_optimizers(smoke, tmp_path):
+    """`num_meta_seeds: 2` on the finished smoke run: Snakemake meta-trains and evaluates the
+    seed-1 optimizer alone (the seed-0 run, its evaluation and the baselines stay), and
+    tables/meta_seeds.csv holds each seed's ratio as the seed's own summary gives it."""
+    from lopt.analysis.tables import generalization_frame
+    from lopt.tracking import find_offline_runs, read_offline_run
+
+    repo, env, _, _ = smoke
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy, symlinks=True, ignore=shutil.ignore_patterns("cache", "tmp"))
+    env = dict(env, WANDB_DIR=str(tmp_path))  # this test's W&B runs only
+    config = copy / "configs" / "smoke.yaml"
+    config.write_text(config.read_text().replace("seed: 0\n", "seed: 0\nnum_meta_seeds: 2\n"))
+    proc, _ = run(["snakemake", "-n", "--configfile", "configs/smoke.yaml"], copy, env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert planned_jobs(proc.stdout) == {"meta_train_seed": 1, "evaluate_seed": 1, "analyze": 1, "all": 1}, proc.stdout
+    main_sha = _sha(copy / "results/smoke/meta/meta_params.npz")
+    proc, _ = run(["snakemake", "--cores", "2", "--configfile", "configs/smoke.yaml"], copy, env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+    res = copy / "results" / "smoke"
+    seed1 = res / "meta_seeds" / "seed1"
+    assert _sha(res / "meta/meta_params.npz") == main_sha
+    assert _sha(seed1 / "meta/meta_params.npz") != main_sha  # another draw, not a copy
+    recorded = pd.read_json(seed1 / "meta/meta_params.npz.json", typ="series")
+    assert recorded["config"]["seed"] == 1
+    assert "Meta-trained by experiment `smoke` from meta-training seed 1 (num_meta_seeds = 2):" in (seed1 / "meta/model_card.md").read_text()
+    # both optimizers face the same tuned baselines, row for row
+    curves = {s: pd.read_csv(d / "eval/digits_mlp16/curves.csv") for s, d in ((0, res), (1, seed1))}
+    baselines = [c[c["optimizer"] != "lopt"].reset_index(drop=True) for c in curves.values()]
+    pd.testing.assert_frame_equal(*baselines)
+    table = pd.read_csv(res / "tables" / "meta_seeds.csv")
+    assert sorted(table["meta_seed"]) == [0, 1]
+    for seed, directory in ((0, res), (1, seed1)):
+        own = generalization_frame(pd.read_csv(directory / "eval/digits_mlp16/summary.csv"))
+        assert table.loc[table["meta_seed"] == seed, "ratio"].item() == pytest.approx(own["ratio"].item(), rel=1e-12)
+    assert table["ratio"].nunique() == 2
+    markdown = (res / "tables" / "meta_seeds.md").read_text()
+    assert "seeds 0 / 1" in markdown and "digits_mlp16" in markdown
+    assert (res / "figures" / "meta_seeds.png").read_bytes().startswith(b"\x89PNG")
+    names = {read_offline_run(p).name for p in find_offline_runs(tmp_path / "wandb")}
+    assert names == {"smoke-meta-train-seed1", "smoke-eval-digits_mlp16-seed1"}

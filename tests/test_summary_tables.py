@@ -160,8 +160,15 @@ def test_few_tasks_note_only_below_four_tasks():
 def test_summary_latex_shows_only_the_requested_split():
     summary = _final_summary().replace({"task": {"t1": "t_1"}})
     tex = summary_latex(summary, split="test")
-    assert r"t\_1 & a & 1.5000 $\pm$ 0.2000 & 0.600" in tex, tex
-    assert r"t2 & b & 7.0000 $\pm$ 0.5000 & 0.200" in tex, tex
+    # as the markdown table: the rate ("learned" for the learned optimizer), the task's best in bold
+    assert r"t\_1 & a & learned & 1.5000 $\pm$ 0.2000 & 0.600" in tex, tex
+    assert r"t\_1 & b & 0.1 & \textbf{1.2000 $\pm$ 0.1000} & 0.550" in tex, tex
+    assert r"t2 & b & 0.1 & 7.0000 $\pm$ 0.5000 & 0.200" in tex, tex
+    assert "dagger" not in tex
+    edge = summary.assign(lr_at_grid_edge=summary["optimizer"] == "b", optimizer=summary["optimizer"] + "%&")
+    tex = summary_latex(edge, split="test")
+    assert r"t2 & b\%\& & 0.1$^\dagger$ & 7.0000" in tex, tex  # escaped: not a comment or a column
+    assert r"$^\dagger$ selected at an edge of the learning-rate grid" in tex
     assert "final test loss" in tex and "test accuracy" in tex
     for train_only in ("1.0000", "2.0000", "4.0000", "5.0000", "0.900"):  # the train rows' numbers
         assert train_only not in tex, (train_only, tex)

@@ -9,9 +9,9 @@ workflow passes its jobs' local copies, e.g. under a Snakemake storage provider)
     lopt validate     --config C                      check a config, print the resolved one
     lopt schema                                       print the config JSON schema
     lopt prepare-data --config C [--dataset NAME]     data/<name>/
-    lopt meta-train   --config C [--out DIR] [--resume] [--process-id N]
+    lopt meta-train   --config C [--meta-seed S] [--out DIR] [--resume] [--process-id N]
     lopt baselines    --config C --task NAME [--out DIR]   tuned baselines of one task
-    lopt evaluate     --config C --task NAME [--checkpoint REF] [--baselines DIR] [--out DIR]
+    lopt evaluate     --config C --task NAME [--meta-seed S] [--checkpoint REF] [--baselines DIR] [--out DIR]
     lopt analyze      --config C [--results DIR] [--tradeoffs CSV]
 
 Estimator studies (``configs/paper/*.yaml``, ``kind: study``; ``--quick`` selects the
@@ -78,18 +78,25 @@ def cmd_meta_train(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
     from lopt.meta_train import meta_train
 
     primary = launch.process_id == 0
-    out = Path(args.out or _results(cfg) / "meta")
-    with _tracker(cfg, "meta-train", "meta-train", primary) as tracker:
-        state = meta_train(cfg, out, resume=args.resume, tracker=tracker, progress=not args.quiet)
+    seed = _meta_seed(cfg, args)
+    out = Path(args.out or _results(cfg) / cfg.meta_seed_dir(seed) / "meta")
+    suffix = "" if seed == cfg.seed else f"-seed{seed}"
+    with _tracker(cfg.with_meta_seed(seed), "meta-train", f"meta-train{suffix}", primary) as tracker:
+        state = meta_train(cfg, out, resume=args.resume, tracker=tracker, progress=not args.quiet, meta_seed=seed)
         if cfg.tracking.log_artifacts and primary:
             # everything `lopt evaluate --checkpoint wandb:...` needs: weights, metadata, card
             files = [out / "meta_params.npz", out / "meta_params.npz.json", out / "model_card.md"]
             meta = json.loads(files[1].read_text())
-            tracker.log_artifact(files, name=f"{cfg.name}-lopt", type="learned-optimizer",
+            tracker.log_artifact(files, name=f"{cfg.name}-lopt{suffix}", type="learned-optimizer",
                                  metadata={"outer_steps": int(state.step), "sha256": meta["sha256"],
                                            "estimator": meta["estimator"], "optimizer": meta["optimizer"]})
     if primary:
-        print(f"meta-trained {cfg.name}: {int(state.step)} outer steps -> {out}")
+        print(f"meta-trained {cfg.name}{suffix}: {int(state.step)} outer steps -> {out}")
+
+
+def _meta_seed(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    """``--meta-seed`` (checked by main against the config's meta-seeds), else the config's ``seed``."""
+    return cfg.seed if args.meta_seed is None else args.meta_seed
 
 
 def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
@@ -100,7 +107,8 @@ def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
     from lopt.evaluate import run_evaluation
     from lopt.optimizers.pretrained import load_pretrained
 
-    ref = args.checkpoint or _results(cfg) / "meta" / "meta_params.npz"
+    seed = _meta_seed(cfg, args)
+    ref = args.checkpoint or _results(cfg) / cfg.meta_seed_dir(seed) / "meta" / "meta_params.npz"
     # read (and verify) the optimizer before a tracked run starts: a bad checkpoint is a
     # one-line error, not a failed W&B run
     pretrained = load_pretrained(resolve_checkpoint(ref), fallback=cfg.lopt)
@@ -109,8 +117,9 @@ def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
         from lopt.evaluate import baseline_settings, load_baselines
 
         baselines = load_baselines(args.baselines, baseline_settings(cfg, args.task))
-    out = Path(args.out or _results(cfg) / "eval" / args.task)
-    with _tracker(cfg, "evaluate", f"eval-{args.task}") as tracker:
+    out = Path(args.out or _results(cfg) / cfg.meta_seed_dir(seed) / "eval" / args.task)
+    suffix = "" if seed == cfg.seed else f"-seed{seed}"
+    with _tracker(cfg.with_meta_seed(seed), "evaluate", f"eval-{args.task}{suffix}") as tracker:
         summary = run_evaluation(cfg, args.task, pretrained, out, tracker=tracker, baselines=baselines)
     print(summary.to_string(index=False))
 
@@ -176,7 +185,10 @@ def cmd_analyze(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
 
     root = Path(args.results or _results(cfg))
     eval_dirs = [root / "eval" / t.name for t in cfg.evaluation.tasks]
+    seed_dirs = {s: [root / cfg.meta_seed_dir(s) / "eval" / t.name for t in cfg.evaluation.tasks]
+                 for s in cfg.meta_seeds()} if cfg.num_meta_seeds > 1 else {}
     missing = [p for p in [root / "meta" / "metrics.csv"] + [d / f for d in eval_dirs for f in ("curves.csv", "summary.csv")]
+               + [d / f for dirs in seed_dirs.values() for d in dirs for f in ("summary.csv", "metrics.csv")]
                if not p.exists()]
     if missing:
         raise FileNotFoundError(
@@ -191,6 +203,7 @@ def cmd_analyze(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
         dpi=cfg.analysis.dpi,
         band=cfg.analysis.band,
         tradeoffs=args.tradeoffs,
+        meta_seed_evals=seed_dirs,
     )
     print((root / "tables" / "final_losses.md").read_text())
     for name, path in paths.items():
@@ -273,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
                 type=int,
                 help="multi-host runs started by hand: this process's rank (else LOPT_PROCESS_ID, "
                 "else the launcher's: SLURM / Open MPI); see compute.distributed",
+            )
+        if name in ("meta-train", "evaluate"):
+            p.add_argument(
+                "--meta-seed",
+                type=int,
+                help="one of the config's meta-training seeds (seed .. seed + num_meta_seeds - 1); "
+                "default: seed. Other seeds than `seed` default to results/<name>/meta_seeds/seed<S>/",
             )
         if name in ("evaluate", "baselines"):
             p.add_argument("--task", required=True, help="evaluation task name from the config")
@@ -358,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                                   f"allowed: {', '.join(names)}")
             if args.seed not in cfg.seed_list():
                 raise ConfigError(f"{args.config}: seed {args.seed} is not one of the study's seeds {cfg.seed_list()}")
+        if getattr(args, "meta_seed", None) is not None and args.meta_seed not in cfg.meta_seeds():
+            raise ConfigError(f"{args.config}: --meta-seed {args.meta_seed} is not one of the experiment's "
+                              f"meta-training seeds {cfg.meta_seeds()} (seed .. seed + num_meta_seeds - 1)")
         out = getattr(args, "out", None)
         if out is not None and Path(out).exists() and not Path(out).is_dir():  # before any compute is spent
             raise ConfigError(f"--out {out}: exists and is not a directory")

@@ -9,6 +9,9 @@ rule analyze:
         # committed output of benchmarks/lopt_overhead.py; local(): read from the source
         # tree, not from a cluster's default storage
         tradeoffs=local("benchmarks/lopt_overhead.csv"),
+        # num_meta_seeds > 1: every other meta-seed's evaluations (tables/meta_seeds.md)
+        seed_summaries=expand(f"{META_SEEDS_DIR}/seed{{s}}/eval/{{task}}/summary.csv", s=META_SEEDS, task=EVAL_TASKS),
+        seed_metrics=expand(f"{META_SEEDS_DIR}/seed{{s}}/eval/{{task}}/metrics.csv", s=META_SEEDS, task=EVAL_TASKS),
     output:
         meta=report(f"{RESULTS}/figures/meta_training.png", caption="../report/meta_training.rst", category="Meta-training"),
         curves=report(f"{RESULTS}/figures/eval_curves.png", caption="../report/eval_curves.rst", category="Evaluation"),
@@ -23,6 +26,11 @@ rule analyze:
         model_card=report(f"{RESULTS}/model_card.md", caption="../report/model_card.rst", category="Learned optimizer"),
         speedups=report(f"{RESULTS}/figures/speedups.png", caption="../report/across_tasks.rst", category="Evaluation"),
         tradeoffs=report(f"{RESULTS}/tables/tradeoffs.md", caption="../report/tradeoffs.rst", category="Learned optimizers"),
+        **({
+            "meta_seeds": report(f"{RESULTS}/tables/meta_seeds.md", caption="../report/meta_seeds.rst", category="Evaluation"),
+            "meta_seeds_csv": f"{RESULTS}/tables/meta_seeds.csv",
+            "meta_seeds_figure": report(f"{RESULTS}/figures/meta_seeds.png", caption="../report/meta_seeds.rst", category="Evaluation"),
+        } if META_SEEDS else {}),
     benchmark:
         f"{RESULTS}/benchmarks/analyze.tsv"
     params:

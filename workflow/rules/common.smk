@@ -55,21 +55,29 @@ RESULTS = f"results/{EXP}"
 DATA = CFG.data.root
 DATA_FILES = ("manifest.json", "train.npz", "inner_valid.npz", "outer_valid.npz", "test.npz")
 EVAL_TASKS = [] if IS_STUDY else [t.name for t in CFG.evaluation.tasks]
+# num_meta_seeds > 1: the other meta-training seeds, each meta-trained and evaluated under
+# META_SEEDS_DIR/seed<S>/ (the config's own seed is the experiment's results/<name>/meta).
+META_SEEDS = [] if IS_STUDY else CFG.meta_seeds()[1:]
+META_SEEDS_DIR = f"{RESULTS}/meta_seeds"
+META_SEEDS_PATTERN = "|".join(map(str, META_SEEDS)) or "(?!)"  # (?!): matches nothing
 
 
 # Settings that change how, not what, a stage computes: never a rerun trigger.
 NOT_A_TRIGGER = {"meta_train": ("particle_chunk",)}
 
 
-def spec(*sections, resolved=None):
+def spec(*sections, resolved=None, meta_seed=None):
     """The config sections (or `section.key`s) a stage depends on, as a stable string for the params trigger
-    (of this run's config, or of ``resolved``: a config dict an output recorded)."""
-    return json.dumps(spec_dict(*sections, resolved=resolved), sort_keys=True)
+    (of this run's config, meta-trained from ``meta_seed`` if given, or of ``resolved``: a
+    config dict an output recorded)."""
+    return json.dumps(spec_dict(*sections, resolved=resolved, meta_seed=meta_seed), sort_keys=True)
 
 
-def spec_dict(*sections, resolved=None):
+def spec_dict(*sections, resolved=None, meta_seed=None):
     """What :func:`spec` serialises: ``{section: its resolved settings}``."""
-    resolved = copy.deepcopy(CFG.to_dict() if resolved is None else resolved)  # popped below
+    if resolved is None:
+        resolved = (CFG if meta_seed is None else CFG.with_meta_seed(meta_seed)).to_dict()
+    resolved = copy.deepcopy(resolved)  # popped below
     for section, keys in NOT_A_TRIGGER.items():
         for key in keys:
             resolved.get(section, {}).pop(key, None)
@@ -83,7 +91,7 @@ def spec_dict(*sections, resolved=None):
     return {s: get(s) for s in sections}
 
 
-def outdated_by_config(recorded, *sections):
+def outdated_by_config(recorded, *sections, meta_seed=None):
     """[CONFIGFILE] when the output metadata file ``recorded`` (``lopt`` writes the resolved
     config into it) was computed from other ``sections`` than the config says, else []; the
     line on stderr names the keys that changed.
@@ -92,13 +100,14 @@ def outdated_by_config(recorded, *sections):
     outputs fetched with `lopt pull` / `dvc pull` lack: without this, editing the config
     after a pull would rerun nothing. As an input, the config file reruns the job when it
     is newer than the outputs (it was edited after the pull); a line on stderr says so.
+    ``meta_seed``: compare with this config meta-trained from that seed (rule meta_train_seed).
     """
     path = Path(recorded)
     if not path.exists():
         return []
     try:
         old = json.loads(path.read_text())["config"]
-        changed = changed_keys(spec_dict(*sections, resolved=old), spec_dict(*sections))
+        changed = changed_keys(spec_dict(*sections, resolved=old), spec_dict(*sections, meta_seed=meta_seed))
     except (ValueError, KeyError, TypeError):  # unreadable or older metadata: the params trigger decides
         return []
     if changed:
@@ -179,4 +188,5 @@ else:
         f"{RESULTS}/tables/metrics.csv",
         f"{RESULTS}/figures/speedups.png",
         f"{RESULTS}/model_card.md",
-    ]
+    ] + ([f"{RESULTS}/tables/meta_seeds.md", f"{RESULTS}/tables/meta_seeds.csv", f"{RESULTS}/figures/meta_seeds.png"]
+         if META_SEEDS else [])

@@ -54,3 +54,29 @@ rule evaluate:
     shell:
         "lopt evaluate --config {CONFIGFILE}{params.data_root} --task {wildcards.task} "
         "--checkpoint {input.params} --baselines {params.baselines} --out {params.out} --quiet"
+
+
+# num_meta_seeds > 1: each other meta-seed's optimizer against the same tuned baselines.
+use rule evaluate as evaluate_seed with:
+    input:
+        params=rules.meta_train_seed.output.params,
+        params_meta=rules.meta_train_seed.output.params_meta,
+        data=lambda w: dataset_files(eval_task_dataset(w.task)),
+        baselines=rules.baselines.output,
+    output:
+        curves=f"{META_SEEDS_DIR}/seed{{meta_seed}}/eval/{{task}}/curves.csv",
+        summary=f"{META_SEEDS_DIR}/seed{{meta_seed}}/eval/{{task}}/summary.csv",
+        sweep=f"{META_SEEDS_DIR}/seed{{meta_seed}}/eval/{{task}}/sweep.csv",
+        metrics=f"{META_SEEDS_DIR}/seed{{meta_seed}}/eval/{{task}}/metrics.csv",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_{{task}}_seed{{meta_seed}}.tsv"
+    params:
+        spec=rules.evaluate.params.spec,
+        out=lambda w, output: parent_dir(output.curves),
+        baselines=lambda w, input: parent_dir(input.baselines[0]),
+        # the seed's flag rides on data_root: a new param (or shell text) on the parent rule
+        # would rerun every finished run (Snakemake's params and code triggers)
+        data_root=lambda w, input: data_root_flag(input.data) + f" --meta-seed {w.meta_seed}",
+    wildcard_constraints:
+        task="|".join(EVAL_TASKS),
+        meta_seed=META_SEEDS_PATTERN,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -9,9 +10,11 @@ import pandas as pd
 from lopt.analysis.figures import (
     plot_eval_curves,
     plot_generalization,
+    plot_meta_seeds,
     plot_meta_training,
     plot_speedups,
 )
+from lopt.analysis.meta_seeds import meta_seed_frame, meta_seed_table
 from lopt.analysis.results import (
     EVAL_CURVES,
     EVAL_METRICS,
@@ -41,6 +44,7 @@ def analyze(
     dpi: int = 120,
     band: str = "sem",
     tradeoffs: Path | None = None,
+    meta_seed_evals: Mapping[int, list[Path]] | None = None,
 ) -> dict[str, Path]:
     """Write ``figures/{meta_training,eval_curves,generalization}.png`` and
     ``tables/{final_losses,generalization}.md`` (in- vs out-of-distribution side by side).
@@ -51,6 +55,9 @@ def analyze(
         out_dir: experiment results directory.
         tradeoffs: optional ``benchmarks/lopt_overhead.py`` CSV, rendered as
             ``tables/tradeoffs.md`` (the architectures' memory / time / size table).
+        meta_seed_evals: with several meta-training seeds, seed -> that seed's optimizer's
+            evaluation directories (``eval_dirs`` for the config's own seed), rendered as
+            ``tables/meta_seeds.{md,csv}`` and ``figures/meta_seeds.png``.
 
     Returns:
         Paths of the written files by name.
@@ -73,6 +80,14 @@ def analyze(
     summary = pd.concat([read_result(Path(d) / "summary.csv", EVAL_SUMMARY) for d in eval_dirs], ignore_index=True)
     metrics = pd.concat([read_result(Path(d) / "metrics.csv", EVAL_METRICS) for d in eval_dirs], ignore_index=True)
     tradeoff_rows = read_result(tradeoffs, TRADEOFFS) if tradeoffs is not None else None
+    seed_frame = None
+    if meta_seed_evals:
+        seed_frame = meta_seed_frame(
+            {s: pd.concat([read_result(Path(d) / "summary.csv", EVAL_SUMMARY) for d in dirs], ignore_index=True)
+             for s, dirs in meta_seed_evals.items()},
+            {s: pd.concat([read_result(Path(d) / "metrics.csv", EVAL_METRICS) for d in dirs], ignore_index=True)
+             for s, dirs in meta_seed_evals.items()},
+        )
     plot_meta_training(meta, paths["meta_training"], title=title, dpi=dpi)
     plot_eval_curves(curves, paths["eval_curves"], band=band, dpi=dpi)
     write_text(paths["final_losses"], final_loss_table(summary))
@@ -96,6 +111,13 @@ def analyze(
             + "\n"
             + paths["generalization"].read_text(),
         )
+    if seed_frame is not None:
+        paths["meta_seeds"] = out_dir / "tables" / "meta_seeds.md"
+        paths["meta_seeds_csv"] = out_dir / "tables" / "meta_seeds.csv"
+        paths["meta_seeds_figure"] = out_dir / "figures" / "meta_seeds.png"
+        write_text(paths["meta_seeds"], meta_seed_table(seed_frame))
+        write_csv(paths["meta_seeds_csv"], seed_frame)
+        plot_meta_seeds(seed_frame, paths["meta_seeds_figure"], dpi=dpi)
     if tradeoffs is not None:
         paths["tradeoffs"] = out_dir / "tables" / "tradeoffs.md"
         write_text(paths["tradeoffs"], tradeoffs_table(tradeoff_rows))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -163,29 +165,64 @@ def across_tasks(metrics: pd.DataFrame, reference: str = "adam") -> pd.DataFrame
     frames = []
     for value in ("speedup", "loss_ratio"):
         if value in m:
-            frames.append(aggregate(m, value, ["distribution", "optimizer"]).assign(metric=value))
+            frame = aggregate(m, value, ["distribution", "optimizer"]).assign(metric=value, censored=0)
+            if value == "speedup" and "censored" in m:
+                # a censored speed-up is a lower bound, and median, IQM and their bootstrap
+                # quantiles never decrease when a value grows: with one in the group, every
+                # statistic of the group is a lower bound too
+                counts = m[m["speedup"].notna()].groupby(["distribution", "optimizer"])["censored"].sum()
+                keys = pd.MultiIndex.from_frame(frame[["distribution", "optimizer"]])
+                frame["censored"] = counts.reindex(keys).fillna(0).astype(int).to_numpy()
+            frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
 def across_tasks_table(agg: pd.DataFrame, latex: bool = False) -> str:
-    """Markdown (or LaTeX) of :func:`across_tasks`: IQM [95 % CI] and median per cell."""
+    """Markdown (or LaTeX) of :func:`across_tasks`: IQM [95 % CI] and median per cell.
+
+    A group with a censored speed-up marks its speed-up statistics "+" (lower bounds);
+    rows over fewer than 4 tasks get a note (in LaTeX also a visible footnote line) that
+    their "CI" is the range of the tasks.
+    """
     rows = []
+    censored = 0
     for (dist, opt), grp in agg.groupby(["distribution", "optimizer"], sort=False):
         row = {"distribution": dist, "optimizer": opt, "tasks": int(grp["n"].max())}
         for r in grp.itertuples():
-            row[f"{r.metric} IQM [95% CI]"] = f"{r.iqm:.3g} [{r.iqm_low:.3g}, {r.iqm_high:.3g}]"
-            row[f"{r.metric} median"] = f"{r.median:.3g}"
+            plus = "+" if getattr(r, "censored", 0) else ""
+            censored = max(censored, getattr(r, "censored", 0))
+            row[f"{r.metric} IQM [95% CI]"] = f"{r.iqm:.3g}{plus} [{r.iqm_low:.3g}{plus}, {r.iqm_high:.3g}{plus}]"
+            row[f"{r.metric} median"] = f"{r.median:.3g}{plus}"
         rows.append(row)
     frame = pd.DataFrame(rows)
     order = {"in": 0, "out": 1, "all": 2}
     frame = frame.sort_values("distribution", key=lambda d: d.map(order).fillna(3), kind="stable")
-    note = _few_tasks_note(int(frame["tasks"].min())) if len(frame) else ""
+    notes = [_few_tasks_note(int(frame["tasks"].min())) if len(frame) else ""]
+    if censored:
+        notes.append(
+            "+: a lower bound. Some task's speed-up is censored (no rate of tuned Adam reached the "
+            "optimizer's loss within 4x the budget), and every statistic over a group holding one is then "
+            "a lower bound."
+        )
+    notes = [n for n in notes if n]
     if latex:
-        return frame.to_latex(index=False, escape=True) + (f"% {note}\n" if note else "")
+        # the notes as visible text under the table, not as % comments a reader never sees
+        table = frame.to_latex(index=False, escape=True)
+        text = "".join(f"{{\\par\\noindent\\footnotesize {_latex_escape(n)}\\par}}\n" for n in notes)
+        return table + text
     header = "| " + " | ".join(frame.columns) + " |"
     lines = [header, "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
+    return "\n".join(lines) + "\n" + "".join(f"\n{n}\n" for n in notes)
+
+
+def _latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped (for notes set as plain text)."""
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], text)
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
 def _few_tasks_note(fewest: int) -> str:
@@ -202,11 +239,31 @@ def _few_tasks_note(fewest: int) -> str:
 
 
 def summary_latex(summary: pd.DataFrame, split: str = "test") -> str:
-    """LaTeX table of final ``split`` loss (mean ± sem) and accuracy per task and optimizer."""
-    s = summary[summary["split"] == split].copy()
-    for col in ("task", "optimizer"):
-        s[col] = s[col].astype(str).str.replace("_", r"\_", regex=False)
-    s["loss"] = [_loss_cell(*_mean_sem(s.iloc[[i]])).replace("±", "$\\pm$") for i in range(len(s))]
-    cols = ["task", "optimizer", "loss", "accuracy_mean"]
-    out = s[cols].rename(columns={"loss": f"final {split} loss", "accuracy_mean": f"{split} accuracy"})
-    return out.to_latex(index=False, escape=False, float_format="%.3f")
+    """LaTeX of the final-losses table for ``split``, as :func:`final_loss_table` gives it in
+    markdown: per task and optimizer the tuned learning rate ("learned" for the learned
+    optimizer; a dagger when selected at an edge of the grid, with its note under the table),
+    the final loss mean ± sem (the task's best in bold; diverged seeds named) and accuracy.
+    Task and optimizer names are escaped."""
+    s = summary[summary["split"] == split]
+    best = s.groupby("task")["loss_mean"].min()
+    rows, edge_any = [], False
+    for i in range(len(s)):
+        r = s.iloc[i]
+        edge = bool(r.get("lr_at_grid_edge", False))
+        edge_any |= edge
+        lr = r["learning_rate"]
+        cell = _loss_cell(*_mean_sem(s.iloc[[i]])).replace("±", "$\\pm$")
+        if np.isfinite(r["loss_mean"]) and r["loss_mean"] == best[r["task"]]:
+            cell = f"\\textbf{{{cell}}}"
+        rows.append({
+            "task": _latex_escape(str(r["task"])),
+            "optimizer": _latex_escape(str(r["optimizer"])),
+            "lr": "learned" if np.isnan(lr) else f"{lr:.3g}" + ("$^\\dagger$" if edge else ""),
+            f"final {split} loss": cell,
+            f"{split} accuracy": f"{r['accuracy_mean']:.3f}",
+        })
+    table = pd.DataFrame(rows).to_latex(index=False, escape=False)
+    if edge_any:
+        table += ("{\\par\\noindent\\footnotesize $^\\dagger$ selected at an edge of the learning-rate grid: "
+                  "the best rate may lie outside it.\\par}\n")
+    return table

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError
 
-from lopt.config.base import Bool, ConfigError, Int, _Strict
+from lopt.config.base import Bool, ConfigError, Int, PosInt, _Strict
 from lopt.config.compute import ComputeConfig, ResourcesConfig
 from lopt.config.errors import error_lines
 from lopt.config.evaluation import AnalysisConfig, EvaluationConfig
@@ -32,7 +32,16 @@ class ExperimentConfig(_Strict):
     """One experiment: everything a pipeline run needs."""
 
     name: Annotated[str, Field(min_length=2, pattern=r"^[A-Za-z0-9_\-]+$")]
-    seed: Annotated[Int, Field(ge=0)] = 0
+    seed: Annotated[Int, Field(ge=0)] = Field(
+        0, description="Meta-training seed: meta-parameter init, perturbations, inner seeds and batches."
+    )
+    num_meta_seeds: PosInt = Field(
+        1,
+        description="Meta-train this many optimizers, from seeds seed, seed + 1, ...; each is evaluated "
+        "against the same tuned baselines and the analysis reports the spread across them "
+        "(tables/meta_seeds.md). The first is the experiment's optimizer (results/<name>/meta); "
+        "the others go to results/<name>/meta_seeds/seed<S>/.",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     lopt: LOptConfig = Field(default_factory=MLPLOptConfig)
     meta_train: MetaTrainConfig = Field(default_factory=MetaTrainConfig)
@@ -51,6 +60,29 @@ class ExperimentConfig(_Strict):
             if ds is not None and ds not in out:
                 out.append(ds)
         return out
+
+    def meta_seeds(self) -> list[int]:
+        """The meta-training seeds: ``[seed, seed + 1, ..., seed + num_meta_seeds - 1]``."""
+        return list(range(self.seed, self.seed + self.num_meta_seeds))
+
+    def with_meta_seed(self, meta_seed: int) -> ExperimentConfig:
+        """This experiment meta-trained from ``meta_seed`` (one of :meth:`meta_seeds`) instead of ``seed``.
+
+        Only meta-training reads ``seed`` (evaluation seeds start at ``evaluation.seed_offset``),
+        so every meta-seed's optimizer is evaluated on the same runs as the experiment's own.
+        """
+        if meta_seed not in self.meta_seeds():
+            raise ConfigError(
+                f"meta-seed {meta_seed} is not one of the experiment's meta-training seeds {self.meta_seeds()} "
+                "(seed .. seed + num_meta_seeds - 1)"
+            )
+        return self.model_copy(update={"seed": meta_seed})
+
+    def meta_seed_dir(self, meta_seed: int) -> str:
+        """Where ``meta_seed``'s optimizer (``meta/``) and its evaluations (``eval/<task>/``) go,
+        relative to ``results/<name>``: ``"."`` for ``seed``, else ``"meta_seeds/seed<S>"``."""
+        self.with_meta_seed(meta_seed)  # checks it
+        return "." if meta_seed == self.seed else f"meta_seeds/seed{meta_seed}"
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config (all defaults filled in) as plain JSON-able data."""

@@ -29,6 +29,7 @@ def meta_train(
     resume: bool = False,
     tracker: Any = None,
     progress: bool = True,
+    meta_seed: int | None = None,
 ) -> MetaState:
     """Run (or resume) meta-training; returns the final :class:`MetaState`.
 
@@ -40,6 +41,8 @@ def meta_train(
             directory is an error (never overwrite).
         tracker: optional :class:`lopt.tracking.Tracker` receiving scalars.
         progress: show a tqdm progress bar (steps, meta-loss, ETA).
+        meta_seed: meta-train from this seed, one of ``cfg.meta_seeds()``, instead of
+            ``cfg.seed`` (the published files record it as the config's ``seed``).
     """
     from tqdm.auto import tqdm
 
@@ -50,7 +53,9 @@ def meta_train(
     primary = jax.process_index() == 0  # the one process that writes files and tracks
     if primary:
         out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = checkpoint_dir(cfg, out_dir)
+    ckpt_dir = checkpoint_dir(cfg, out_dir, meta_seed)
+    if meta_seed is not None:
+        cfg = cfg.with_meta_seed(meta_seed)
     # everything that can refuse this config (data, devices) before the checkpoint
     # directory is touched: a refused start must not leave a stamp that blocks the next
     trainer = build_trainer(cfg)

@@ -100,11 +100,15 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def checkpoint_dir(cfg: ExperimentConfig, out_dir: Path) -> Path:
+def checkpoint_dir(cfg: ExperimentConfig, out_dir: Path, meta_seed: int | None = None) -> Path:
     """Where the run keeps its live checkpoints: ``out_dir/checkpoints``, or
-    ``<compute.checkpoint_root>/<name>`` when the job's own directory does not outlive it."""
+    ``<compute.checkpoint_root>/<name>`` when the job's own directory does not outlive it
+    (``<name>-seed<S>`` for a meta-seed other than the config's ``seed``, so the experiment's
+    meta-seeds never share a directory)."""
     root = cfg.compute.checkpoint_root
-    return out_dir / "checkpoints" if root is None else Path(root) / cfg.name
+    if root is None:
+        return out_dir / "checkpoints"
+    return Path(root) / (cfg.name if meta_seed in (None, cfg.seed) else f"{cfg.name}-seed{meta_seed}")
 
 
 def seed_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, out_dir: Path) -> None:
@@ -291,8 +295,10 @@ def _write_model_card(path: Path, lopt: LearnedOptimizer, cfg: ExperimentConfig,
     tasks = "; ".join(
         ", ".join(f"{k}={v}" for k, v in t.model_dump().items()) for t in mt.tasks()
     )
+    # with several meta-seeds, say which draw this is (cfg.seed is the run's own: with_meta_seed)
+    draw = f" from meta-training seed {cfg.seed} (num_meta_seeds = {cfg.num_meta_seeds})" if cfg.num_meta_seeds > 1 else ""
     text = model_card_markdown(lopt.card()) + (
-        f"\nMeta-trained by experiment `{cfg.name}`: {mt.estimator.upper()}, "
+        f"\nMeta-trained by experiment `{cfg.name}`{draw}: {mt.estimator.upper()}, "
         f"{mt.num_particles} particles per task, K = {mt.trunc_length}, T = {mt.horizon}, "
         f"sigma = {mt.sigma}, {steps} outer steps of {mt.outer_optimizer} (lr {mt.outer_lr}).\n"
         f"Meta-training tasks: {tasks}.\n"
