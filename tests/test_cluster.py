@@ -99,6 +99,10 @@ def test_slurm_plans_every_meta_seed_with_the_meta_train_resources(cluster_repo)
         flags = f"seeds.yaml --meta-seed {seed} --out results/quadseeds/meta_seeds/seed{seed}/meta --resume"
         assert any(c.startswith("Shell command: srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=16 -n 2 lopt meta-train")
                    and c.endswith(flags) for c in commands), commands
+        # the seed's evaluation reads the seed's optimizer and writes beside it
+        evaluate = (f"--meta-seed {seed} --task quad --checkpoint results/quadseeds/meta_seeds/seed{seed}/meta/meta_params.npz "
+                    f"--baselines results/quadseeds/baselines/quad --out results/quadseeds/meta_seeds/seed{seed}/eval/quad")
+        assert any(c.startswith("Shell command: lopt evaluate") and evaluate in c for c in commands), commands
 
 
 def _first_sbatch_call(repo, env, target, configfile):

@@ -412,6 +412,9 @@ def test_a_diverged_seed_ends_the_mean_curve():
     mean, lo, hi = _band(curves.groupby("step")["loss"], "sem")
     assert mean.loc[0] == 2.0 and mean.loc[10] == 2.0
     assert np.isnan(mean.loc[20]) and np.isnan(lo.loc[20]) and np.isnan(hi.loc[20])  # no band either
+    # a loss that overflowed to +inf: no finite mean is drawn there either
+    mean, _, _ = _band(curves.fillna(np.inf).groupby("step")["loss"], "sem")
+    assert not np.isfinite(mean.loc[20]) and mean.loc[10] == 2.0
     _, lo, hi = _band(curves.groupby("step")["loss"], "minmax")
     assert (lo.loc[10], hi.loc[10]) == (1.0, 3.0) and np.isnan(lo.loc[20]) and np.isnan(hi.loc[20])
     assert hi.loc[10] - mean.loc[10] == pytest.approx(np.std([1.0, 3.0], ddof=1) / np.sqrt(2))

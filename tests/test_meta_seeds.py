@@ -44,7 +44,7 @@ def test_meta_seeds_never_share_a_checkpoint_root_directory(tmp_path):
     rooted = cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"checkpoint_root": str(tmp_path / "ck")})})
     assert checkpoint_dir(rooted, out) == tmp_path / "ck" / "smoke"
     assert checkpoint_dir(rooted, out, 0) == tmp_path / "ck" / "smoke"  # the config's own seed: as before
-    assert checkpoint_dir(rooted, out, 1) == tmp_path / "ck" / "smoke-seed1"
+    assert checkpoint_dir(rooted, out, 1) == tmp_path / "ck" / "smoke.seed1"  # "." is in no experiment name
 
 
 def test_cli_refuses_a_meta_seed_outside_the_experiment(capsys):
@@ -101,18 +101,48 @@ def test_each_seed_is_compared_with_the_best_tuned_baseline():
 
 def test_table_gives_each_seed_their_mean_and_sample_sd():
     md = meta_seed_table(_frame())
-    ratios = np.array([0.5, 1.5])
-    sd = ratios.std(ddof=1)  # 0.707: the sample s.d. of two seeds
-    assert f"| in | t_in | 0.5 / 1.5 | 1 ± {sd:.2g} | 1 of 2 | 2 / 4+ | 3 ± {np.std([2.0, 4.0], ddof=1):.2g} |" in md, md
-    assert "| out | t_out | 2 / 0.5 | 1.25 ± " in md, md
-    # per group and seed: wins, median ratio, IQM speed-up (n = 2 trims nothing: the mean)
-    assert "| all | 2 | 1 / 1 | 1.25 / 1 | 1.25 / 2.75 | 2 ± " in md, md
+    sd = np.std([0.5, 1.5], ddof=1)  # 0.707: the sample s.d. of two seeds
+    # seed 1's speed-up on t_in is censored: its cell and the mean over it are lower bounds
+    assert f"| in | t_in | 0.5 / 1.5 | 1 ± {sd:.2g} | 1 of 2 | 2 / 4+ | 3+ ± {np.std([2.0, 4.0], ddof=1):.2g} |" in md, md
+    assert "| out | t_out | 2 / 0.5 | 1.25 ± " in md and "| 0.5 / 1.5 | 1 ± " in md, md
+    # per group and seed: tasks, wins, median ratio, IQM speed-up (n = 2 trims nothing: the mean)
+    assert "| all | 2 / 2 | 1 / 1 | 1.25 / 1 | 1.25 / 2.75+ | 2+ ± " in md, md
+    assert "+: a lower bound" in md
+
+
+def test_group_statistics_are_median_and_iqm_over_many_skewed_tasks():
+    """Six tasks with skewed ratios and speed-ups, so mean, median and IQM all differ: the
+    table's group row must be the median of the ratios and the IQM (trim 25 %: floor(6/4) = 1
+    per end) of the speed-ups."""
+    ratios = [0.5, 0.8, 1.0, 1.5, 4.0, 20.0]      # median (1.0 + 1.5) / 2 = 1.25; mean 4.63
+    speedups = [0.1, 0.2, 0.9, 1.1, 1.3, 8.0]     # IQM mean(0.2, 0.9, 1.1, 1.3) = 0.875; median 1.0
+    frame = pd.DataFrame({
+        "meta_seed": 0, "task": [f"t{i}" for i in range(6)], "distribution": "out", "ratio": ratios,
+        "win": [r < 1 for r in ratios], "best_baseline": "adam", "speedup": speedups, "censored": False,
+    })
+    g = group_statistics(frame).set_index(["distribution", "meta_seed"]).loc[("out", 0)]
+    assert g["median_ratio"] == pytest.approx(1.25) and g["iqm_speedup"] == pytest.approx(0.875)
+    assert (g["tasks"], g["wins"], g["diverged"], g["censored"]) == (6, 2, 0, 0)
+    assert "| out | 6 | 2 | 1.25 | 0.875 | 0.875 |" in meta_seed_table(frame)
+
+
+def test_a_seed_without_a_task_leaves_a_gap_not_a_shift():
+    """Seed 1 lacks t_out (e.g. its evaluation failed): its column shows "-", and seed 2's value
+    stays under seed 2."""
+    summaries = {s: _summary({"t_in": 0.2 * (s + 1), "t_out": 1.0}) for s in (0, 1, 2)}
+    summaries[1] = summaries[1][summaries[1]["task"] != "t_out"]
+    metrics = {s: _metrics({"t_in": (1.0, False), "t_out": (float(s + 1), False)}) for s in (0, 1, 2)}
+    md = meta_seed_table(meta_seed_frame(summaries, metrics))
+    assert "| out | t_out | 2 / - / 2 | 2 ± 0 | 0 of 2 | 1 / - / 3 | 2 ± 1.4 |" in md, md
+    assert "| all | 2 / 1 / 2 |" in md, md
 
 
 def test_a_diverged_seed_makes_the_mean_diverged_not_smaller():
     summaries = {0: _summary({"t_in": 0.2, "t_out": 1.0}), 1: _summary({"t_in": math.inf, "t_out": 0.25})}
     metrics = {s: _metrics({"t_in": (1.0, False), "t_out": (1.0, False)}) for s in (0, 1)}
     md = meta_seed_table(meta_seed_frame(summaries, metrics))
-    assert "| in | t_in | 0.5 / diverged | diverged ± nan | 1 of 2 |" in md, md
+    assert "| in | t_in | 0.5 / diverged | diverged | 1 of 2 |" in md, md
+    # a group median made infinite by a diverged task says so
+    assert "| 0.5 / inf (1 diverged) |" in md, md
     groups = group_statistics(meta_seed_frame(summaries, metrics)).set_index(["distribution", "meta_seed"])
-    assert groups.loc[("in", 1), "median_ratio"] == math.inf
+    assert groups.loc[("in", 1), "median_ratio"] == math.inf and groups.loc[("in", 1), "diverged"] == 1

@@ -762,3 +762,27 @@ def test_checkpoint_root_lets_a_fresh_job_directory_resume(tmp_path):
         meta_train(with_root(3, sigma=0.05), tmp_path / "pod2", resume=True, progress=False)
     (aside,) = root.glob(f"{base.name}.stale-*")
     assert (aside / "published" / "meta_params.npz").read_bytes() == published and (aside / "9").is_dir()
+
+
+def test_meta_seeds_under_a_checkpoint_root_keep_their_own_runs(tmp_path):
+    """Two meta-seeds of one experiment with `compute.checkpoint_root`: each keeps its own
+    checkpoint directory (one seed's resume never takes the other's run for a stale config and
+    moves it aside), trains from its own seed, and resuming either is a no-op."""
+    from lopt.meta_train import meta_train
+
+    _, cfg = _config(tmp_path, task=QUAD, outer_steps=4, checkpoint_every=2, log_every=2)
+    root = tmp_path / "scratch"
+    cfg = cfg.model_copy(update={"num_meta_seeds": 2,
+                                 "compute": cfg.compute.model_copy(update={"checkpoint_root": str(root)})})
+    outs = {s: tmp_path / f"out{s}" for s in (0, 1)}
+    for seed, out in outs.items():
+        meta_train(cfg, out, resume=True, progress=False, meta_seed=seed)
+    assert sorted(p.name for p in root.iterdir()) == ["smoke", "smoke.seed1"]  # nothing moved aside
+    params = {s: _read_params(out / "meta_params.npz") for s, out in outs.items()}
+    assert any(not np.array_equal(params[0][k], params[1][k]) for k in params[0])  # two draws
+    assert json.loads((outs[1] / "meta_params.npz.json").read_text())["config"]["seed"] == 1
+    for seed, out in outs.items():  # each resumes its own finished run: nothing re-trained or republished
+        before = (out / "meta_params.npz").stat().st_mtime_ns
+        meta_train(cfg, out, resume=True, progress=False, meta_seed=seed)
+        assert (out / "meta_params.npz").stat().st_mtime_ns == before
+    assert sorted(p.name for p in root.iterdir()) == ["smoke", "smoke.seed1"]

@@ -258,3 +258,27 @@ def test_more_meta_seeds_train_and_evaluate_only_the_new_optimizers(smoke, tmp_p
     assert (res / "figures" / "meta_seeds.png").read_bytes().startswith(b"\x89PNG")
     names = {read_offline_run(p).name for p in find_offline_runs(tmp_path / "wandb")}
     assert names == {"smoke-meta-train-seed1", "smoke-eval-digits_mlp16-seed1"}
+
+    # `lopt evaluate --meta-seed 1` alone finds seed 1's optimizer (not the experiment's)
+    cmd = ["lopt", "evaluate", "--config", "configs/smoke.yaml", "--task", "digits_mlp16", "--meta-seed", "1",
+           "--baselines", "results/smoke/baselines/digits_mlp16", "--out", str(tmp_path / "adhoc"), "--quiet"]
+    proc, _ = run(cmd, copy, dict(env, WANDB_MODE="disabled"), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (tmp_path / "adhoc/curves.csv").read_text() == (seed1 / "eval/digits_mlp16/curves.csv").read_text()
+
+    # up to date: a touched config reruns nothing; a meta-training edit reruns every seed
+    config.touch()
+    proc, _ = run(["snakemake", "-n", "--configfile", "configs/smoke.yaml"], copy, env, timeout=300)
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
+    text = config.read_text()
+    config.write_text(text.replace("outer_steps: 20", "outer_steps: 21"))
+    proc, _ = run(["snakemake", "-n", "--configfile", "configs/smoke.yaml"], copy, env, timeout=300)
+    assert planned_jobs(proc.stdout) == {"meta_train": 1, "meta_train_seed": 1, "evaluate": 1, "evaluate_seed": 1,
+                                         "analyze": 1, "all": 1}, proc.stdout
+
+    # back to one meta-seed: analyze reruns and drops the spread it no longer has
+    config.write_text(text.replace("num_meta_seeds: 2\n", ""))
+    proc, _ = run(["snakemake", "--cores", "2", "--configfile", "configs/smoke.yaml"], copy, env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert planned_jobs(proc.stderr) == {"analyze": 1, "all": 1}, proc.stderr  # a real run logs its plan on stderr
+    assert not (res / "tables" / "meta_seeds.md").exists() and not (res / "figures" / "meta_seeds.png").exists()

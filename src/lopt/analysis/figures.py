@@ -146,8 +146,15 @@ def plot_generalization(frame: pd.DataFrame, path: Path, *, split: str = "test",
         sub = frame[frame["distribution"] == group]
         y = np.arange(len(sub))
         colors = ["tab:green" if w else "tab:red" for w in sub["win"]]
-        # bars grow from 1 (a tie), left for a win, right for a loss; shared log axis
-        ax.barh(y, sub["ratio"] - 1.0, left=1.0, color=colors)
+        # bars grow from 1 (a tie), left for a win, right for a loss; shared log axis. A
+        # diverged optimizer's ratio (+inf) is drawn to twice the largest finite one, marked.
+        finite = frame["ratio"][np.isfinite(frame["ratio"])]
+        top = 2.0 * max(float(finite.max()) if len(finite) else 1.0, 1.0)
+        shown = sub["ratio"].where(np.isfinite(sub["ratio"]), top)
+        ax.barh(y, shown - 1.0, left=1.0, color=colors, hatch=["xx" if np.isinf(r) else None for r in sub["ratio"]])
+        for yi, r in zip(y, sub["ratio"]):
+            if np.isinf(r):
+                ax.text(top, yi, " diverged", va="center", ha="right", fontsize=8, color="w")
         ax.set_yticks(y, sub["task"])
         ax.invert_yaxis()
         ax.axvline(1.0, color="k", ls="--", lw=1)
@@ -194,8 +201,9 @@ def plot_meta_seeds(frame: pd.DataFrame, path: Path, *, split: str = "test", dpi
     """Per task, one dot per meta-training seed: the final ``split`` loss ratio to the best
     tuned baseline (left) and the speed-up over tuned Adam (right; open markers: lower
     bounds), with the mean across seeds as a bar. ``frame`` is
-    :func:`lopt.analysis.meta_seeds.meta_seed_frame`'s output. A diverged seed's ratio is
-    drawn at the top of the axis with a cross.
+    :func:`lopt.analysis.meta_seeds.meta_seed_frame`'s output. A diverged seed's ratio (+inf)
+    is drawn at the top of its axis and its speed-up (0) at the bottom, both as crosses, and
+    that task gets no mean bar.
     """
     order = {"in": 0, "out": 1}
     tasks = frame.drop_duplicates("task")[["task", "distribution"]]
@@ -208,8 +216,10 @@ def plot_meta_seeds(frame: pd.DataFrame, path: Path, *, split: str = "test", dpi
     offsets = np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else np.zeros(1)
     panels = (("ratio", f"final {split} loss: learned / best tuned baseline"), ("speedup", "speed-up over tuned Adam"))
     for ax, (column, xlabel) in zip(axes[0], panels):
-        finite = frame[column][np.isfinite(frame[column])]
+        finite = frame[column][np.isfinite(frame[column]) & (frame[column] > 0)]
         top = float(finite.max()) * 2 if len(finite) else 10.0
+        # a diverged optimizer: ratio +inf, drawn at the top; speed-up 0, drawn at the bottom
+        bottom = float(finite.min()) / 2 if len(finite) else 0.1
         for i, (task, _) in enumerate(tasks.itertuples(index=False)):
             rows = frame[frame["task"] == task].set_index("meta_seed").reindex(seeds)
             values = rows[column].to_numpy(dtype=float)
@@ -217,9 +227,10 @@ def plot_meta_seeds(frame: pd.DataFrame, path: Path, *, split: str = "test", dpi
                 if np.isnan(v):
                     continue
                 open_marker = column == "speedup" and bool(rows.loc[seed, "censored"])
-                ax.plot(min(v, top), i + off, "x" if np.isinf(v) else "o", color=f"C{seeds.index(seed) % 10}",
+                off_axis = np.isinf(v) or v <= 0
+                ax.plot(min(max(v, bottom), top), i + off, "x" if off_axis else "o", color=f"C{seeds.index(seed) % 10}",
                         mfc="none" if open_marker else None, ms=6)
-            if np.isfinite(values).all():
+            if np.isfinite(values).all() and (values > 0).all():
                 ax.plot([values.mean()] * 2, [i - 0.3, i + 0.3], color="k", lw=2)
         ax.axvline(1.0, color="k", ls="--", lw=1)
         _log_axis(ax)
@@ -228,6 +239,8 @@ def plot_meta_seeds(frame: pd.DataFrame, path: Path, *, split: str = "test", dpi
     axes[0][0].invert_yaxis()
     handles = [plt.Line2D([], [], marker="o", ls="", color=f"C{i % 10}", label=f"meta-seed {s}") for i, s in enumerate(seeds)]
     handles.append(plt.Line2D([], [], color="k", lw=2, label="mean over meta-seeds"))
+    if (np.isinf(frame["ratio"]) | (frame["speedup"] <= 0)).any():
+        handles.append(plt.Line2D([], [], marker="x", ls="", color="0.3", label="diverged (at the axis edge)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
     fig.suptitle(f"{len(seeds)} meta-training seeds, one optimizer each (open marker: the speed-up is a lower bound)")
     _save(fig, path, dpi)

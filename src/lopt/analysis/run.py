@@ -111,13 +111,16 @@ def analyze(
             + "\n"
             + paths["generalization"].read_text(),
         )
+    seed_paths = {"meta_seeds": out_dir / "tables" / "meta_seeds.md", "meta_seeds_csv": out_dir / "tables" / "meta_seeds.csv",
+                  "meta_seeds_figure": out_dir / "figures" / "meta_seeds.png"}
     if seed_frame is not None:
-        paths["meta_seeds"] = out_dir / "tables" / "meta_seeds.md"
-        paths["meta_seeds_csv"] = out_dir / "tables" / "meta_seeds.csv"
-        paths["meta_seeds_figure"] = out_dir / "figures" / "meta_seeds.png"
+        paths.update(seed_paths)
         write_text(paths["meta_seeds"], meta_seed_table(seed_frame))
         write_csv(paths["meta_seeds_csv"], seed_frame)
         plot_meta_seeds(seed_frame, paths["meta_seeds_figure"], dpi=dpi)
+    else:  # back to one meta-seed: an earlier spread would sit beside tables it no longer describes
+        for path in seed_paths.values():
+            path.unlink(missing_ok=True)
     if tradeoffs is not None:
         paths["tradeoffs"] = out_dir / "tables" / "tradeoffs.md"
         write_text(paths["tradeoffs"], tradeoffs_table(tradeoff_rows))

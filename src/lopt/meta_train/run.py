@@ -53,6 +53,7 @@ def meta_train(
     primary = jax.process_index() == 0  # the one process that writes files and tracks
     if primary:
         out_dir.mkdir(parents=True, exist_ok=True)
+    # the directory from the experiment's config (which knows its own seed), then the seed's run
     ckpt_dir = checkpoint_dir(cfg, out_dir, meta_seed)
     if meta_seed is not None:
         cfg = cfg.with_meta_seed(meta_seed)

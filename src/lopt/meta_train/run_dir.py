@@ -103,12 +103,12 @@ def barrier(name: str) -> None:
 def checkpoint_dir(cfg: ExperimentConfig, out_dir: Path, meta_seed: int | None = None) -> Path:
     """Where the run keeps its live checkpoints: ``out_dir/checkpoints``, or
     ``<compute.checkpoint_root>/<name>`` when the job's own directory does not outlive it
-    (``<name>-seed<S>`` for a meta-seed other than the config's ``seed``, so the experiment's
-    meta-seeds never share a directory)."""
+    (``<name>.seed<S>`` for a meta-seed other than the config's ``seed``: the experiment's
+    meta-seeds never share a directory, and no experiment name holds a ".")."""
     root = cfg.compute.checkpoint_root
     if root is None:
         return out_dir / "checkpoints"
-    return Path(root) / (cfg.name if meta_seed in (None, cfg.seed) else f"{cfg.name}-seed{meta_seed}")
+    return Path(root) / (cfg.name if meta_seed in (None, cfg.seed) else f"{cfg.name}.seed{meta_seed}")
 
 
 def seed_checkpoint_dir(ckpt_dir: Path, cfg: ExperimentConfig, out_dir: Path) -> None:
