@@ -78,9 +78,8 @@ def cmd_meta_train(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
     from lopt.meta_train import meta_train
 
     primary = launch.process_id == 0
-    seed = _meta_seed(cfg, args)
+    seed, suffix = _meta_seed(cfg, args)
     out = Path(args.out or _results(cfg) / cfg.meta_seed_dir(seed) / "meta")
-    suffix = "" if seed == cfg.seed else f"-seed{seed}"
     with _tracker(cfg.with_meta_seed(seed), "meta-train", f"meta-train{suffix}", primary) as tracker:
         state = meta_train(cfg, out, resume=args.resume, tracker=tracker, progress=not args.quiet, meta_seed=seed)
         if cfg.tracking.log_artifacts and primary:
@@ -94,9 +93,11 @@ def cmd_meta_train(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
         print(f"meta-trained {cfg.name}{suffix}: {int(state.step)} outer steps -> {out}")
 
 
-def _meta_seed(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
-    """``--meta-seed`` (checked by main against the config's meta-seeds), else the config's ``seed``."""
-    return cfg.seed if args.meta_seed is None else args.meta_seed
+def _meta_seed(cfg: ExperimentConfig, args: argparse.Namespace) -> tuple[int, str]:
+    """``--meta-seed`` (checked by main against the config's meta-seeds), else the config's
+    ``seed``; and the suffix naming its W&B runs and artifact ("" for the config's own seed)."""
+    seed = cfg.seed if args.meta_seed is None else args.meta_seed
+    return seed, "" if seed == cfg.seed else f"-seed{seed}"
 
 
 def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
@@ -107,7 +108,7 @@ def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
     from lopt.evaluate import run_evaluation
     from lopt.optimizers.pretrained import load_pretrained
 
-    seed = _meta_seed(cfg, args)
+    seed, suffix = _meta_seed(cfg, args)
     ref = args.checkpoint or _results(cfg) / cfg.meta_seed_dir(seed) / "meta" / "meta_params.npz"
     # read (and verify) the optimizer before a tracked run starts: a bad checkpoint is a
     # one-line error, not a failed W&B run
@@ -118,7 +119,6 @@ def cmd_evaluate(cfg: ExperimentConfig, args: argparse.Namespace) -> None:
 
         baselines = load_baselines(args.baselines, baseline_settings(cfg, args.task))
     out = Path(args.out or _results(cfg) / cfg.meta_seed_dir(seed) / "eval" / args.task)
-    suffix = "" if seed == cfg.seed else f"-seed{seed}"
     with _tracker(cfg.with_meta_seed(seed), "evaluate", f"eval-{args.task}{suffix}") as tracker:
         summary = run_evaluation(cfg, args.task, pretrained, out, tracker=tracker, baselines=baselines)
     print(summary.to_string(index=False))
