@@ -203,7 +203,7 @@ def plot_meta_seeds(frame: pd.DataFrame, path: Path, *, split: str = "test", dpi
     bounds), with the mean across seeds as a bar. ``frame`` is
     :func:`lopt.analysis.meta_seeds.meta_seed_frame`'s output. A diverged seed's ratio (+inf)
     is drawn at the top of its axis and its speed-up (0) at the bottom, both as crosses, and
-    that task gets no mean bar.
+    that task gets no mean bar; a seed without the task is left out of its mean.
     """
     order = {"in": 0, "out": 1}
     tasks = frame.drop_duplicates("task")[["task", "distribution"]]
@@ -230,8 +230,9 @@ def plot_meta_seeds(frame: pd.DataFrame, path: Path, *, split: str = "test", dpi
                 off_axis = np.isinf(v) or v <= 0
                 ax.plot(min(max(v, bottom), top), i + off, "x" if off_axis else "o", color=f"C{seeds.index(seed) % 10}",
                         mfc="none" if open_marker else None, ms=6)
-            if np.isfinite(values).all() and (values > 0).all():
-                ax.plot([values.mean()] * 2, [i - 0.3, i + 0.3], color="k", lw=2)
+            present = values[~np.isnan(values)]  # a seed without the task leaves a gap, as in the table
+            if present.size and np.isfinite(present).all() and (present > 0).all():
+                ax.plot([present.mean()] * 2, [i - 0.3, i + 0.3], color="k", lw=2)
         ax.axvline(1.0, color="k", ls="--", lw=1)
         _log_axis(ax)
         ax.set_xlabel(xlabel)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from lopt.analysis.aggregate import iqm
-from lopt.analysis.tables import generalization_frame
+from lopt.analysis.tables import CENSORED_NOTE, generalization_frame
 
 COLUMNS = ["meta_seed", "task", "distribution", "ratio", "win", "best_baseline", "speedup", "censored"]
 
@@ -83,11 +83,6 @@ def _spread(mean: float, sd: float, lower_bound: bool = False) -> str:
     return _cell(mean, lower_bound) + ("" if np.isnan(sd) else f" ± {sd:.2g}")
 
 
-CENSORED_NOTE = (
-    "+: a lower bound. No rate of tuned Adam reached the optimizer's loss within 4x the budget, so "
-    "the speed-up is censored, and a mean, median or IQM over values that include one is a lower "
-    "bound too."
-)
 
 
 def meta_seed_table(frame: pd.DataFrame, split: str = "test") -> str:

@@ -7,6 +7,13 @@ import re
 import numpy as np
 import pandas as pd
 
+GRID_EDGE_NOTE = "selected at an edge of the learning-rate grid: the best rate may lie outside it."
+CENSORED_NOTE = (
+    "+: a lower bound. No rate of tuned Adam reached the optimizer's loss within 4x the budget, so the "
+    "speed-up is censored, and a mean, median, IQM or bootstrap bound over values that include one is a "
+    "lower bound too (none of them falls when a value grows)."
+)
+
 
 def final_loss_table(summary: pd.DataFrame, splits: tuple[str, ...] = ("train", "test")) -> str:
     """Markdown table: one row per (task, optimizer), final loss mean ± sem per split.
@@ -42,7 +49,7 @@ def final_loss_table(summary: pd.DataFrame, splits: tuple[str, ...] = ("train", 
         cells.append(f"{row['test acc']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     if any(row["lr"].endswith("†") for row in rows):
-        lines += ["", "† selected at an edge of the learning-rate grid: the best rate may lie outside it."]
+        lines += ["", f"† {GRID_EDGE_NOTE}"]
     return "\n".join(lines) + "\n"
 
 
@@ -199,11 +206,7 @@ def across_tasks_table(agg: pd.DataFrame, latex: bool = False) -> str:
     frame = frame.sort_values("distribution", key=lambda d: d.map(order).fillna(3), kind="stable")
     notes = [_few_tasks_note(int(frame["tasks"].min())) if len(frame) else ""]
     if censored:
-        notes.append(
-            "+: a lower bound. Some task's speed-up is censored (no rate of tuned Adam reached the "
-            "optimizer's loss within 4x the budget), and every statistic over a group holding one is then "
-            "a lower bound."
-        )
+        notes.append(CENSORED_NOTE)
     notes = [n for n in notes if n]
     if latex:
         # the notes as visible text under the table, not as % comments a reader never sees
@@ -264,6 +267,5 @@ def summary_latex(summary: pd.DataFrame, split: str = "test") -> str:
         })
     table = pd.DataFrame(rows).to_latex(index=False, escape=False)
     if edge_any:
-        table += ("{\\par\\noindent\\footnotesize $^\\dagger$ selected at an edge of the learning-rate grid: "
-                  "the best rate may lie outside it.\\par}\n")
+        table += f"{{\\par\\noindent\\footnotesize $^\\dagger$ {_latex_escape(GRID_EDGE_NOTE)}\\par}}\n"
     return table
