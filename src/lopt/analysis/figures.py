@@ -43,13 +43,15 @@ def _band(values: pd.core.groupby.DataFrameGroupBy, kind: str) -> tuple[pd.Serie
 
 
 def _log_axis(ax: plt.Axes, axis: str = "x") -> None:
-    """A log scale labelled at 1, 2 and 5 per decade in plain numbers ("0.5", "2", "10"), so
-    a range inside one decade still gets labels and none overlap as "2x10^0"-style ones do."""
+    """A log scale labelled in plain numbers ("0.5", "2", "10"), more densely the narrower the
+    range, so a range inside one decade still gets labels and none overlap as "2x10^0" ones do."""
     target = ax.xaxis if axis == "x" else ax.yaxis
     (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
     low, high = ax.get_xlim() if axis == "x" else ax.get_ylim()
-    few_decades = high / low < 100  # over more, 1-2-5 labels would crowd: one per decade
-    target.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0) if few_decades else (1.0,)))
+    # as many labels per decade as fit: within one decade 1-1.5-2-3-5-7, within two 1-2-5, else 1
+    span = high / low
+    subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if span < 10 else (1.0, 2.0, 5.0) if span < 100 else (1.0,)
+    target.set_major_locator(ticker.LogLocator(subs=subs))
     target.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     target.set_minor_formatter(ticker.NullFormatter())
 
