@@ -8,6 +8,9 @@ learned optimizer, a Lorenz simulation, influence balancing. It provides
     init(theta, key, data) -> inner                 a fresh episode's state
     step(theta, inner, t, key, data) -> (inner, loss)   one step at inner step t
 
+and optionally ``loss_cap`` (see Divergence below) and, for episodes of random length,
+``min_horizon`` with ``with_horizon(T) -> system`` (see Sampled horizons below).
+
 The engine keeps ``P`` particles, each with its own inner state, inner step ``t``,
 episode counter and PRNG key (:class:`ParticleState`, every leaf with leading axis
 ``P``), and advances all of them ``K`` steps with ``lax.scan`` over a ``vmap``ed
@@ -44,6 +47,17 @@ two meta-parameter sets, ``theta_a`` for the steps of the episode current at the
 window start and ``theta_b`` for steps after a reset, and reports per step whether it
 was "fresh" (after a reset). PES passes the same perturbed theta twice; NRES passes
 the old and a newly drawn perturbation; everything else follows from that mask.
+
+Sampled horizons: a system whose ``min_horizon`` is below its ``horizon`` gets episodes of
+random length, as learned_optimization's ``LogUniformLengthSchedule``: episode ``e`` of a
+particle lasts ``T_e = floor(exp(U(log T_min, log(T_max + 1))))`` steps (clipped to
+``[T_min, T_max]``, ``T_max = horizon``), drawn from ``fold_in(fold_in(k, e), _HORIZON)``, so
+again nothing is carried and a resumed run draws the same lengths, and the + and - copies of
+a pair share them. The engine runs that episode's init and steps under
+``system.with_horizon(T_e)`` (a traced per-particle ``T_e``): an inner optimizer whose
+features include the fraction of training done sees the episode's own length. Windows must
+fit the shortest episode (``K <= T_min``), so a window still holds at most one reset. With a
+constant horizon (no ``min_horizon``, or ``min_horizon >= horizon``) none of this is traced.
 
 Divergence, with a ``loss_cap`` (the system's optional divergence threshold): a step whose
 loss is non-finite or at/above it restarts that particle's inner run from ``system.init`` (a
@@ -91,6 +105,44 @@ class UnrolledSystem(Protocol):
 def loss_cap(system: UnrolledSystem) -> float | None:
     """The system's optional ``loss_cap`` (divergence threshold; see :func:`unroll`)."""
     return getattr(system, "loss_cap", None)
+
+
+def horizon_range(system: UnrolledSystem) -> tuple[int, int] | None:
+    """``(T_min, T_max)`` when the system's episodes have random lengths, else None."""
+    low = getattr(system, "min_horizon", None)
+    if low is None or low >= system.horizon:
+        return None
+    if not hasattr(system, "with_horizon"):
+        raise TypeError(f"{type(system).__name__} sets min_horizon but has no with_horizon(T) for its episodes")
+    return int(low), int(system.horizon)
+
+
+# fold_in tag of the key an episode's sampled length is drawn from
+_HORIZON = 0x40121
+
+
+def episode_horizon(system: UnrolledSystem, key: jax.Array, episode: jax.Array) -> jax.Array | None:
+    """``T_e`` of episode ``episode`` of the particle with raw key ``key`` (int32 scalar), or
+    None with a constant horizon (see the module docstring's Sampled horizons)."""
+    bounds = horizon_range(system)
+    if bounds is None:
+        return None
+    low, high = bounds
+    u = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, episode), _HORIZON))
+    log_t = jnp.log(float(low)) + u * (jnp.log(float(high + 1)) - jnp.log(float(low)))
+    return jnp.clip(jnp.floor(jnp.exp(log_t)).astype(jnp.int32), low, high)
+
+
+def _episode_horizons(system: UnrolledSystem, keys: jax.Array, episodes: jax.Array) -> jax.Array | None:
+    """:func:`episode_horizon` per particle (``[P]``), or None with a constant horizon."""
+    if horizon_range(system) is None:
+        return None
+    return jax.vmap(lambda k, e: episode_horizon(system, k, e))(keys, episodes)
+
+
+def _at(system: UnrolledSystem, horizon: jax.Array | None) -> UnrolledSystem:
+    """The system of an episode of ``horizon`` steps (itself when the horizon is constant)."""
+    return system if horizon is None else system.with_horizon(horizon)
 
 
 class ParticleState(NamedTuple):
@@ -172,16 +224,18 @@ def init_particles(
     num_groups = num_particles // 2 if antithetic else num_particles
     key_particles, key_offsets = jax.random.split(key)
     keys = jax.random.split(key_particles, num_groups)
-    if step_unlock:
-        offsets = jax.random.randint(key_offsets, (num_groups,), 0, system.horizon)
+    first = _episode_horizons(system, keys, jnp.zeros((num_groups,), jnp.int32))  # None: constant
+    if step_unlock:  # a start within the first episode, whatever its length
+        offsets = jax.random.randint(key_offsets, (num_groups,), 0, system.horizon if first is None else first)
     else:
         offsets = jnp.zeros((num_groups,), jnp.int32)
     if antithetic:
         keys = pair_up(keys, keys)
         offsets = pair_up(offsets, offsets)
+        first = None if first is None else pair_up(first, first)
     episode = jnp.zeros((num_particles,), jnp.int32)
     init_keys = jax.vmap(lambda k, e: _episode_keys(k, e)[0])(keys, episode)
-    inner = jax.vmap(system.init, in_axes=(None, 0, None))(theta, init_keys, data)
+    inner = jax.vmap(lambda k, h: _at(system, h).init(theta, k, data))(init_keys, first)
     return ParticleState(inner, offsets.astype(jnp.int32), episode, keys)
 
 
@@ -235,28 +289,42 @@ def unroll(
 
         new, window = jax.lax.map(one_chunk, jax.tree.map(split, (theta_a, theta_b, state)))
         return jax.tree.map(lambda x: x.reshape(num_particles, *x.shape[2:]), (new, window))
-    horizon = system.horizon
-    if num_steps > horizon:  # the reset state below covers one reset per window
-        raise ValueError(f"a window of {num_steps} steps is longer than the horizon ({horizon})")
+    bounds = horizon_range(system)
+    if num_steps > (shortest := system.horizon if bounds is None else bounds[0]):
+        # the reset state below covers one reset per window
+        what = "the horizon" if bounds is None else "the shortest episode (min_horizon)"
+        raise ValueError(f"a window of {num_steps} steps is longer than {what} ({shortest})")
+    # Per-particle lengths of the current episode (a) and the next (b), or None: then
+    # `horizon` is the constant T and every _at(system, None) below is the system itself.
+    len_a = _episode_horizons(system, state.key, state.episode)
+    len_b = _episode_horizons(system, state.key, state.episode + 1)
+    horizon = system.horizon if len_a is None else len_a
 
     # A window of K <= T steps holds at most one reset per particle, so the state a reset
     # installs -- episode + 1 initialised under theta_b -- is known at the window start.
     # Building it once here instead of inside the step saves K - 1 initialisations per
     # particle (under vmap a per-step init runs on every step, reset or not).
-    def next_episode(tb, episode, key):
-        return system.init(tb, _episode_keys(key, episode + 1)[0], data)
+    def next_episode(tb, episode, key, length):
+        return _at(system, length).init(tb, _episode_keys(key, episode + 1)[0], data)
 
     # Skip even that when no particle reaches the horizon in this window (a real branch:
     # the predicate is one scalar for the whole batch), e.g. most windows when K << T.
     reset_inner = jax.lax.cond(
         jnp.any(state.step + num_steps >= horizon),
-        lambda: jax.vmap(next_episode)(theta_b, state.episode, state.key),
+        lambda: jax.vmap(next_episode)(theta_b, state.episode, state.key, len_b),
         lambda: state.inner,
     )
 
+    def vstep(theta, inner, t, keys, length):
+        # system.step per particle, each under its episode's length when lengths are sampled
+        return jax.vmap(lambda th, x, tt, k, n: _at(system, n).step(th, x, tt, k, data))(theta, inner, t, keys, length)
+
+    def vinit(theta, keys, length):
+        return jax.vmap(lambda th, k, n: _at(system, n).init(th, k, data))(theta, keys, length)
+
     cap = loss_cap(system)
 
-    def restart_diverged(inner, loss, theta_now, keys):
+    def restart_diverged(inner, loss, theta_now, keys, length):
         # Divergence (a non-finite loss, or one at/above the cap) restarts that particle's
         # inner run from fresh state mid-episode (same inner step and episode) and, with a
         # cap, reports the cap as its loss, so one blow-up neither crashes meta-training nor
@@ -269,9 +337,7 @@ def unroll(
 
         def restart():
             # the copies of a pair share their step key, so both restart from the same init key
-            fresh_inner = jax.vmap(system.init, in_axes=(0, 0, None))(
-                theta_now(), jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, _RESTART), data
-            )
+            fresh_inner = vinit(theta_now(), jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, _RESTART), length)
             return jax.vmap(tree_select)(again, fresh_inner, inner)
 
         inner = jax.lax.cond(jnp.any(bad), restart, lambda: inner)
@@ -301,10 +367,8 @@ def unroll(
         def body(inner, j):
             t = st.step + j
             keys = jax.vmap(jax.random.fold_in)(step_key_a, t)
-            inner, loss = jax.vmap(system.step, in_axes=(0, 0, 0, 0, None))(
-                theta_a, inner, t, keys, data
-            )
-            inner, loss, marks = restart_diverged(inner, loss, lambda: theta_a, keys)
+            inner, loss = vstep(theta_a, inner, t, keys, len_a)
+            inner, loss, marks = restart_diverged(inner, loss, lambda: theta_a, keys, len_a)
             return inner, (loss, marks)
 
         inner, (losses, marks) = jax.lax.scan(
@@ -316,22 +380,23 @@ def unroll(
     def reset_inside(st):
         step_key_b = jax.vmap(lambda k, e: _episode_keys(k, e + 1)[1])(st.key, st.episode)
 
-        def particle_step(ta, tb, inner, t, key_a, key_b, fresh):
+        def particle_step(ta, tb, inner, t, key_a, key_b, fresh, length):
             theta = tree_select(fresh, tb, ta)
             key = jax.random.fold_in(jnp.where(fresh, key_b, key_a), t)
-            inner, loss = system.step(theta, inner, t, key, data)
+            inner, loss = _at(system, length).step(theta, inner, t, key, data)
             return inner, loss, key
 
-        vstep = jax.vmap(particle_step)
+        vstep_mixed = jax.vmap(particle_step)
 
         def body(carry, _):
             inner, t, fresh = carry
-            inner, loss, keys = vstep(theta_a, theta_b, inner, t, step_key_a, step_key_b, fresh)
+            length = None if len_a is None else jnp.where(fresh, len_b, len_a)
+            inner, loss, keys = vstep_mixed(theta_a, theta_b, inner, t, step_key_a, step_key_b, fresh, length)
             inner, loss, marks = restart_diverged(
-                inner, loss, lambda: jax.vmap(tree_select)(fresh, theta_b, theta_a), keys
+                inner, loss, lambda: jax.vmap(tree_select)(fresh, theta_b, theta_a), keys, length
             )
             t = t + 1
-            done = t >= horizon
+            done = t >= (horizon if length is None else length)
             inner = jax.vmap(tree_select)(done, reset_inner, inner)
             return (inner, jnp.where(done, 0, t), fresh | done), (loss, fresh, marks)
 
@@ -346,7 +411,7 @@ def unroll(
         jnp.all(state.step + num_steps <= horizon), no_reset_inside, reset_inside, state
     )
     if cap is None:
-        new, window = _restart_nonfinite(system, theta_a, theta_b, new, window, data, paired)
+        new, window = _restart_nonfinite(system, theta_a, theta_b, new, window, data, paired, len_a, len_b)
     return new, window
 
 
@@ -359,9 +424,11 @@ def _pair_any(mask: jax.Array) -> jax.Array:
 
 def _restart_nonfinite(
     system: UnrolledSystem, theta_a: Theta, theta_b: Theta, state: ParticleState, window: Window, data: Any,
-    paired: bool = False,
+    paired: bool = False, len_a: jax.Array | None = None, len_b: jax.Array | None = None,
 ) -> tuple[ParticleState, Window]:
     """Uncapped systems: flag non-finite steps; restart particles whose window ended non-finite.
+
+    ``len_a`` / ``len_b``: the window's episode lengths (see :func:`unroll`), or None.
 
     The restart (same inner step and episode, fresh ``system.init`` under the theta of the
     window's last step, key from the particle's key, episode, step) skips particles whose
@@ -379,7 +446,8 @@ def _restart_nonfinite(
             lambda k, e, t: jax.random.fold_in(jax.random.fold_in(_episode_keys(k, e)[1], t), _RESTART)
         )(state.key, state.episode, state.step)
         theta = jax.vmap(tree_select)(last_fresh, theta_b, theta_a)
-        fresh_inner = jax.vmap(system.init, in_axes=(0, 0, None))(theta, keys, data)
+        length = None if len_a is None else jnp.where(last_fresh, len_b, len_a)
+        fresh_inner = jax.vmap(lambda th, k, n: _at(system, n).init(th, k, data))(theta, keys, length)
         return jax.vmap(tree_select)(need, fresh_inner, state.inner)
 
     inner = jax.lax.cond(jnp.any(need), restart, lambda: state.inner)

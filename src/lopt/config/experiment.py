@@ -28,6 +28,11 @@ class TrackingConfig(_Strict):
     log_artifacts: Bool = True
 
 
+# (section, key) of options added after results were published: absent from to_dict()
+# while null, as if they did not exist (their null is the behaviour from before them).
+_ABSENT_WHEN_UNSET = (("meta_train", "min_horizon"),)
+
+
 class ExperimentConfig(_Strict):
     """One experiment: everything a pipeline run needs."""
 
@@ -85,8 +90,17 @@ class ExperimentConfig(_Strict):
         return "." if meta_seed == self.seed else f"meta_seeds/seed{meta_seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved config (all defaults filled in) as plain JSON-able data."""
-        return json.loads(self.model_dump_json())
+        """The resolved config (all defaults filled in) as plain JSON-able data.
+
+        Keys added after results were published are left out while unset (see
+        ``_ABSENT_WHEN_UNSET``), so fingerprints, rerun triggers and recorded configs of
+        existing runs stay valid.
+        """
+        resolved = json.loads(self.model_dump_json())
+        for section, key in _ABSENT_WHEN_UNSET:
+            if resolved[section].get(key, 0) is None:
+                del resolved[section][key]
+        return resolved
 
 
 

@@ -55,7 +55,12 @@ class MetaTrainConfig(_Strict):
         16, description="All perturbed copies (antithetic pairs x 2); must be even."
     )
     trunc_length: PosInt = Field(10, description="K: inner steps per truncation window.")
-    horizon: PosInt = Field(100, description="T: inner steps per episode.")
+    horizon: PosInt = Field(100, description="T: inner steps per episode (the longest, with min_horizon).")
+    min_horizon: PosInt | None = Field(
+        None,
+        description="Episodes of random length: T drawn log-uniformly from [min_horizon, horizon] per "
+        "episode (learned_optimization's LogUniformLengthSchedule); null: every episode lasts horizon.",
+    )
     sigma: PosFloat = Field(0.01, description="Std of the Gaussian perturbation.")
     step_unlock: Bool = Field(True, description="Stagger particle starts over the horizon.")
     meta_loss_split: Literal["train", "outer_valid"] = Field(
@@ -100,6 +105,16 @@ class MetaTrainConfig(_Strict):
             )
         if self.trunc_length > self.horizon:
             raise KeyedError(("trunc_length",), f"{self.trunc_length} must be <= horizon ({self.horizon})")
+        if self.min_horizon is not None:
+            if self.min_horizon > self.horizon:
+                raise KeyedError(("min_horizon",), f"{self.min_horizon} must be <= horizon ({self.horizon})")
+            if self.estimator == "full_es" and self.min_horizon < self.horizon:
+                raise KeyedError(("min_horizon",), "full_es unrolls whole episodes of one length: allowed null or horizon")
+            if self.trunc_length > self.min_horizon:
+                raise KeyedError(
+                    ("trunc_length",),
+                    f"{self.trunc_length} must be <= min_horizon ({self.min_horizon}): a window fits the shortest episode",
+                )
         if self.estimator == "full_es" and self.trunc_length != self.horizon:
             raise KeyedError(
                 ("trunc_length",), f"full_es unrolls whole episodes: trunc_length must equal horizon ({self.horizon})"

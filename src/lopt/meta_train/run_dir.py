@@ -296,10 +296,13 @@ def _write_model_card(path: Path, lopt: LearnedOptimizer, cfg: ExperimentConfig,
         ", ".join(f"{k}={v}" for k, v in t.model_dump().items()) for t in mt.tasks()
     )
     # with several meta-seeds, say which draw this is (cfg.seed is the run's own: with_meta_seed)
+    lengths = f"T = {mt.horizon}" if mt.min_horizon is None or mt.min_horizon >= mt.horizon else (
+        f"T log-uniform in [{mt.min_horizon}, {mt.horizon}]"
+    )
     draw = f" from meta-training seed {cfg.seed} (num_meta_seeds = {cfg.num_meta_seeds})" if cfg.num_meta_seeds > 1 else ""
     text = model_card_markdown(lopt.card()) + (
         f"\nMeta-trained by experiment `{cfg.name}`{draw}: {mt.estimator.upper()}, "
-        f"{mt.num_particles} particles per task, K = {mt.trunc_length}, T = {mt.horizon}, "
+        f"{mt.num_particles} particles per task, K = {mt.trunc_length}, {lengths}, "
         f"sigma = {mt.sigma}, {steps} outer steps of {mt.outer_optimizer} (lr {mt.outer_lr}).\n"
         f"Meta-training tasks: {tasks}.\n"
     )

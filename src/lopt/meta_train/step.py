@@ -68,7 +68,7 @@ def build_trainer(cfg: ExperimentConfig) -> MetaTrainer:
     estimators, datas = [], []
     for task_cfg in mt.tasks():
         task, data = build_task(task_cfg, cfg.data.root, precision=cfg.compute.precision, data_cfg=cfg.data)
-        system = InnerTraining(task, lopt.to_optax, mt.horizon, mt.meta_loss_split)
+        system = InnerTraining(task, lopt.to_optax, mt.horizon, mt.meta_loss_split, min_horizon=mt.min_horizon)
         estimators.append(
             make_estimator(
                 mt.estimator,

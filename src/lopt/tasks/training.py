@@ -44,6 +44,9 @@ class InnerTraining:
         loss_cap: meta-losses are clipped to this; a non-finite loss or one at the cap
             marks divergence, and the engine restarts that particle's inner run
             (:func:`lopt.unroll.unroll`).
+        min_horizon: episodes of random length in ``[min_horizon, horizon]`` (log-uniform;
+            see :mod:`lopt.unroll`), each run by :meth:`with_horizon`; None: every episode
+            lasts ``horizon`` steps.
     """
 
     task: Task
@@ -51,6 +54,12 @@ class InnerTraining:
     horizon: int
     meta_loss_split: str = "train"
     loss_cap: float = MAX_META_LOSS
+    min_horizon: int | None = None
+
+    def with_horizon(self, horizon: Any) -> InnerTraining:
+        """This system for an episode of ``horizon`` steps (may be traced): the optimizer's
+        training-fraction features then follow that episode's length."""
+        return dataclasses.replace(self, horizon=horizon)
 
     def init(self, theta: Any, key: jax.Array, data: Any) -> TrainState:
         params = self.task.init(key)
