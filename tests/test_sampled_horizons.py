@@ -181,3 +181,13 @@ def test_meta_training_with_sampled_horizons(digits_root):
             e, t = e + 1, t - n
         assert (e, t) == (int(e1), int(t1))
     assert int(np.asarray(end.episode).max()) >= 2
+
+
+@pytest.mark.parametrize("min_horizon,says", [(None, "T = 20,"), (20, "T = 20,"), (5, "T log-uniform in [5, 20],")])
+def test_model_card_states_the_episode_lengths(tmp_path, min_horizon, says):
+    from lopt.meta_train.run_dir import _write_model_card
+    from lopt.optimizers.pretrained import from_config
+
+    cfg = validate_config(_raw(min_horizon=min_horizon))
+    _write_model_card(tmp_path / "card.md", from_config(cfg.lopt), cfg, 20)
+    assert f"K = 5, {says} sigma" in (tmp_path / "card.md").read_text()

@@ -295,10 +295,10 @@ def _write_model_card(path: Path, lopt: LearnedOptimizer, cfg: ExperimentConfig,
     tasks = "; ".join(
         ", ".join(f"{k}={v}" for k, v in t.model_dump().items()) for t in mt.tasks()
     )
-    # with several meta-seeds, say which draw this is (cfg.seed is the run's own: with_meta_seed)
     lengths = f"T = {mt.horizon}" if mt.min_horizon is None or mt.min_horizon >= mt.horizon else (
         f"T log-uniform in [{mt.min_horizon}, {mt.horizon}]"
     )
+    # with several meta-seeds, say which draw this is (cfg.seed is the run's own: with_meta_seed)
     draw = f" from meta-training seed {cfg.seed} (num_meta_seeds = {cfg.num_meta_seeds})" if cfg.num_meta_seeds > 1 else ""
     text = model_card_markdown(lopt.card()) + (
         f"\nMeta-trained by experiment `{cfg.name}`{draw}: {mt.estimator.upper()}, "
