@@ -191,3 +191,23 @@ def test_model_card_states_the_episode_lengths(tmp_path, min_horizon, says):
     cfg = validate_config(_raw(min_horizon=min_horizon))
     _write_model_card(tmp_path / "card.md", from_config(cfg.lopt), cfg, 20)
     assert f"K = 5, {says} sigma" in (tmp_path / "card.md").read_text()
+
+
+def test_a_resumed_run_draws_the_same_lengths(tmp_path):
+    """Lengths are a function of (particle key, episode), so a run extended from its
+    checkpoint equals one run straight through: same particle counters, same theta."""
+    from lopt.meta_train import meta_train
+
+    raw = _raw(task={"kind": "quadratic", "dim": 6}, min_horizon=5, outer_steps=6, checkpoint_every=3, log_every=3)
+    raw["data"]["root"] = str(tmp_path / "data")
+    raw["tracking"] = {"mode": "disabled"}
+    cfg = validate_config(raw)
+    meta_train(cfg, tmp_path / "out", progress=False)
+    longer = cfg.model_copy(update={"meta_train": cfg.meta_train.model_copy(update={"outer_steps": 12})})
+    resumed = meta_train(longer, tmp_path / "out", resume=True, progress=False)
+    straight = meta_train(longer, tmp_path / "straight", progress=False)
+    jax.tree.map(np.testing.assert_array_equal, resumed.estimator_state.particles.episode,
+                 straight.estimator_state.particles.episode)
+    assert int(np.asarray(straight.estimator_state.particles.episode).max()) >= 2  # resets happened
+    for a, b in zip(jax.tree.leaves(resumed.theta), jax.tree.leaves(straight.theta)):
+        np.testing.assert_array_equal(a, b)

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import sandbox_env
 
 SCRIPT = r"""
@@ -31,6 +32,7 @@ for devices in (1, 4):
             "task": {"kind": "quadratic", "dim": 10},
             "estimator": "nres", "num_particles": 16, "trunc_length": 5, "horizon": 20,
             "outer_steps": 12, "checkpoint_every": 6, "log_every": 6, "devices": devices,
+            **json.loads(sys.argv[2]),
         },
         "evaluation": {"tasks": [{"name": "quad", "task": {"kind": "quadratic"}}], "num_steps": 20, "eval_every": 10},
         "tracking": {"mode": "disabled"},
@@ -49,20 +51,23 @@ print(json.dumps(out))
 """
 
 
-def _on_four_devices(script: str, tmp_path) -> tuple[dict, str]:
+def _on_four_devices(script: str, tmp_path, *args: str) -> tuple[dict, str]:
     """Run ``script`` in a fresh Python with 4 forced CPU devices; (its JSON result, stderr)."""
     env = sandbox_env(tmp_path)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)],
+        [sys.executable, "-c", script, str(tmp_path), *args],
         env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
-def test_sharded_meta_training_matches_single_device(tmp_path):
-    out, _ = _on_four_devices(SCRIPT, tmp_path)
+# episodes of random length (min_horizon): the lengths are drawn per particle from its key,
+# so they must not depend on how the particle axis is split
+@pytest.mark.parametrize("extra", [{}, {"min_horizon": 5}], ids=["constant_T", "sampled_T"])
+def test_sharded_meta_training_matches_single_device(tmp_path, extra):
+    out, _ = _on_four_devices(SCRIPT, tmp_path, json.dumps(extra))
     one, four = out["1"], out["4"]
     assert one["num_devices"] == 1
     assert four["num_devices"] == 4 and four["shard_shape"] == [4]  # 16 particles / 4 devices
