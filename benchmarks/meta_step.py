@@ -149,10 +149,9 @@ def with_overrides(cfg, num_particles: int, trunc_length: int | None, precision:
     chunk = particle_chunk if particle_chunk is not None and particle_chunk < unit else None
     mt = {"num_particles": num_particles, "devices": devices, "particle_chunk": chunk}
     if trunc_length is not None:
-        if trunc_length > cfg.meta_train.horizon:
-            raise SystemExit(
-                f"--trunc-length {trunc_length} exceeds the horizon T={cfg.meta_train.horizon}"
-            )
+        shortest = cfg.meta_train.min_horizon or cfg.meta_train.horizon  # model_copy does not validate
+        if trunc_length > shortest:
+            raise SystemExit(f"--trunc-length {trunc_length} exceeds the shortest episode T={shortest}")
         mt["trunc_length"] = trunc_length
     return cfg.model_copy(
         update={

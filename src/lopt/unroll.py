@@ -33,7 +33,8 @@ Randomness is a pure function of (particle key, episode, step): the key of inner
 exactly the same numbers.
 
 Step-unlocking: with ``step_unlock=True`` each pair starts its first episode at a
-random inner step in ``[0, T)`` (from fresh parameters, as learned_optimization does),
+random inner step in ``[0, T)`` (``[0, T_0)`` with sampled lengths; from fresh parameters, as
+learned_optimization does),
 so windows are staggered over the horizon and the meta-gradient averages over all
 phases of training instead of all particles sitting at the same phase.
 
@@ -49,7 +50,8 @@ was "fresh" (after a reset). PES passes the same perturbed theta twice; NRES pas
 the old and a newly drawn perturbation; everything else follows from that mask.
 
 Sampled horizons: a system whose ``min_horizon`` is below its ``horizon`` gets episodes of
-random length, as learned_optimization's ``LogUniformLengthSchedule``: episode ``e`` of a
+random length, like learned_optimization's ``LogUniformLengthSchedule`` (which excludes
+``T_max``; here it is included): episode ``e`` of a
 particle lasts ``T_e = floor(exp(U(log T_min, log(T_max + 1))))`` steps (clipped to
 ``[T_min, T_max]``, ``T_max = horizon``), drawn from ``fold_in(fold_in(k, e), _HORIZON)``, so
 again nothing is carried and a resumed run draws the same lengths, and the + and - copies of
@@ -58,6 +60,10 @@ a pair share them. The engine runs that episode's init and steps under
 features include the fraction of training done sees the episode's own length. Windows must
 fit the shortest episode (``K <= T_min``), so a window still holds at most one reset. With a
 constant horizon (no ``min_horizon``, or ``min_horizon >= horizon``) none of this is traced.
+Since ``p(T) ~ 1/T``, the share of inner steps (and windows, and meta-gradient weight) that
+episodes of length ``T`` supply is ``~ T p(T)``: uniform over ``[T_min, T_max]``. For
+``[200, 1000]`` the mean episode lasts about 500 steps, but the mean step sits in an episode of
+600 (the first episodes' start offsets, uniform in ``[0, T_0)``, are not weighted so).
 
 Divergence, with a ``loss_cap`` (the system's optional divergence threshold): a step whose
 loss is non-finite or at/above it restarts that particle's inner run from ``system.init`` (a
@@ -216,7 +222,8 @@ def init_particles(
         key: PRNG key; particle keys and start offsets derive from it.
         num_particles: ``P``; even when ``antithetic``.
         data: passed through to the system.
-        step_unlock: start each pair at a random inner step in ``[0, T)``.
+        step_unlock: start each pair at a random inner step in ``[0, T)`` (of its first
+            episode: ``[0, T_0)`` with sampled lengths).
         antithetic: pair particle ``2m`` with ``2m + 1`` (shared key and offset).
     """
     if antithetic and num_particles % 2:

@@ -28,9 +28,12 @@ class TrackingConfig(_Strict):
     log_artifacts: Bool = True
 
 
-# (section, key) of options added after results were published: absent from to_dict()
-# while null, as if they did not exist (their null is the behaviour from before them).
-_ABSENT_WHEN_UNSET = (("meta_train", "min_horizon"),)
+# Options added after results were published, absent from to_dict() while they ask for the
+# behaviour from before them, as if they did not exist: (section, key, "is it that behaviour?").
+# min_horizon: null, or = horizon (every episode lasts horizon steps either way).
+_ABSENT_WHEN_UNSET = (
+    ("meta_train", "min_horizon", lambda value, section: value is None or value >= section["horizon"]),
+)
 
 
 class ExperimentConfig(_Strict):
@@ -92,13 +95,13 @@ class ExperimentConfig(_Strict):
     def to_dict(self) -> dict[str, Any]:
         """The resolved config (all defaults filled in) as plain JSON-able data.
 
-        Keys added after results were published are left out while unset (see
-        ``_ABSENT_WHEN_UNSET``), so fingerprints, rerun triggers and recorded configs of
-        existing runs stay valid.
+        Keys added after results were published are left out while they ask for the
+        behaviour from before them (see ``_ABSENT_WHEN_UNSET``), so fingerprints, rerun
+        triggers and recorded configs of existing runs stay valid.
         """
         resolved = json.loads(self.model_dump_json())
-        for section, key in _ABSENT_WHEN_UNSET:
-            if resolved[section].get(key, 0) is None:
+        for section, key, unset in _ABSENT_WHEN_UNSET:
+            if key in resolved[section] and unset(resolved[section][key], resolved[section]):
                 del resolved[section][key]
         return resolved
 

@@ -6,7 +6,8 @@ An estimator is a NamedTuple of two pure functions (optax style):
     estimate(theta, state, key, data) -> (grad, state, metrics)
 
 ``grad`` has the structure of ``theta`` and estimates the gradient of the
-Gaussian-smoothed meta-objective: the mean per-step loss over an episode. ``state``
+Gaussian-smoothed meta-objective: the mean per-step loss over an episode (with episodes of
+random length, over the steps of all lengths: a length-weighted mix; see :mod:`lopt.unroll`). ``state``
 is a NamedTuple holding the engine's :class:`~lopt.unroll.ParticleState` plus the
 estimator's own accumulators. ``metrics`` is a dict of scalars. Everything is
 jittable; ``key`` is fresh every call.

@@ -8,7 +8,8 @@ in its episode. The loss of a step is weighted by the ``xi`` of the state it cam
 
 K' = K draws anew every window like PES (identical in distribution while episodes end
 on window boundaries; after a reset inside a window the new episode keeps its first
-draw until K steps have run under it); K' >= T gives NRES (one draw per episode).
+draw until K steps have run under it); K' >= T gives NRES (one draw per episode; with
+episodes of random length, ``meta_train.min_horizon``, K' >= the longest, ``horizon``).
 K' must be a multiple of K so draws happen at window starts; a reset inside a window
 starts the new episode with its own fresh draw (weights switch to it via the engine's
 fresh mask). After a divergence restart (:mod:`lopt.unroll`) the steps carry the current

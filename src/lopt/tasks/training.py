@@ -59,7 +59,7 @@ class InnerTraining:
     def with_horizon(self, horizon: Any) -> InnerTraining:
         """This system for an episode of ``horizon`` steps (may be traced): the optimizer's
         training-fraction features then follow that episode's length."""
-        return dataclasses.replace(self, horizon=horizon)
+        return dataclasses.replace(self, horizon=horizon, min_horizon=None)  # one episode: one length
 
     def init(self, theta: Any, key: jax.Array, data: Any) -> TrainState:
         params = self.task.init(key)
