@@ -33,10 +33,10 @@ Randomness is a pure function of (particle key, episode, step): the key of inner
 exactly the same numbers.
 
 Step-unlocking: with ``step_unlock=True`` each pair starts its first episode at a
-random inner step in ``[0, T)`` (``[0, T_0)`` with sampled lengths; from fresh parameters, as
-learned_optimization does),
-so windows are staggered over the horizon and the meta-gradient averages over all
-phases of training instead of all particles sitting at the same phase.
+random inner step in ``[0, T)`` (``[0, T_0)`` with sampled lengths; from fresh parameters,
+as learned_optimization does), so windows are staggered over the horizon and the
+meta-gradient averages over all phases of training instead of all particles sitting at the
+same phase.
 
 Resets inside a window: a window of ``K <= T`` steps contains at most one reset per
 particle (the shortened first episode has at least one step). Windows in which no
@@ -51,11 +51,10 @@ the old and a newly drawn perturbation; everything else follows from that mask.
 
 Sampled horizons: a system whose ``min_horizon`` is below its ``horizon`` gets episodes of
 random length, like learned_optimization's ``LogUniformLengthSchedule`` (which excludes
-``T_max``; here it is included): episode ``e`` of a
-particle lasts ``T_e = floor(exp(U(log T_min, log(T_max + 1))))`` steps (clipped to
-``[T_min, T_max]``, ``T_max = horizon``), drawn from ``fold_in(fold_in(k, e), _HORIZON)``, so
-again nothing is carried and a resumed run draws the same lengths, and the + and - copies of
-a pair share them. The engine runs that episode's init and steps under
+``T_max``; here it is included): episode ``e`` of a particle lasts
+``T_e = floor(exp(U(log T_min, log(T_max + 1))))`` steps (clipped to ``[T_min, T_max]``,
+``T_max = horizon``), drawn from ``fold_in(fold_in(k, e), _HORIZON)``, so again nothing is
+carried, a resumed run draws the same lengths, and the + and - copies of a pair share them. The engine runs that episode's init and steps under
 ``system.with_horizon(T_e)`` (a traced per-particle ``T_e``): an inner optimizer whose
 features include the fraction of training done sees the episode's own length. Windows must
 fit the shortest episode (``K <= T_min``), so a window still holds at most one reset. With a
