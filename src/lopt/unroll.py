@@ -150,6 +150,12 @@ def _at(system: UnrolledSystem, horizon: jax.Array | None) -> UnrolledSystem:
     return system if horizon is None else system.with_horizon(horizon)
 
 
+def _init_each(system: UnrolledSystem, theta: Theta, keys: jax.Array, lengths: jax.Array | None, data: Any) -> Inner:
+    """``system.init`` per particle (leading axis ``P`` on ``theta``, ``keys``, ``lengths``),
+    each for its episode's length (``lengths`` None: the constant horizon)."""
+    return jax.vmap(lambda th, k, n: _at(system, n).init(th, k, data))(theta, keys, lengths)
+
+
 class ParticleState(NamedTuple):
     """State of ``P`` particles; every leaf has leading axis ``P``."""
 
@@ -325,9 +331,6 @@ def unroll(
         # system.step per particle, each under its episode's length when lengths are sampled
         return jax.vmap(lambda th, x, tt, k, n: _at(system, n).step(th, x, tt, k, data))(theta, inner, t, keys, length)
 
-    def vinit(theta, keys, length):
-        return jax.vmap(lambda th, k, n: _at(system, n).init(th, k, data))(theta, keys, length)
-
     cap = loss_cap(system)
 
     def restart_diverged(inner, loss, theta_now, keys, length):
@@ -343,7 +346,8 @@ def unroll(
 
         def restart():
             # the copies of a pair share their step key, so both restart from the same init key
-            fresh_inner = vinit(theta_now(), jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, _RESTART), length)
+            restart_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, _RESTART)
+            fresh_inner = _init_each(system, theta_now(), restart_keys, length, data)
             return jax.vmap(tree_select)(again, fresh_inner, inner)
 
         inner = jax.lax.cond(jnp.any(bad), restart, lambda: inner)
@@ -453,7 +457,7 @@ def _restart_nonfinite(
         )(state.key, state.episode, state.step)
         theta = jax.vmap(tree_select)(last_fresh, theta_b, theta_a)
         length = None if len_a is None else jnp.where(last_fresh, len_b, len_a)
-        fresh_inner = jax.vmap(lambda th, k, n: _at(system, n).init(th, k, data))(theta, keys, length)
+        fresh_inner = _init_each(system, theta, keys, length, data)
         return jax.vmap(tree_select)(need, fresh_inner, state.inner)
 
     inner = jax.lax.cond(jnp.any(need), restart, lambda: state.inner)
