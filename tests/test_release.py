@@ -108,7 +108,7 @@ def test_released_evaluation_is_what_the_current_code_computes_from_the_released
 
     # and the other side of the headline: tuned SGD at its released rate and schedule
     sgd = final[final.optimizer == "sgd"].iloc[0]
-    make_sgd = baseline_factory("sgd", sgd.schedule, num_steps)
+    make_sgd = baseline_factory(task, "sgd", sgd.schedule, num_steps)
     curves = train_curves(task, make_sgd, jnp.asarray([sgd.learning_rate]), seeds, data, num_steps, ev.eval_every)
     np.testing.assert_allclose(curves["test_loss"][0, :, -1], released_final("sgd"), rtol=0.02)
 

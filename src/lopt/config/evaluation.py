@@ -9,6 +9,15 @@ from pydantic import Field, model_validator
 from lopt.config.base import Int, NoRepeats, PosFloat, PosInt, _Strict
 from lopt.config.tasks import TaskConfig
 
+# Each baseline's muP update rule (lopt.tasks.mup): which per-tensor learning-rate
+# multipliers a muP task applies to it. Adam's relatives and sign methods make O(1)
+# steps per coordinate ("adam"); SGD's steps scale with the gradient ("sgd"). Adafactor
+# multiplies its step by the parameter's RMS and has no muP rule here: refused on muP tasks.
+BASELINE_UPDATE_RULES: dict[str, str | None] = {
+    "sgd": "sgd", "momentum": "sgd", "adam": "adam", "rmsprop": "adam", "adamw": "adam", "nadamw": "adam",
+    "lion": "adam", "adafactor": None,
+}
+
 
 class LRGridConfig(_Strict):
     """Log-spaced learning-rate grid for tuning baselines."""

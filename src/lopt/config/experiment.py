@@ -6,16 +6,16 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
-from lopt.config.base import Bool, ConfigError, Int, PosInt, _Strict
+from lopt.config.base import Bool, ConfigError, Int, KeyedError, PosInt, _Strict
 from lopt.config.compute import ComputeConfig, ResourcesConfig
 from lopt.config.errors import error_lines
-from lopt.config.evaluation import AnalysisConfig, EvaluationConfig
+from lopt.config.evaluation import BASELINE_UPDATE_RULES, AnalysisConfig, EvaluationConfig
 from lopt.config.loader import load_yaml
 from lopt.config.meta_train import MetaTrainConfig
 from lopt.config.optimizers import LOptConfig, MLPLOptConfig
-from lopt.config.tasks import DataConfig
+from lopt.config.tasks import DataConfig, is_mup
 
 
 class TrackingConfig(_Strict):
@@ -58,6 +58,29 @@ class ExperimentConfig(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+
+    @model_validator(mode="after")
+    def _mup_rules(self) -> ExperimentConfig:
+        # a muP task scales each optimizer's updates by that optimizer's muP multipliers
+        # (lopt.tasks.mup); refuse optimizers that have none before any job runs
+        mup = [t for t in self.meta_train.tasks() if is_mup(t)]
+        mup_eval = [t.name for t in self.evaluation.tasks if is_mup(t.task)]
+        nominal = self.lopt.nominal
+        if (mup or mup_eval) and nominal is not None and nominal.optimizer != "adam":
+            raise KeyedError(
+                ("lopt", "nominal", "optimizer"),
+                f"{nominal.optimizer!r} has no muP learning-rate multipliers shared with the learned term; "
+                "with parametrization: mup tasks the allowed nominal optimizer is adam",
+            )
+        refused = [b for b in self.evaluation.baselines if BASELINE_UPDATE_RULES[b] is None]
+        if mup_eval and refused:
+            raise KeyedError(
+                ("evaluation", "baselines"),
+                f"{', '.join(refused)} has no muP learning-rate multipliers, and evaluation task(s) "
+                f"{', '.join(mup_eval)} use parametrization: mup; allowed baselines there: "
+                + ", ".join(b for b, r in BASELINE_UPDATE_RULES.items() if r is not None),
+            )
+        return self
 
     def datasets(self) -> list[str]:
         """Every dataset the experiment touches, in first-use order."""

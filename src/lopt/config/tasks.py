@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_serializer, model_validator
 
-from lopt.config.base import Float, Int, PosFloat, PosInt, _Strict
+from lopt.config.base import Float, Int, KeyedError, PosFloat, PosInt, _Strict
 
 DATASET_NAMES = (
     "digits",
@@ -50,6 +50,31 @@ class ImageMLPTaskConfig(_Strict):
     activation: Literal["relu", "tanh", "gelu", "elu"] = "relu"
     batch_size: PosInt = 64
     init_scale: PosFloat = Field(1.0, description="Multiplier on the LeCun-normal init.")
+    parametrization: Literal["standard", "mup"] = Field(
+        "standard",
+        description="standard (SP) or mup: the Maximal Update Parametrization (zero readout init, readout "
+        "input / width, per-tensor learning-rate multipliers on every optimizer; lopt.tasks.mup). Needs a hidden layer.",
+    )
+
+    @model_validator(mode="after")
+    def _mup_needs_hidden(self) -> ImageMLPTaskConfig:
+        if self.parametrization == "mup" and not self.hidden_sizes:
+            raise KeyedError(("parametrization",), "mup needs at least one hidden layer (hidden_sizes is empty)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_standard(self, handler: Any) -> dict[str, Any]:
+        # added after results were published: absent while standard, so fingerprints, rerun
+        # triggers and recorded configs of existing runs stay valid
+        data = handler(self)
+        if data.get("parametrization") == "standard":
+            del data["parametrization"]
+        return data
+
+
+def is_mup(task: Any) -> bool:
+    """Whether a task config is muP-parametrized."""
+    return getattr(task, "parametrization", "standard") == "mup"
 
 
 class QuadraticTaskConfig(_Strict):

@@ -23,17 +23,22 @@ from lopt.evaluate.runs import (
     tidy_curves,
     train_curves,
 )
-from lopt.optimizers import lr_grid, make_baseline
+from lopt.optimizers import BASELINE_UPDATE_RULES, lr_grid, make_baseline
 from lopt.tasks.base import Task
+from lopt.tasks.mup import with_update_scales
 
 TUNE_SEED_SHIFT = 100_000
 
 Tuner = Callable[[str, str, Any, np.ndarray], np.ndarray]
 
 
-def baseline_factory(name: str, schedule: str, num_steps: int) -> Callable[[Any], optax.GradientTransformation]:
-    """``learning_rate -> `` the baseline ``name`` with ``schedule`` over ``num_steps``."""
-    return lambda lr: make_baseline(name, lr, schedule, num_steps)
+def baseline_factory(
+    task: Task, name: str, schedule: str, num_steps: int
+) -> Callable[[Any], optax.GradientTransformation]:
+    """``learning_rate -> `` the baseline ``name`` with ``schedule`` over ``num_steps``, with
+    ``task``'s muP learning-rate multipliers for it if any (:mod:`lopt.tasks.mup`)."""
+    rule = BASELINE_UPDATE_RULES[name]
+    return lambda lr: with_update_scales(task, make_baseline(name, lr, schedule, num_steps), rule)
 
 
 def baseline_tuner(
@@ -48,7 +53,7 @@ def baseline_tuner(
     trained again by :func:`tune_and_report_baselines` for the selected setting only.
     """
     index = {c: i for i, c in enumerate(candidates)}
-    factories = [baseline_factory(n, s, num_steps) for n, s in candidates]
+    factories = [baseline_factory(task, n, s, num_steps) for n, s in candidates]
     compiled = switched_program(task, factories, num_steps, eval_every, curves=False)
 
     def final(name: str, schedule: str, hparams: Any, seeds: np.ndarray) -> np.ndarray:
@@ -155,14 +160,14 @@ def tune_and_report_baselines(
         )
         tuned[name] = (lr, schedule)
         sweeps.append(sweep)
-    reported = [(name, lr, schedule, baseline_factory(name, schedule, num_steps)) for name, (lr, schedule) in tuned.items()]
+    reported = [(name, lr, schedule, baseline_factory(task, name, schedule, num_steps)) for name, (lr, schedule) in tuned.items()]
     curves = report_curves(task, task_name, data, reported, seeds, num_steps, eval_every)
 
     long_frames = []
     if reference in tuned:
         _, schedule = tuned[reference]
         steps = reference_mult * num_steps
-        make = baseline_factory(reference, schedule, steps)
+        make = baseline_factory(task, reference, schedule, steps)
         long = train_curves(task, make, jnp.asarray(grid), seeds, data, steps, eval_every)
         for h, lr in enumerate(grid):
             frame = tidy_curves(jax.tree.map(lambda x, h=h: x[h], long), task_name, reference, float(lr), seeds,

@@ -20,7 +20,9 @@ from lopt.atomic import write_csv, write_text
 from lopt.evaluate.baselines import grid_edge_selections, tune_and_report_baselines
 from lopt.evaluate.runs import report_learned
 from lopt.evaluate.summary import summarise, task_metrics
+from lopt.optimizers import update_rule
 from lopt.tasks.base import Task
+from lopt.tasks.mup import with_update_scales
 
 
 class BaselinesError(ValueError):
@@ -183,7 +185,7 @@ def run_evaluation(
     """
     task, data, num_steps = _build(cfg, task_name)
     ev, distribution = cfg.evaluation, _eval_spec(cfg, task_name).distribution
-    learned = {"lopt": pretrained.to_optax(num_steps)}
+    learned = {"lopt": with_update_scales(task, pretrained.to_optax(num_steps), update_rule(pretrained.lopt))}
     curves = report_learned(task, task_name, data, learned, num_steps, ev.num_seeds, ev.seed_offset, ev.eval_every)
     base_curves, sweep, reference = baselines or _baselines(cfg, task_name, task, data, num_steps)
     curves = pd.concat([curves, base_curves], ignore_index=True)

@@ -14,7 +14,7 @@ import optax
 
 from lopt.config import ExperimentConfig
 from lopt.estimators import Estimator, estimator_options, make_estimator, multi_task
-from lopt.optimizers import LearnedOptimizer
+from lopt.optimizers import LearnedOptimizer, update_rule
 from lopt.optimizers.pretrained import from_config as lopt_from_config
 from lopt.tasks import build_task
 from lopt.tasks.training import InnerTraining
@@ -68,7 +68,9 @@ def build_trainer(cfg: ExperimentConfig) -> MetaTrainer:
     estimators, datas = [], []
     for task_cfg in mt.tasks():
         task, data = build_task(task_cfg, cfg.data.root, precision=cfg.compute.precision, data_cfg=cfg.data)
-        system = InnerTraining(task, lopt.to_optax, mt.horizon, mt.meta_loss_split, min_horizon=mt.min_horizon)
+        system = InnerTraining(
+            task, lopt.to_optax, mt.horizon, mt.meta_loss_split, min_horizon=mt.min_horizon, update_rule=update_rule(lopt)
+        )
         estimators.append(
             make_estimator(
                 mt.estimator,

@@ -95,3 +95,14 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         text = str(value).replace("|", "\\|")
         lines.append(f"| {key} | {text} |")
     return "\n".join(lines) + "\n"
+
+
+def update_rule(lopt: Any) -> str | None:
+    """The muP update rule of ``lopt`` (:mod:`lopt.tasks.mup`): which per-tensor
+    learning-rate multipliers a muP task applies to its updates.
+
+    ``"adam"`` unless the optimizer declares an ``update_rule`` attribute: a learned step
+    ``d * exp(alpha * m) * beta`` is O(1) per coordinate whatever the gradient's scale (its
+    inputs are normalised per tensor), as Adam's is, and muLO scales it as Adam's.
+    """
+    return getattr(lopt, "update_rule", "adam")

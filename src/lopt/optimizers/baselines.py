@@ -43,6 +43,8 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from lopt.config.evaluation import BASELINE_UPDATE_RULES  # noqa: F401  (re-exported; jax-free for the config)
+
 BASELINES: dict[str, Callable[[optax.ScalarOrSchedule], optax.GradientTransformation]] = {
     "sgd": lambda lr: optax.sgd(lr),
     "momentum": lambda lr: optax.sgd(lr, momentum=0.9),

@@ -60,6 +60,12 @@ class NominalLOpt:
     def name(self) -> str:
         return f"nominal_{self.base.name}"
 
+    @property
+    def update_rule(self) -> str | None:
+        """muP update rule (:mod:`lopt.tasks.mup`): the learned term's "adam" with an Adam
+        nominal term; none with an SGD one, whose multipliers differ from the learned term's."""
+        return "adam" if self.nominal == "adam" else None
+
     def _nominal_label(self) -> str:
         label = {"adam": "Adam", "sgd": "SGD", "momentum": "SGD+momentum(0.9)"}[self.nominal]
         return f"{label}(lr={self.learning_rate:g})"

@@ -79,13 +79,13 @@ def build_system(study: StudyConfig, seed: int) -> StudySystem:
             ("log a", "log r"),
         )
     if cfg.kind == "lopt_training":
-        from lopt.optimizers import from_config
+        from lopt.optimizers import from_config, update_rule
         from lopt.tasks import build_task
         from lopt.tasks.training import InnerTraining
 
         lopt = from_config(cfg.lopt)
         task, data = build_task(cfg.task, study.data.root, precision=study.compute.precision, data_cfg=study.data)
-        system = InnerTraining(task, lopt.to_optax, cfg.horizon, cfg.meta_loss_split)
+        system = InnerTraining(task, lopt.to_optax, cfg.horizon, cfg.meta_loss_split, update_rule=update_rule(lopt))
         theta0 = lopt.init(jax.random.fold_in(jax.random.PRNGKey(seed), 0))
         return StudySystem(system, data, theta0, mean_episode_loss(system, ev.num_episodes, ev.seed), None)
     raise ValueError(f"unknown system kind {cfg.kind!r}")

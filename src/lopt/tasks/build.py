@@ -52,8 +52,10 @@ def build_task(
                 num_classes=ds.num_classes,
                 hidden_sizes=tuple(cfg.hidden_sizes),
                 activation=cfg.activation,
+                parametrization=cfg.parametrization,
                 **common,
-                name=f"{cfg.dataset}_mlp_{'x'.join(map(str, cfg.hidden_sizes))}",
+                name=f"{cfg.dataset}_mlp_{'x'.join(map(str, cfg.hidden_sizes))}"
+                + ("_mup" if cfg.parametrization == "mup" else ""),
             )
         else:
             from lopt.tasks.image_conv import ImageConv

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.tasks.base import SPLITS, Batch, Params, TaskData
+from lopt.tasks.mup import PARAMETRIZATIONS, mlp_update_scales
 from lopt.tasks.precision import cast_floating, check_precision, to_float32
 
 _ACTIVATIONS = {
@@ -87,6 +88,10 @@ class ImageMLP:
         activation: one of ``relu``, ``tanh``, ``gelu``, ``elu``.
         batch_size: training batch size B; batches are drawn with replacement.
         init_scale: multiplier on LeCun-normal weights (biases start at zero).
+        parametrization: ``standard`` (SP: LeCun-normal init, no multipliers) or ``mup``
+            (muP, :mod:`lopt.tasks.mup`: zero readout init, readout input divided by the
+            last hidden width, and per-tensor learning-rate multipliers,
+            :meth:`update_scales`, that the training loops apply to every optimizer).
         eval_batch_size: examples per chunk of ``evaluate``, which covers the whole split
             (bounds its memory, not its accuracy).
         compute_dtype: ``float32`` or ``bfloat16``: dtype of the forward pass; params,
@@ -102,18 +107,34 @@ class ImageMLP:
     eval_batch_size: int = 512
     name: str = "image_mlp"
     compute_dtype: str = "float32"
+    parametrization: str = "standard"
 
     def __post_init__(self) -> None:
         check_precision(self.compute_dtype)
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"unknown parametrization {self.parametrization!r}; allowed: {', '.join(PARAMETRIZATIONS)}")
+        if self.parametrization == "mup" and not self.hidden_sizes:
+            raise ValueError("parametrization 'mup' needs at least one hidden layer (hidden_sizes is empty)")
+
+    @property
+    def _sizes(self) -> tuple[int, ...]:
+        return (self.input_dim, *self.hidden_sizes, self.num_classes)
 
     def init(self, key: jax.Array) -> Params:
-        sizes = (self.input_dim, *self.hidden_sizes, self.num_classes)
+        sizes = self._sizes
         keys = jax.random.split(key, len(sizes) - 1)
         params = {}
         for i, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
             w = jax.random.normal(k, (fan_in, fan_out)) * (self.init_scale / np.sqrt(fan_in))
+            if self.parametrization == "mup" and i == len(sizes) - 2:
+                w = jnp.zeros_like(w)  # muP readout: zero init (Tensor Programs V, Table 8)
             params[f"layer_{i}"] = {"w": w, "b": jnp.zeros((fan_out,))}
         return params
+
+    def update_scales(self, rule: str) -> Params | None:
+        """Per-tensor learning-rate multipliers (the params' tree) for update ``rule``
+        (``adam`` or ``sgd``, :mod:`lopt.tasks.mup`); None under the standard parametrization."""
+        return None if self.parametrization == "standard" else mlp_update_scales(self._sizes, rule)
 
     def logits(self, params: Params, x: jax.Array) -> jax.Array:
         """Float32 logits ``[B, num_classes]``, computed in ``compute_dtype``."""
@@ -123,6 +144,8 @@ class ImageMLP:
         num = len(params)
         for i in range(num):
             layer = params[f"layer_{i}"]
+            if self.parametrization == "mup" and i == num - 1:
+                h = h / h.shape[-1]  # muP readout multiplier 1/n_L: logits move O(1) per O(1) update
             h = h @ layer["w"] + layer["b"]
             if i < num - 1:
                 h = act(h)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.tasks.base import Task
+from lopt.tasks.mup import with_update_scales
 
 # Meta-losses above this (or non-finite) are clipped and count as divergence: one
 # diverging particle must not dominate an ES estimate with an unbounded loss difference.
@@ -47,6 +48,9 @@ class InnerTraining:
         min_horizon: episodes of random length in ``[min_horizon, horizon]`` (log-uniform;
             see :mod:`lopt.unroll`), each run by :meth:`with_horizon`; None: every episode
             lasts ``horizon`` steps.
+        update_rule: the optimizer's muP update rule (:mod:`lopt.tasks.mup`; ``adam`` for
+            the learned optimizers, :func:`lopt.optimizers.update_rule`): on a muP task its
+            learning-rate multipliers scale every update. Ignored on other tasks.
     """
 
     task: Task
@@ -55,23 +59,28 @@ class InnerTraining:
     meta_loss_split: str = "train"
     loss_cap: float = MAX_META_LOSS
     min_horizon: int | None = None
+    update_rule: str | None = "adam"
 
     def with_horizon(self, horizon: Any) -> InnerTraining:
         """This system for an episode of ``horizon`` steps (may be traced): the optimizer's
         training-fraction features then follow that episode's length."""
         return dataclasses.replace(self, horizon=horizon, min_horizon=None)  # one episode: one length
 
+    def optimizer(self, theta: Any) -> optax.GradientTransformationExtraArgs:
+        """The inner optimizer ``theta`` makes for this episode, with the task's muP multipliers."""
+        opt = with_update_scales(self.task, self.make_optimizer(theta, self.horizon), self.update_rule)
+        return optax.with_extra_args_support(opt)
+
     def init(self, theta: Any, key: jax.Array, data: Any) -> TrainState:
         params = self.task.init(key)
-        return TrainState(params, self.make_optimizer(theta, self.horizon).init(params))
+        return TrainState(params, self.optimizer(theta).init(params))
 
     def step(self, theta, inner: TrainState, t, key, data) -> tuple[TrainState, jax.Array]:
         del t  # the optimizer state carries its own step count
         key_train, key_meta = jax.random.split(key)
         batch = self.task.batch(data, key_train, "train")
         loss, grads = jax.value_and_grad(self.task.loss)(inner.params, batch)
-        opt = optax.with_extra_args_support(self.make_optimizer(theta, self.horizon))
-        updates, opt_state = opt.update(grads, inner.opt_state, inner.params, value=loss)
+        updates, opt_state = self.optimizer(theta).update(grads, inner.opt_state, inner.params, value=loss)
         params = optax.apply_updates(inner.params, updates)
         if self.meta_loss_split == "train":
             meta_loss = loss  # free: the pre-update training loss the step computed

@@ -1,0 +1,96 @@
+"""Maximal Update Parametrization (muP) of MLP tasks: per-tensor learning-rate multipliers.
+
+Under the standard parametrization (SP) an optimizer meta-trained on narrow networks
+takes too-large steps on wide ones: a coordinate-wise update of size eta moves the
+logits by about ``width * eta``. muP (Yang et al., Tensor Programs V, 2022, Table 8) fixes
+the width dependence with the initialisation, one forward multiplier and per-tensor
+learning-rate multipliers; muLO (Therien et al., ICLR 2026) meta-trains learned
+optimizers under it and finds they generalise to much wider (and deeper, longer-trained)
+networks than they were meta-trained on.
+
+The MLP under muP (:class:`lopt.tasks.ImageMLP` with ``parametrization="mup"``), with
+hidden widths ``n_1 .. n_L`` (L >= 1), input size ``d`` and ``C`` classes:
+
+===============================  ==================  ============  ===========  =========
+tensor                           init                forward       "adam" LR    "sgd" LR
+===============================  ==================  ============  ===========  =========
+input weights ``[d, n_1]``       N(0, 1/d)           x 1           x 1          x n_1
+hidden weights ``[n_i, n_i+1]``  N(0, 1/n_i)         x 1           x 1/n_i      x n_i+1/n_i
+readout weights ``[n_L, C]``     0                   input / n_L   x 1          x n_L
+hidden biases ``[n_i]``          0                   x 1           x 1          x n_i
+readout bias ``[C]``             0                   x 1           x 1          x 1
+===============================  ==================  ============  ===========  =========
+
+(initial scales also times ``init_scale``). The multipliers are absolute, as in muLO's
+code (its hidden multiplier is 1/fan_in, not base_width/fan_in), so at every width the
+update a rule makes is rescaled, not only away from some base width. The "adam" column
+is for rules whose updates are O(1) per coordinate whatever the gradient's scale: Adam
+and its relatives, sign methods, and the learned optimizers (muLO multiplies the learned
+step by it). The "sgd" column is mup's ``MuSGD`` (vector-like tensors x fan-out width,
+matrix-like x fan_out / fan_in) for SGD and momentum. ``rule=None`` (a rule with no
+muP multipliers, e.g. Adafactor's parameter-scaled steps) is refused on a muP task.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import optax
+
+PARAMETRIZATIONS = ("standard", "mup")
+UPDATE_RULES = ("adam", "sgd")
+
+
+def mlp_update_scales(sizes: Sequence[int], rule: str) -> dict[str, dict[str, float]]:
+    """The muP learning-rate multipliers of an MLP with layer sizes ``(d, n_1, .., n_L, C)``.
+
+    Returns ``{"layer_i": {"w": s_w, "b": s_b}}`` (the :class:`~lopt.tasks.ImageMLP`
+    parameter tree) from the module docstring's table for ``rule`` ("adam" or "sgd").
+    """
+    if rule not in UPDATE_RULES:
+        raise ValueError(f"unknown muP update rule {rule!r}; allowed: {', '.join(UPDATE_RULES)}")
+    if len(sizes) < 3:
+        raise ValueError("muP needs at least one hidden layer (hidden_sizes is empty)")
+    last = len(sizes) - 2
+    scales = {}
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        if rule == "adam":
+            w = 1.0 / fan_in if 0 < i < last else 1.0
+            b = 1.0
+        else:  # MuSGD: vector-like (one width-like dim) x that width, matrix-like x fan_out / fan_in
+            w = float(fan_out) if i == 0 else float(fan_in) if i == last else fan_out / fan_in
+            b = 1.0 if i == last else float(fan_out)
+        scales[f"layer_{i}"] = {"w": w, "b": b}
+    return scales
+
+
+def scale_by_tree(scales: Any) -> optax.GradientTransformation:
+    """Multiply each update leaf by the matching leaf of ``scales`` (a pytree of floats
+    with the parameters' structure). Stateless."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: u * s, updates, scales), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def with_update_scales(task: Any, optimizer: optax.GradientTransformation, rule: str | None) -> optax.GradientTransformation:
+    """``optimizer`` followed by ``task``'s muP learning-rate multipliers for ``rule``.
+
+    ``optimizer`` itself when the task has none (every task but a muP one): its state
+    and updates are then exactly the optimizer's. Raises ``ValueError`` naming the task
+    for ``rule=None`` on a muP task.
+    """
+    scales_of = getattr(task, "update_scales", None)
+    if scales_of is None or getattr(task, "parametrization", "standard") == "standard":
+        return optimizer
+    if rule is None:
+        raise ValueError(
+            f"task {getattr(task, 'name', task)!r} is muP-parametrized and this optimizer has no muP learning-rate "
+            f"multipliers (allowed update rules: {', '.join(UPDATE_RULES)})"
+        )
+    return optax.chain(optimizer, scale_by_tree(scales_of(rule)))
