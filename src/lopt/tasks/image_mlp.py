@@ -187,6 +187,7 @@ class ImageMLPFamily:
     activations: Sequence[str] = ("relu", "tanh")
     batch_sizes: Sequence[int] = (32, 64, 128)
     compute_dtype: str = "float32"
+    parametrization: str = "standard"
 
     def __post_init__(self) -> None:
         check_precision(self.compute_dtype)
@@ -199,4 +200,5 @@ class ImageMLPFamily:
             activation=str(self.activations[rng.integers(len(self.activations))]),
             batch_size=int(self.batch_sizes[rng.integers(len(self.batch_sizes))]),
             compute_dtype=self.compute_dtype,
+            parametrization=self.parametrization,
         )
