@@ -73,6 +73,12 @@ def test_update_scales_follow_the_table():
         "layer_1": {"w": 48 / 32, "b": 48.0},
         "layer_2": {"w": 48.0, "b": 1.0},
     }
+    assert mlp_update_scales(sizes, "adam", base_width=16)["layer_1"]["w"] == 16 / 32
+    assert mlp_update_scales(sizes, "sgd", base_width=16) == {
+        "layer_0": {"w": 2.0, "b": 2.0},
+        "layer_1": {"w": 48 / 32, "b": 3.0},
+        "layer_2": {"w": 3.0, "b": 1.0},
+    }
     with pytest.raises(ValueError, match="allowed: adam, sgd"):
         mlp_update_scales(sizes, "lamb")
     with pytest.raises(ValueError, match="hidden layer"):
@@ -96,6 +102,22 @@ def test_init_and_readout():
     h = jax.nn.relu(jax.nn.relu(x @ p_sp["layer_0"]["w"]) @ p_sp["layer_1"]["w"])
     np.testing.assert_allclose(mup.logits({**p_mup, "layer_2": {"w": w, "b": jnp.ones(10)}}, x),
                                (h / 128) @ w + 1.0, rtol=1e-5, atol=1e-6)
+
+
+def test_at_the_base_width_mup_steps_are_the_standard_ones():
+    """With mup_base_width = the width, every Adam-rule multiplier and the readout
+    multiplier are 1: the same parameters give the same logits and the same Adam step as
+    under SP (only the readout's init differs); at 4x the width the hidden step is / 4."""
+    sp, mup = _task(32, "standard"), _task(32, "mup", mup_base_width=32)
+    params = sp.init(jax.random.PRNGKey(4))
+    x, y = _batch()
+    np.testing.assert_array_equal(mup.logits(params, x), sp.logits(params, x))
+    grads = jax.grad(sp.loss)(params, (x, y))
+    opt = with_update_scales(mup, optax.adam(0.1), "adam")
+    got, _ = opt.update(grads, opt.init(params), params)
+    want, _ = optax.adam(0.1).update(grads, optax.adam(0.1).init(params), params)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    assert _task(128, "mup", mup_base_width=32).update_scales("adam")["layer_1"]["w"] == 0.25
 
 
 def test_standard_tasks_keep_the_optimizer_itself():
@@ -178,6 +200,11 @@ def _mup_task(hidden=(16,)):
         ({"meta_train": {"task": _mup_task(())}}, "meta_train.task.parametrization", "hidden layer"),
         ({"meta_train": {"task": _mup_task()}, "lopt": {"nominal": {"optimizer": "sgd"}}},
          "lopt.nominal.optimizer", "allowed nominal optimizer is adam"),
+        ({"meta_train": {"task": {**_mup_task(), "parametrization": "standard", "mup_base_width": 32}}},
+         "meta_train.task.mup_base_width", "applies to parametrization: mup only"),
+        ({"meta_train": {"task": {**_mup_task(), "mup_base_width": 32}},
+          "evaluation": {"tasks": [{"name": "digits_mup", "distribution": "in", "task": _mup_task()}]}},
+         "evaluation.tasks", "different mup_base_width (1, 32)"),
         ({"evaluation": {"baselines": ["adam", "adafactor"],
                          "tasks": [{"name": "digits_mup", "distribution": "in", "task": _mup_task()}]}},
          "evaluation.baselines", "adafactor has no muP"),
@@ -201,6 +228,8 @@ def test_standard_configs_resolve_as_before():
     assert mup.to_dict()["meta_train"]["task"]["parametrization"] == "mup"
     assert fingerprint(mup) != fingerprint(plain)
     assert validate_config(mup.to_dict()) == mup
+    based = validate_config(_raw(meta_train={"task": {**_mup_task(), "mup_base_width": 16}}))
+    assert based.to_dict()["meta_train"]["task"]["mup_base_width"] == 16 and fingerprint(based) != fingerprint(mup)
 
 
 def test_meta_training_on_a_mup_task_lowers_the_meta_loss(digits_root):

@@ -65,6 +65,14 @@ class ExperimentConfig(_Strict):
         # (lopt.tasks.mup); refuse optimizers that have none before any job runs
         mup = [t for t in self.meta_train.tasks() if is_mup(t)]
         mup_eval = [t.name for t in self.evaluation.tasks if is_mup(t.task)]
+        bases = sorted({t.mup_base_width for t in mup} | {t.task.mup_base_width for t in self.evaluation.tasks
+                                                          if is_mup(t.task)})
+        if len(bases) > 1:
+            raise KeyedError(
+                ("evaluation", "tasks") if mup_eval else ("meta_train", "task_family", "choices"),
+                f"muP tasks with different mup_base_width ({', '.join(map(str, bases))}): an optimizer meta-trained "
+                "under one base width takes steps off by their ratio under another; give every muP task the same one",
+            )
         nominal = self.lopt.nominal
         if (mup or mup_eval) and nominal is not None and nominal.optimizer != "adam":
             raise KeyedError(

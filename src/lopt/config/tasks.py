@@ -53,22 +53,32 @@ class ImageMLPTaskConfig(_Strict):
     parametrization: Literal["standard", "mup"] = Field(
         "standard",
         description="standard (SP) or mup: the Maximal Update Parametrization (zero readout init, readout "
-        "input / width, per-tensor learning-rate multipliers on every optimizer; lopt.tasks.mup). Needs a hidden layer.",
+        "input x base/width, per-tensor learning-rate multipliers on every optimizer; lopt.tasks.mup). Needs a hidden layer.",
+    )
+    mup_base_width: PosInt = Field(
+        1,
+        description="muP's base width b: 1 gives muLO's absolute multipliers (hidden-layer steps / fan-in); a width "
+        "gives mup's relative ones, which equal the standard parametrization's steps at that width. Every muP task of "
+        "an experiment must share it.",
     )
 
     @model_validator(mode="after")
-    def _mup_needs_hidden(self) -> ImageMLPTaskConfig:
+    def _mup_settings(self) -> ImageMLPTaskConfig:
         if self.parametrization == "mup" and not self.hidden_sizes:
             raise KeyedError(("parametrization",), "mup needs at least one hidden layer (hidden_sizes is empty)")
+        if self.parametrization == "standard" and self.mup_base_width != 1:
+            raise KeyedError(("mup_base_width",), "applies to parametrization: mup only (this task is standard)")
         return self
 
     @model_serializer(mode="wrap")
     def _omit_standard(self, handler: Any) -> dict[str, Any]:
-        # added after results were published: absent while standard, so fingerprints, rerun
-        # triggers and recorded configs of existing runs stay valid
+        # added after results were published: absent while they ask for the behaviour from
+        # before them, so fingerprints, rerun triggers and recorded configs stay valid
         data = handler(self)
         if data.get("parametrization") == "standard":
             del data["parametrization"]
+        if data.get("mup_base_width") == 1:
+            del data["mup_base_width"]
         return data
 
 

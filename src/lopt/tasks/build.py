@@ -53,6 +53,7 @@ def build_task(
                 hidden_sizes=tuple(cfg.hidden_sizes),
                 activation=cfg.activation,
                 parametrization=cfg.parametrization,
+                mup_base_width=cfg.mup_base_width,
                 **common,
                 name=f"{cfg.dataset}_mlp_{'x'.join(map(str, cfg.hidden_sizes))}"
                 + ("_mup" if cfg.parametrization == "mup" else ""),

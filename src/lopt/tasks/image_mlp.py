@@ -92,6 +92,8 @@ class ImageMLP:
             (muP, :mod:`lopt.tasks.mup`: zero readout init, readout input divided by the
             last hidden width, and per-tensor learning-rate multipliers,
             :meth:`update_scales`, that the training loops apply to every optimizer).
+        mup_base_width: muP's base width ``b`` (:mod:`lopt.tasks.mup`): 1 gives muLO's
+            absolute multipliers; a width gives mup's relative ones, equal to SP's at it.
         eval_batch_size: examples per chunk of ``evaluate``, which covers the whole split
             (bounds its memory, not its accuracy).
         compute_dtype: ``float32`` or ``bfloat16``: dtype of the forward pass; params,
@@ -108,11 +110,14 @@ class ImageMLP:
     name: str = "image_mlp"
     compute_dtype: str = "float32"
     parametrization: str = "standard"
+    mup_base_width: int = 1
 
     def __post_init__(self) -> None:
         check_precision(self.compute_dtype)
         if self.parametrization not in PARAMETRIZATIONS:
             raise ValueError(f"unknown parametrization {self.parametrization!r}; allowed: {', '.join(PARAMETRIZATIONS)}")
+        if self.mup_base_width < 1:
+            raise ValueError(f"mup_base_width must be >= 1, got {self.mup_base_width}")
         if self.parametrization == "mup" and not self.hidden_sizes:
             raise ValueError("parametrization 'mup' needs at least one hidden layer (hidden_sizes is empty)")
 
@@ -134,7 +139,9 @@ class ImageMLP:
     def update_scales(self, rule: str) -> Params | None:
         """Per-tensor learning-rate multipliers (the params' tree) for update ``rule``
         (``adam`` or ``sgd``, :mod:`lopt.tasks.mup`); None under the standard parametrization."""
-        return None if self.parametrization == "standard" else mlp_update_scales(self._sizes, rule)
+        if self.parametrization == "standard":
+            return None
+        return mlp_update_scales(self._sizes, rule, self.mup_base_width)
 
     def logits(self, params: Params, x: jax.Array) -> jax.Array:
         """Float32 logits ``[B, num_classes]``, computed in ``compute_dtype``."""
@@ -145,7 +152,7 @@ class ImageMLP:
         for i in range(num):
             layer = params[f"layer_{i}"]
             if self.parametrization == "mup" and i == num - 1:
-                h = h / h.shape[-1]  # muP readout multiplier 1/n_L: logits move O(1) per O(1) update
+                h = h * (self.mup_base_width / h.shape[-1])  # muP readout multiplier b/n_L: logits move O(1)
             h = h @ layer["w"] + layer["b"]
             if i < num - 1:
                 h = act(h)
@@ -188,6 +195,7 @@ class ImageMLPFamily:
     batch_sizes: Sequence[int] = (32, 64, 128)
     compute_dtype: str = "float32"
     parametrization: str = "standard"
+    mup_base_width: int = 1
 
     def __post_init__(self) -> None:
         check_precision(self.compute_dtype)
@@ -201,4 +209,5 @@ class ImageMLPFamily:
             batch_size=int(self.batch_sizes[rng.integers(len(self.batch_sizes))]),
             compute_dtype=self.compute_dtype,
             parametrization=self.parametrization,
+            mup_base_width=self.mup_base_width,
         )

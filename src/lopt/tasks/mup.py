@@ -9,21 +9,25 @@ optimizers under it and finds they generalise to much wider (and deeper, longer-
 networks than they were meta-trained on.
 
 The MLP under muP (:class:`lopt.tasks.ImageMLP` with ``parametrization="mup"``), with
-hidden widths ``n_1 .. n_L`` (L >= 1), input size ``d`` and ``C`` classes:
+hidden widths ``n_1 .. n_L`` (L >= 1), input size ``d``, ``C`` classes and base width ``b``
+(``mup_base_width``):
 
-===============================  ==================  ============  ===========  =========
+===============================  ==================  ============  ===========  ===========
 tensor                           init                forward       "adam" LR    "sgd" LR
-===============================  ==================  ============  ===========  =========
-input weights ``[d, n_1]``       N(0, 1/d)           x 1           x 1          x n_1
-hidden weights ``[n_i, n_i+1]``  N(0, 1/n_i)         x 1           x 1/n_i      x n_i+1/n_i
-readout weights ``[n_L, C]``     0                   input / n_L   x 1          x n_L
-hidden biases ``[n_i]``          0                   x 1           x 1          x n_i
+===============================  ==================  ============  ===========  ===========
+input weights ``[d, n_1]``       N(0, 1/d)           x 1           x 1          x n_1/b
+hidden weights ``[n_i, n_i+1]``  N(0, 1/n_i)         x 1           x b/n_i      x n_i+1/n_i
+readout weights ``[n_L, C]``     0                   input x b/n_L x 1          x n_L/b
+hidden biases ``[n_i]``          0                   x 1           x 1          x n_i/b
 readout bias ``[C]``             0                   x 1           x 1          x 1
-===============================  ==================  ============  ===========  =========
+===============================  ==================  ============  ===========  ===========
 
-(initial scales also times ``init_scale``). The multipliers are absolute, as in muLO's
-code (its hidden multiplier is 1/fan_in, not base_width/fan_in), so at every width the
-update a rule makes is rescaled, not only away from some base width. The "adam" column
+(initial scales also times ``init_scale``). With ``b = 1`` the multipliers are absolute,
+as in muLO's code (its hidden multiplier is 1/fan_in); with ``b`` = a width the optimizer
+was tuned or meta-trained at, they are mup's relative ones (width multipliers ``n / b``):
+a network of width ``b`` then takes exactly the standard parametrization's steps (only
+its readout starts at zero), so an SP step size carries over, and wider networks take
+muP's smaller ones. The "adam" column
 is for rules whose updates are O(1) per coordinate whatever the gradient's scale: Adam
 and its relatives, sign methods, and the learned optimizers (muLO multiplies the learned
 step by it). The "sgd" column is mup's ``MuSGD`` (vector-like tensors x fan-out width,
@@ -44,25 +48,26 @@ PARAMETRIZATIONS = ("standard", "mup")
 UPDATE_RULES = ("adam", "sgd")
 
 
-def mlp_update_scales(sizes: Sequence[int], rule: str) -> dict[str, dict[str, float]]:
+def mlp_update_scales(sizes: Sequence[int], rule: str, base_width: int = 1) -> dict[str, dict[str, float]]:
     """The muP learning-rate multipliers of an MLP with layer sizes ``(d, n_1, .., n_L, C)``.
 
     Returns ``{"layer_i": {"w": s_w, "b": s_b}}`` (the :class:`~lopt.tasks.ImageMLP`
-    parameter tree) from the module docstring's table for ``rule`` ("adam" or "sgd").
+    parameter tree) from the module docstring's table for ``rule`` ("adam" or "sgd") and
+    base width ``b = base_width``.
     """
     if rule not in UPDATE_RULES:
         raise ValueError(f"unknown muP update rule {rule!r}; allowed: {', '.join(UPDATE_RULES)}")
     if len(sizes) < 3:
         raise ValueError("muP needs at least one hidden layer (hidden_sizes is empty)")
-    last = len(sizes) - 2
+    last, base = len(sizes) - 2, float(base_width)
     scales = {}
     for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         if rule == "adam":
-            w = 1.0 / fan_in if 0 < i < last else 1.0
+            w = base / fan_in if 0 < i < last else 1.0
             b = 1.0
-        else:  # MuSGD: vector-like (one width-like dim) x that width, matrix-like x fan_out / fan_in
-            w = float(fan_out) if i == 0 else float(fan_in) if i == last else fan_out / fan_in
-            b = 1.0 if i == last else float(fan_out)
+        else:  # MuSGD: vector-like (one width-like dim) x its width multiplier, matrix-like x fan_out / fan_in
+            w = fan_out / base if i == 0 else fan_in / base if i == last else fan_out / fan_in
+            b = 1.0 if i == last else fan_out / base
         scales[f"layer_{i}"] = {"w": w, "b": b}
     return scales
 
