@@ -158,7 +158,7 @@ def lorenz_problem(horizon: int, sigma: float | None) -> Problem:
 
 def lopt_problem(horizon: int, sigma: float | None, config: str) -> Problem:
     from lopt.config import load_config
-    from lopt.optimizers import from_config
+    from lopt.optimizers import from_config, update_rule
     from lopt.tasks import InnerTraining, build_task
 
     cfg = load_config(config)
@@ -166,7 +166,7 @@ def lopt_problem(horizon: int, sigma: float | None, config: str) -> Problem:
         raise SystemExit(f"data missing: run `lopt prepare-data --config {config}` first")
     lopt = from_config(cfg.lopt)
     task, data = build_task(cfg.meta_train.task, cfg.data.root)
-    system = InnerTraining(task, lopt.to_optax, horizon, "train")
+    system = InnerTraining(task, lopt.to_optax, horizon, "train", update_rule=update_rule(lopt))
     theta = lopt.init(jax.random.PRNGKey(0))
     return Problem("lopt", system, theta, data, _sigma("lopt", sigma))
 

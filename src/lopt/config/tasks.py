@@ -65,7 +65,9 @@ class ImageMLPTaskConfig(_Strict):
     @model_validator(mode="after")
     def _mup_settings(self) -> ImageMLPTaskConfig:
         if self.parametrization == "mup" and not self.hidden_sizes:
-            raise KeyedError(("parametrization",), "mup needs at least one hidden layer (hidden_sizes is empty)")
+            raise KeyedError(
+                ("parametrization",), "mup needs at least one hidden layer (hidden_sizes is empty); allowed here: standard"
+            )
         if self.parametrization == "standard" and self.mup_base_width != 1:
             raise KeyedError(("mup_base_width",), "applies to parametrization: mup only (this task is standard)")
         return self

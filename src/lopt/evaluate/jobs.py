@@ -166,6 +166,30 @@ def load_baselines(directory: str | Path, settings: dict[str, Any]) -> tuple[pd.
     return curves, sweep, reference
 
 
+def learned_optimizer(task: Task, pretrained: Any, num_steps: int) -> Any:
+    """``pretrained``'s optimizer for ``num_steps`` steps of ``task``, with the task's muP
+    learning-rate multipliers for it if the task is muP (:mod:`lopt.tasks.mup`)."""
+    return with_update_scales(task, pretrained.to_optax(num_steps), update_rule(pretrained.lopt))
+
+
+def parametrization_mismatch(pretrained: Any, task_cfg: Any) -> str | None:
+    """A warning when ``pretrained`` was meta-trained on MLPs of another parametrization (or
+    muP base width) than the MLP task ``task_cfg``: its steps are then off by about the
+    width ratio. None when they agree, or when either side has no MLP to compare."""
+    def label(t: dict) -> str:
+        par, base = t.get("parametrization", "standard"), t.get("mup_base_width", 1)
+        return par if par == "standard" else f"mup (base width {base})"
+
+    seen = {label(t) for t in pretrained.metadata.get("meta_train_tasks", []) if t.get("kind") == "image_mlp"}
+    if getattr(task_cfg, "kind", None) != "image_mlp" or not seen:
+        return None
+    here = label(task_cfg.model_dump())
+    if here in seen:
+        return None
+    return (f"lopt: warning: this task's MLP is {here}, but the optimizer was meta-trained on {', '.join(sorted(seen))} "
+            "MLPs (lopt.tasks.mup): its steps may be off by about the width ratio")
+
+
 def run_evaluation(
     cfg: Any, task_name: str, pretrained: Any, out_dir: str | Path, tracker: Any = None,
     baselines: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None,
@@ -185,7 +209,9 @@ def run_evaluation(
     """
     task, data, num_steps = _build(cfg, task_name)
     ev, distribution = cfg.evaluation, _eval_spec(cfg, task_name).distribution
-    learned = {"lopt": with_update_scales(task, pretrained.to_optax(num_steps), update_rule(pretrained.lopt))}
+    if (warning := parametrization_mismatch(pretrained, _eval_spec(cfg, task_name).task)) is not None:
+        print(warning, file=sys.stderr)
+    learned = {"lopt": learned_optimizer(task, pretrained, num_steps)}
     curves = report_learned(task, task_name, data, learned, num_steps, ev.num_seeds, ev.seed_offset, ev.eval_every)
     base_curves, sweep, reference = baselines or _baselines(cfg, task_name, task, data, num_steps)
     curves = pd.concat([curves, base_curves], ignore_index=True)

@@ -33,6 +33,14 @@ and its relatives, sign methods, and the learned optimizers (muLO multiplies the
 step by it). The "sgd" column is mup's ``MuSGD`` (vector-like tensors x fan-out width,
 matrix-like x fan_out / fan_in) for SGD and momentum. ``rule=None`` (a rule with no
 muP multipliers, e.g. Adafactor's parameter-scaled steps) is refused on a muP task.
+
+The multipliers scale an optimizer's whole update, decoupled weight decay included (AdamW's
+``lr * wd * p``), so a hidden layer's decay shrinks with its step; mup instead keeps
+``lr * wd`` fixed per tensor. At lopt's ``wd = 1e-4`` the difference is negligible.
+
+Only the training loops of lopt apply the multipliers (:class:`lopt.tasks.InnerTraining`,
+the evaluation's baselines and learned optimizer); an optimizer handed to
+:func:`lopt.evaluate.train_curves` directly is used as given.
 """
 
 from __future__ import annotations

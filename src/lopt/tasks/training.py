@@ -50,7 +50,8 @@ class InnerTraining:
             lasts ``horizon`` steps.
         update_rule: the optimizer's muP update rule (:mod:`lopt.tasks.mup`; ``adam`` for
             the learned optimizers, :func:`lopt.optimizers.update_rule`): on a muP task its
-            learning-rate multipliers scale every update. Ignored on other tasks.
+            learning-rate multipliers scale every update. Ignored on other tasks; None (no
+            rule) is refused on a muP task, so a caller cannot skip the multipliers silently.
     """
 
     task: Task
@@ -59,7 +60,7 @@ class InnerTraining:
     meta_loss_split: str = "train"
     loss_cap: float = MAX_META_LOSS
     min_horizon: int | None = None
-    update_rule: str | None = "adam"
+    update_rule: str | None = None
 
     def with_horizon(self, horizon: Any) -> InnerTraining:
         """This system for an episode of ``horizon`` steps (may be traced): the optimizer's
