@@ -293,6 +293,22 @@ def test_bad_mup_settings_name_the_key(edit, key, message):
     assert key in str(err.value) and message in str(err.value), str(err.value)
 
 
+def test_a_study_refuses_a_nominal_sgd_term_on_a_mup_task(tmp_path):
+    from lopt.studies.config import load_study
+
+    raw = yaml.safe_load((REPO / "configs" / "paper" / "nres_lopt_cpu.yaml").read_text())
+    raw["system"]["task"]["parametrization"] = "mup"
+    raw["system"]["lopt"]["nominal"] = {"optimizer": "sgd"}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert "system.lopt.nominal.optimizer" in str(err.value) and "allowed nominal optimizer is adam" in str(err.value)
+    raw["system"]["lopt"]["nominal"] = {"optimizer": "adam"}
+    path.write_text(yaml.safe_dump(raw))
+    assert load_study(path).system.task.parametrization == "mup"
+
+
 def test_standard_configs_resolve_as_before():
     """`parametrization: standard` is left out of the resolved config (fingerprints and
     recorded configs of earlier runs stay valid); `mup` is recorded and changes it."""

@@ -102,6 +102,17 @@ class LOptTrainingConfig(_Strict):
         "or an outer_valid batch's loss after it (learned_optimization's meta_loss_split).",
     )
 
+    @model_validator(mode="after")
+    def _mup_rule(self) -> LOptTrainingConfig:
+        nominal = self.lopt.nominal
+        if getattr(self.task, "parametrization", "standard") == "mup" and nominal is not None and nominal.optimizer != "adam":
+            raise KeyedError(
+                ("lopt", "nominal", "optimizer"),
+                f"{nominal.optimizer!r} has no muP learning-rate multipliers shared with the learned term; "
+                "with a parametrization: mup task the allowed nominal optimizer is adam",
+            )
+        return self
+
 
 #: Dimension of theta per system kind; a learned optimizer's theta is not tracked per coordinate.
 THETA_DIM = {"influence_balancing": 1, "toy_schedule": 2, "lorenz": 2}
