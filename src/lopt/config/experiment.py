@@ -65,22 +65,17 @@ class ExperimentConfig(_Strict):
         # (lopt.tasks.mup); refuse optimizers that have none before any job runs
         mup = [t for t in self.meta_train.tasks() if is_mup(t)]
         mup_eval = [t.name for t in self.evaluation.tasks if is_mup(t.task)]
-        bases = sorted({t.mup_base_width for t in mup})
-        if len(bases) > 1:
-            raise KeyedError(
-                ("meta_train", "task_family", "choices", "mup_base_width"),
-                f"the muP meta-training tasks have different mup_base_width ({', '.join(map(str, bases))}); "
-                "allowed: one value for every muP task of the experiment",
-            )
-        expected = bases[0] if bases else None
-        for i, t in enumerate(self.evaluation.tasks):
-            if is_mup(t.task) and expected is not None and t.task.mup_base_width != expected:
-                raise KeyedError(
-                    ("evaluation", "tasks", i, "task", "mup_base_width"),
-                    f"{t.task.mup_base_width}, but the experiment's other muP tasks have {expected}; allowed: {expected} "
-                    "(an optimizer meta-trained under one base width takes steps off by their ratio under another)",
-                )
-            expected = t.task.mup_base_width if is_mup(t.task) and expected is None else expected
+        # one base width for every muP task: an optimizer meta-trained under one takes steps
+        # off by their ratio under another
+        meta_loc = ("meta_train", "task_family", "choices") if self.meta_train.task_family else ("meta_train", "task")
+        sites = [((*meta_loc, "mup_base_width"), t.mup_base_width) for t in mup] + [
+            (("evaluation", "tasks", i, "task", "mup_base_width"), t.task.mup_base_width)
+            for i, t in enumerate(self.evaluation.tasks) if is_mup(t.task)
+        ]
+        for loc, base in sites[1:]:
+            if base != sites[0][1]:
+                raise KeyedError(loc, f"{base}, but the experiment's first muP task has {sites[0][1]}; allowed: "
+                                      f"{sites[0][1]} (one base width for every muP task of the experiment)")
         nominal = self.lopt.nominal
         if (mup or mup_eval) and nominal is not None and nominal.optimizer != "adam":
             raise KeyedError(

@@ -27,12 +27,14 @@ as in muLO's code (its hidden multiplier is 1/fan_in); with ``b`` = a width the 
 was tuned or meta-trained at, they are mup's relative ones (width multipliers ``n / b``):
 a network of width ``b`` then takes exactly the standard parametrization's steps (only
 its readout starts at zero), so an SP step size carries over, and wider networks take
-muP's smaller ones. The "adam" column
-is for rules whose updates are O(1) per coordinate whatever the gradient's scale: Adam
-and its relatives, sign methods, and the learned optimizers (muLO multiplies the learned
-step by it). The "sgd" column is mup's ``MuSGD`` (vector-like tensors x fan-out width,
-matrix-like x fan_out / fan_in) for SGD and momentum. ``rule=None`` (a rule with no
-muP multipliers, e.g. Adafactor's parameter-scaled steps) is refused on a muP task.
+muP's smaller ones.
+
+The "adam" column is for rules whose updates are O(1) per coordinate whatever the
+gradient's scale: Adam and its relatives, sign methods, and the learned optimizers (muLO
+multiplies the learned step by it). The "sgd" column is mup's ``MuSGD`` (vector-like
+tensors x their width multiplier, matrix-like x fan_out / fan_in) for SGD and momentum.
+``rule=None`` (a rule with no muP multipliers, e.g. Adafactor's parameter-scaled steps)
+is refused on a muP task.
 
 The multipliers scale an optimizer's whole update, decoupled weight decay included (AdamW's
 ``lr * wd * p``), so a hidden layer's decay shrinks with its step; mup instead keeps
@@ -98,12 +100,11 @@ def with_update_scales(task: Any, optimizer: optax.GradientTransformation, rule:
     and updates are then exactly the optimizer's. Raises ``ValueError`` naming the task
     for ``rule=None`` on a muP task.
     """
-    scales_of = getattr(task, "update_scales", None)
-    if scales_of is None or getattr(task, "parametrization", "standard") == "standard":
+    if getattr(task, "parametrization", "standard") == "standard":
         return optimizer
     if rule is None:
         raise ValueError(
             f"task {getattr(task, 'name', task)!r} is muP-parametrized and this optimizer has no muP learning-rate "
             f"multipliers (allowed update rules: {', '.join(UPDATE_RULES)})"
         )
-    return optax.chain(optimizer, scale_by_tree(scales_of(rule)))
+    return optax.chain(optimizer, scale_by_tree(task.update_scales(rule)))
