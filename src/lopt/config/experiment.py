@@ -14,7 +14,7 @@ from lopt.config.errors import error_lines
 from lopt.config.evaluation import BASELINE_UPDATE_RULES, AnalysisConfig, EvaluationConfig
 from lopt.config.loader import load_yaml
 from lopt.config.meta_train import MetaTrainConfig
-from lopt.config.optimizers import LOptConfig, MLPLOptConfig
+from lopt.config.optimizers import LOptConfig, MLPLOptConfig, check_nominal_for_mup
 from lopt.config.tasks import DataConfig, is_mup
 
 
@@ -76,13 +76,8 @@ class ExperimentConfig(_Strict):
             if base != sites[0][1]:
                 raise KeyedError(loc, f"{base}, but the experiment's first muP task has {sites[0][1]}; allowed: "
                                       f"{sites[0][1]} (one base width for every muP task of the experiment)")
-        nominal = self.lopt.nominal
-        if (mup or mup_eval) and nominal is not None and nominal.optimizer != "adam":
-            raise KeyedError(
-                ("lopt", "nominal", "optimizer"),
-                f"{nominal.optimizer!r} has no muP learning-rate multipliers shared with the learned term; "
-                "with parametrization: mup tasks the allowed nominal optimizer is adam",
-            )
+        if mup or mup_eval:
+            check_nominal_for_mup(self.lopt)
         refused = [b for b in self.evaluation.baselines if BASELINE_UPDATE_RULES[b] is None]
         if mup_eval and refused:
             raise KeyedError(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag
 
-from lopt.config.base import Bool, Float, NoRepeats, PosFloat, PosInt, _kind, _Strict
+from lopt.config.base import Bool, Float, KeyedError, NoRepeats, PosFloat, PosInt, _kind, _Strict
 
 Decay = Annotated[Float, Field(ge=0, lt=1)]
 MLP_FEATURES = ("param", "grad", "momentum", "rms", "momentum_rsqrt", "grad_rsqrt", "time")
@@ -110,3 +110,16 @@ LOptConfig = Annotated[
         custom_error_context={"expected": ", ".join(LOPT_KINDS)},
     ),
 ]
+
+
+def check_nominal_for_mup(lopt: Any) -> None:
+    """Refuse a nominal term without muP multipliers shared with the learned one (an SGD
+    term: lopt.optimizers.NominalLOpt.update_rule) when the learned optimizer trains muP
+    tasks; the error sits at ``lopt.nominal.optimizer`` below the model that calls this."""
+    nominal = lopt.nominal
+    if nominal is not None and nominal.optimizer != "adam":
+        raise KeyedError(
+            ("lopt", "nominal", "optimizer"),
+            f"{nominal.optimizer!r} has no muP learning-rate multipliers shared with the learned term; "
+            "with parametrization: mup tasks the allowed nominal optimizer is adam",
+        )

@@ -47,6 +47,8 @@ from lopt.config import (
 )
 from lopt.config.base import KeyedError, _Strict
 from lopt.config.errors import error_lines
+from lopt.config.optimizers import check_nominal_for_mup
+from lopt.config.tasks import is_mup
 
 Name = Annotated[str, Field(min_length=2, pattern=r"^[A-Za-z0-9_\-]+$")]
 EstimatorName = Literal["tbptt", "full_es", "tes", "pes", "gpes", "nres"]
@@ -104,13 +106,8 @@ class LOptTrainingConfig(_Strict):
 
     @model_validator(mode="after")
     def _mup_rule(self) -> LOptTrainingConfig:
-        nominal = self.lopt.nominal
-        if getattr(self.task, "parametrization", "standard") == "mup" and nominal is not None and nominal.optimizer != "adam":
-            raise KeyedError(
-                ("lopt", "nominal", "optimizer"),
-                f"{nominal.optimizer!r} has no muP learning-rate multipliers shared with the learned term; "
-                "with a parametrization: mup task the allowed nominal optimizer is adam",
-            )
+        if is_mup(self.task):
+            check_nominal_for_mup(self.lopt)
         return self
 
 
